@@ -1,0 +1,3 @@
+from fercurate.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""``fercurate export``: materialise a manifest version as folders or as a FER2013-style CSV.
+
+The output is built in a temporary sibling folder and renamed into place, so an interrupted export
+never leaves a half-written DEST.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercurate.errors import InputError
+from fercurate.images import load_gray_files
+from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, active
+from fercurate.progress import NullProgress, Progress
+from fercurate.workspace import PixelCache, Workspace
+
+MODES = ("copy", "hardlink", "symlink")
+FORMATS = ("folders", "csv")
+CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """Options of ``fercurate export``."""
+
+    version: str
+    dest: Path
+    mode: str = "copy"
+    format: str = "folders"
+    overwrite: bool = False
+    image_size: int = 48
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    version: str
+    dest: Path
+    format: str
+    files: int
+    by_split: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "dest": str(self.dest),
+            "format": self.format,
+            "files": self.files,
+            "by_split": self.by_split,
+        }
+
+
+def export(workspace: Workspace, params: ExportParams, progress: Progress | None = None) -> ExportResult:
+    """Write the active rows of a version to ``params.dest``.
+
+    Raises:
+        InputError: for an unknown mode or format, a non-empty DEST without overwrite, or (CSV) a
+            class that has no FER2013 emotion code.
+    """
+    progress = progress or NullProgress()
+    if params.mode not in MODES:
+        raise InputError(f"--mode '{params.mode}' is not one of: {', '.join(MODES)}")
+    if params.format not in FORMATS:
+        raise InputError(f"--format '{params.format}' is not one of: {', '.join(FORMATS)}")
+    dest = Path(params.dest)
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"DEST {dest} exists and is not a folder; choose another path")
+    if dest.is_dir() and any(dest.iterdir()) and not params.overwrite:
+        raise InputError(f"DEST {dest} is not empty; pass --overwrite to replace it or choose an empty folder")
+    info, df = workspace.read(params.version)
+    rows = active(df)
+    root = workspace.dataset_root(info)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        if params.format == "folders":
+            _export_folders(workspace, rows, root, tmp, params.mode, progress)
+        else:
+            _export_csv(workspace, rows, root, tmp / "fer2013.csv", params.image_size, progress)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(
+        version=info.version,
+        dest=dest,
+        format=params.format,
+        files=len(rows),
+        by_split=dict(Counter(rows[Col.SPLIT])),
+    )
+
+
+def export_name(row: pd.Series) -> str:
+    """The file name a row gets in an export: its own, prefixed with its source when not original."""
+    name = Path(str(row[Col.PATH])).name
+    return name if row[Col.SOURCE] == SOURCE_ORIGINAL else f"{row[Col.SOURCE]}_{name}"
+
+
+def _export_folders(
+    workspace: Workspace, rows: pd.DataFrame, root: Path | None, out: Path, mode: str, progress: Progress
+) -> None:
+    progress.start("Exporting", len(rows))
+    used: set[str] = set()
+    for _, row in rows.iterrows():
+        src = workspace.resolve_image_path(str(row[Col.PATH]), root)
+        name = export_name(row)
+        target_rel = f"{row[Col.SPLIT]}/{row[Col.LABEL]}/{name}"
+        if target_rel in used:  # two sources shared a file name: keep both, told apart by id
+            stem, suffix = os.path.splitext(name)
+            target_rel = f"{row[Col.SPLIT]}/{row[Col.LABEL]}/{stem}_{row[Col.IMAGE_ID][:8]}{suffix}"
+        used.add(target_rel)
+        target = out / target_rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not src.exists():
+            raise InputError(f"image {src} of row {row[Col.IMAGE_ID]} is missing; was the dataset moved?")
+        if mode == "copy":
+            shutil.copy2(src, target)
+        elif mode == "hardlink":
+            try:
+                os.link(src, target)
+            except OSError as exc:
+                raise InputError(f"cannot hardlink {src} into {out} ({exc.strerror}); use --mode copy") from exc
+        else:
+            os.symlink(src.resolve(), target)
+        progress.advance(1)
+
+
+def _export_csv(
+    workspace: Workspace, rows: pd.DataFrame, root: Path | None, out: Path, size: int, progress: Progress
+) -> None:
+    unknown = sorted(set(rows[Col.LABEL]) - set(FER2013_CLASSES))
+    if unknown:
+        raise InputError(
+            f"class(es) {', '.join(unknown)} have no FER2013 emotion code (0-6 = {', '.join(FER2013_CLASSES)}); "
+            "use --format folders"
+        )
+    progress.start("Exporting CSV", len(rows))
+    shas = rows[Col.SHA256].tolist()
+    pixels, missing = PixelCache(workspace, size).get(shas)
+    if missing:
+        paths = [str(workspace.resolve_image_path(str(rows.iloc[i][Col.PATH]), root)) for i in missing]
+        pixels[missing] = load_gray_files(paths, size)
+    codes = [FER2013_CLASSES.index(label) for label in rows[Col.LABEL]]
+    strings = [" ".join(map(str, p.ravel().tolist())) for p in np.asarray(pixels)]
+    frame = pd.DataFrame(
+        {"emotion": codes, "pixels": strings, "Usage": [CSV_USAGE[s] for s in rows[Col.SPLIT]]}
+    )
+    frame.to_csv(out, index=False)
+    progress.advance(len(rows))

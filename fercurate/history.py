@@ -1,0 +1,101 @@
+"""``fercurate log`` and ``fercurate diff``: what the versions are and what changed between two."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from fercurate.manifest import ACTIVE, Col
+from fercurate.workspace import VersionInfo, Workspace
+
+
+def log(workspace: Workspace) -> list[dict[str, Any]]:
+    """Every version, oldest first, as JSON-ready dicts."""
+    out = []
+    for info in workspace.require_versions():
+        out.append(
+            {
+                "version": info.version,
+                "stage": info.stage,
+                "parent": info.parent,
+                "path": info.path,
+                "created": info.created,
+                "rows": info.rows,
+                "active": info.counts.get("status", {}).get(ACTIVE, 0),
+                "by_status": info.counts.get("status", {}),
+                "by_split": info.counts.get("split", {}),
+                "params": info.params,
+                "content_hash": info.content_hash,
+                "fercurate_version": info.fercurate_version,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Diff:
+    """The difference between two versions, keyed by ``image_id``."""
+
+    a: VersionInfo
+    b: VersionInfo
+    added: int
+    removed: int
+    status_changes: dict[str, int]
+    relabels: dict[str, int]
+    split_moves: dict[str, int]
+    before: pd.DataFrame  # active counts, class x split
+    after: pd.DataFrame
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a.version,
+            "b": self.b.version,
+            "added": self.added,
+            "removed": self.removed,
+            "status_changes": self.status_changes,
+            "relabels": self.relabels,
+            "split_moves": self.split_moves,
+            "class_by_split_before": _nested(self.before),
+            "class_by_split_after": _nested(self.after),
+        }
+
+
+def diff(workspace: Workspace, a: str, b: str) -> Diff:
+    """Compare versions ``a`` and ``b`` (any spec :meth:`Workspace.resolve` takes)."""
+    info_a, df_a = workspace.read(a)
+    info_b, df_b = workspace.read(b)
+    cols = [Col.IMAGE_ID, Col.STATUS, Col.LABEL, Col.SPLIT]
+    joined = df_a[cols].merge(df_b[cols], on=Col.IMAGE_ID, how="outer", suffixes=("_a", "_b"), indicator=True)
+    both = joined[joined["_merge"] == "both"]
+    return Diff(
+        a=info_a,
+        b=info_b,
+        added=int((joined["_merge"] == "right_only").sum()),
+        removed=int((joined["_merge"] == "left_only").sum()),
+        status_changes=_transitions(both, Col.STATUS),
+        relabels=_transitions(both, Col.LABEL),
+        split_moves=_transitions(both[(both["status_a"] == ACTIVE) & (both["status_b"] == ACTIVE)], Col.SPLIT),
+        before=class_by_split(df_a),
+        after=class_by_split(df_b),
+    )
+
+
+def _transitions(frame: pd.DataFrame, col: str) -> dict[str, int]:
+    changed = frame[frame[f"{col}_a"] != frame[f"{col}_b"]]
+    counts = changed.groupby([f"{col}_a", f"{col}_b"]).size().sort_values(ascending=False)
+    return {f"{x}->{y}": int(n) for (x, y), n in counts.items()}
+
+
+def class_by_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Active rows counted by class (rows) and split (columns), with totals."""
+    act = df[df[Col.STATUS] == ACTIVE]
+    table = pd.crosstab(act[Col.LABEL], act[Col.SPLIT])
+    table = table.reindex(columns=[s for s in ("train", "val", "test") if s in table.columns], fill_value=0)
+    table["total"] = table.sum(axis=1)
+    return table
+
+
+def _nested(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    return {str(label): {str(k): int(v) for k, v in row.items()} for label, row in table.iterrows()}

@@ -1,0 +1,388 @@
+"""``fercurate scan``: read a FER dataset into manifest version 0.
+
+Three layouts are recognised:
+
+* split folders holding class folders (``train/happy/1.jpg``; split names in any case, with the
+  usual synonyms: training, validation, valid, dev, publictest, testing, privatetest);
+* class folders with no split level (every row goes to ``train``; run ``fercurate split`` next);
+* a FER2013-style CSV (``emotion,pixels[,Usage]``), whose pixel strings become PNG files in the
+  workspace's image store.
+
+Every file becomes a row. Empty, truncated, non-image and degenerate files are recorded as
+``invalid`` with a reason; none of them stops the scan.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercurate.errors import DatasetError, InputError
+from fercurate.images import encode_png, inspect_bytes, inspect_files, map_batches
+from fercurate.manifest import (
+    ACTIVE,
+    FER2013_CLASSES,
+    INVALID,
+    KNOWN_CLASSES,
+    SOURCE_ORIGINAL,
+    Col,
+    atomic_write_bytes,
+    canonical_class,
+    image_id_for,
+)
+from fercurate.progress import NullProgress, Progress
+from fercurate.workspace import PixelCache, VersionInfo, Workspace
+
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "publictest": "val",
+    "test": "test",
+    "testing": "test",
+    "privatetest": "test",
+}
+CSV_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
+#: Names that are never data: OS and tool litter.
+IGNORED_NAMES = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini", ".ipynb_checkpoints"})
+
+
+@dataclass(frozen=True)
+class ScanParams:
+    """Options of ``fercurate scan`` (the CLI's defaults point here)."""
+
+    dataset: Path
+    classes: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    image_size: int = 48
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a scan found and the version it wrote."""
+
+    version: VersionInfo
+    layout: str
+    rows: int
+    by_status: dict[str, int]
+    by_split: dict[str, int]
+    by_label: dict[str, int]
+    invalid_reasons: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.version,
+            "path": self.version.path,
+            "layout": self.layout,
+            "rows": self.rows,
+            "by_status": self.by_status,
+            "by_split": self.by_split,
+            "by_label": self.by_label,
+            "invalid_reasons": self.invalid_reasons,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def normalise_split(name: str) -> str | None:
+    """``train`` / ``val`` / ``test`` for a split folder or CSV Usage name, else None."""
+    key = re.sub(r"[^a-z]", "", name.lower())
+    return SPLIT_ALIASES.get(key)
+
+
+def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = None) -> ScanResult:
+    """Scan ``params.dataset`` and commit manifest version 0 (or the next version) to ``workspace``.
+
+    Raises:
+        DatasetError: when the dataset cannot be read as one of the layouts.
+        InputError: for bad options.
+    """
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    dataset = Path(params.dataset).expanduser()
+    if not dataset.exists():
+        raise DatasetError(f"dataset path {dataset} does not exist; pass a folder or a FER2013-style CSV")
+    if params.image_size < 8:
+        raise InputError(f"--image-size {params.image_size} is too small; use 8 or more (48 for FER)")
+    classes = _parse_classes(params.classes)
+    with workspace.lock("fercurate scan"):
+        if dataset.is_file():
+            df, notes = _scan_csv(workspace, dataset, classes, params, progress)
+            layout, root = "csv", dataset.parent
+        else:
+            root = _descend(dataset)
+            layout, files, notes = _discover(root, classes, {n.lower() for n in params.ignore})
+            df = _scan_files(workspace, root, files, params, progress)
+        if df.empty:
+            raise DatasetError(f"no image files found under {dataset}; expected split/class folders or a CSV")
+        parent = workspace.versions()[-1] if workspace.versions() else None
+        version = workspace.commit(
+            df,
+            stage="scan",
+            parent=parent,
+            params={
+                "dataset": str(dataset.resolve()),
+                "layout": layout,
+                "classes": list(classes) if classes else None,
+                "ignore": list(params.ignore),
+                "image_size": params.image_size,
+            },
+            dataset_root=root,
+            extra={"image_size": params.image_size, "classes": sorted(df[Col.LABEL].unique().tolist())},
+        )
+    if layout == "classes":
+        notes.append("no split folders found: every row is in 'train'; run `fercurate split` to re-split")
+    invalid = df[df[Col.STATUS] == INVALID]
+    return ScanResult(
+        version=version,
+        layout=layout,
+        rows=len(df),
+        by_status=dict(Counter(df[Col.STATUS])),
+        by_split=dict(Counter(df.loc[df[Col.STATUS] == ACTIVE, Col.SPLIT])),
+        by_label=dict(Counter(df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL])),
+        invalid_reasons=dict(Counter(_reason_kind(r) for r in invalid[Col.REASON])),
+        notes=notes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    return re.split(r"[:_]\d|: ", reason)[0]
+
+
+def _parse_classes(classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if not classes:
+        return None
+    folded = tuple(dict.fromkeys(canonical_class(c) for c in classes if c.strip()))
+    if not folded:
+        raise InputError("--classes is empty; pass names like happy,neutral,sad,surprise")
+    return folded
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
+    )
+
+
+def _descend(root: Path) -> Path:
+    """Step into single wrapper folders (``Facial_emotion_images/images/train/...``)."""
+    for _ in range(3):
+        dirs = _visible_dirs(root)
+        names = {canonical_class(d.name) for d in dirs}
+        is_data = any(normalise_split(d.name) for d in dirs) or names & set(KNOWN_CLASSES)
+        if len(dirs) == 1 and not is_data and not _image_files(root, recursive=False):
+            root = dirs[0]
+        else:
+            break
+    return root
+
+
+def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in it
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
+        and not any(part.lower() in IGNORED_NAMES or part.startswith(".") for part in p.relative_to(folder).parts[:-1])
+    )
+
+
+def _discover(
+    root: Path, classes: tuple[str, ...] | None, ignore: set[str]
+) -> tuple[str, list[tuple[Path, str, str]], list[str]]:
+    """Find (file, split, label) triples and the layout name."""
+    notes: list[str] = []
+    dirs = [d for d in _visible_dirs(root) if d.name.lower() not in ignore]
+    split_dirs = [d for d in dirs if normalise_split(d.name)]
+    files: list[tuple[Path, str, str]] = []
+    if split_dirs:
+        others = [d for d in dirs if not normalise_split(d.name)]
+        if others:
+            raise DatasetError(
+                f"folder '{others[0].name}' in {root} is not a split folder (train/val/test and synonyms) "
+                f"beside {', '.join(d.name for d in split_dirs)}; pass --ignore {others[0].name} to skip it"
+            )
+        seen_splits: dict[str, str] = {}
+        for split_dir in split_dirs:
+            split = normalise_split(split_dir.name)
+            assert split is not None
+            if split in seen_splits:
+                raise DatasetError(
+                    f"split folders '{seen_splits[split]}' and '{split_dir.name}' in {root} both mean "
+                    f"'{split}'; pass --ignore for one of them"
+                )
+            seen_splits[split] = split_dir.name
+            stray = [p for p in _image_files(split_dir, recursive=False)]
+            if stray:
+                notes.append(f"{len(stray)} file(s) directly in {split_dir.name}/ have no class folder: skipped")
+            for class_dir in _visible_dirs(split_dir):
+                if class_dir.name.lower() in ignore:
+                    continue
+                label = _check_class(class_dir, classes, f"{split_dir.name}/")
+                files.extend((f, split, label) for f in _image_files(class_dir))
+        return "splits", files, notes
+    if not dirs:
+        raise DatasetError(
+            f"{root} holds no folders; expected split folders (train/val/test) holding class folders, "
+            "class folders, or pass a FER2013-style CSV file"
+        )
+    for class_dir in dirs:
+        label = _check_class(class_dir, classes, "")
+        files.extend((f, "train", label) for f in _image_files(class_dir))
+    return "classes", files, notes
+
+
+def _check_class(folder: Path, classes: tuple[str, ...] | None, where: str) -> str:
+    label = canonical_class(folder.name)
+    allowed = classes if classes else KNOWN_CLASSES
+    if label not in allowed:
+        hint = (
+            "pass --classes to set them" if classes is None else "add it to --classes"
+        ) + f", or --ignore {folder.name} to skip it"
+        raise DatasetError(
+            f"label folder '{folder.name}' in {where or './'} is not one of: {', '.join(allowed)}; {hint}"
+        )
+    return label
+
+
+def _scan_files(
+    workspace: Workspace,
+    root: Path,
+    files: list[tuple[Path, str, str]],
+    params: ScanParams,
+    progress: Progress,
+) -> pd.DataFrame:
+    progress.start("Decoding images", len(files))
+    records = map_batches(
+        functools.partial(inspect_files, size=params.image_size),
+        [str(f) for f, _, _ in files],
+        batch_size=256,
+        workers=params.workers,
+        progress=progress.advance,
+    )
+    rel_paths = [f.relative_to(root).as_posix() for f, _, _ in files]
+    _cache_pixels(workspace, records, params.image_size)
+    return _rows(
+        ids=[image_id_for(p) for p in rel_paths],
+        paths=rel_paths,
+        splits=[s for _, s, _ in files],
+        labels=[lbl for _, _, lbl in files],
+        records=records,
+    )
+
+
+def _cache_pixels(workspace: Workspace, records: list[dict[str, Any]], size: int) -> None:
+    shas = [r["sha256"] for r in records if r["pixels"] is not None]
+    if shas:
+        pixels = np.stack(
+            [np.frombuffer(r["pixels"], dtype=np.uint8).reshape(size, size) for r in records if r["pixels"] is not None]
+        )
+        PixelCache(workspace, size).add(shas, pixels)
+
+
+def _rows(
+    *, ids: list[str], paths: list[str], splits: list[str], labels: list[str], records: list[dict[str, Any]]
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            Col.IMAGE_ID: ids,
+            Col.PATH: paths,
+            Col.SPLIT: splits,
+            Col.LABEL: labels,
+            Col.SPLIT_ORIGINAL: splits,
+            Col.LABEL_ORIGINAL: labels,
+            Col.SOURCE: SOURCE_ORIGINAL,
+            Col.STATUS: [r["status"] for r in records],
+            Col.REASON: [r["reason"] for r in records],
+            Col.WIDTH: pd.array([r["width"] for r in records], dtype="Int32"),
+            Col.HEIGHT: pd.array([r["height"] for r in records], dtype="Int32"),
+            Col.MODE: [r["mode"] for r in records],
+            Col.SHA256: [r["sha256"] for r in records],
+        }
+    )
+
+
+def _scan_csv(
+    workspace: Workspace, csv_path: Path, classes: tuple[str, ...] | None, params: ScanParams, progress: Progress
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read a FER2013-style CSV; each pixel string becomes a PNG in the workspace store."""
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"{csv_path} is not a readable CSV: {exc}") from exc
+    table.columns = [c.strip().lower() for c in table.columns]
+    missing = [c for c in ("emotion", "pixels") if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"CSV {csv_path.name} lacks column(s) {', '.join(missing)}; a FER2013-style CSV has "
+            "emotion,pixels,Usage (emotion 0-6 = angry, disgust, fear, happy, sad, surprise, neutral)"
+        )
+    notes: list[str] = []
+    usage = table["usage"] if "usage" in table.columns else pd.Series(["Training"] * len(table))
+    if "usage" not in table.columns:
+        notes.append("CSV has no Usage column: every row is in 'train'; run `fercurate split` to re-split")
+    progress.start("Decoding CSV rows", len(table))
+    ids, paths, splits, labels, records = [], [], [], [], []
+    skipped = Counter()
+    size = params.image_size
+    for index, (code, pixels, use) in enumerate(zip(table["emotion"], table["pixels"], usage, strict=True)):
+        code = code.strip()
+        if code.isdigit() and int(code) < len(FER2013_CLASSES):
+            label = FER2013_CLASSES[int(code)]
+        else:
+            raise DatasetError(
+                f"CSV {csv_path.name} row {index + 2}: emotion '{code}' is not a code 0-6 "
+                "(angry, disgust, fear, happy, sad, surprise, neutral)"
+            )
+        if classes and label not in classes:
+            skipped[label] += 1
+            continue
+        split = CSV_USAGE.get(re.sub(r"[^a-z]", "", use.lower())) or normalise_split(use) or "train"
+        record, png = _decode_pixel_string(pixels, size)
+        store_value, store_file = workspace.store_path(f"csv/{csv_path.stem}/{index:06d}.png")
+        if png is not None:
+            atomic_write_bytes(store_file, png)
+        ids.append(image_id_for(f"csv:{csv_path.name}:{index}"))
+        paths.append(store_value)
+        splits.append(split)
+        labels.append(label)
+        records.append(record)
+        if index % 512 == 511:
+            progress.advance(512)
+    progress.advance(len(table) % 512)
+    if skipped:
+        notes.append(
+            "rows of classes outside --classes skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+        )
+    _cache_pixels(workspace, records, size)
+    return _rows(ids=ids, paths=paths, splits=splits, labels=labels, records=records), notes
+
+
+def _decode_pixel_string(pixels: str, size: int) -> tuple[dict[str, Any], bytes | None]:
+    """Turn a space-separated pixel string into an inspected record and PNG bytes."""
+    try:
+        values = np.array(pixels.split(), dtype=np.int64)
+    except ValueError:
+        values = np.array([], dtype=np.int64)
+    side = int(round(np.sqrt(values.size)))
+    if values.size == 0 or side * side != values.size or values.min() < 0 or values.max() > 255:
+        record = inspect_bytes(b"", size)
+        record["reason"] = f"bad_pixels_{values.size}_values"
+        return record, None
+    png = encode_png(values.astype(np.uint8).reshape(side, side))
+    return inspect_bytes(png, size), png
