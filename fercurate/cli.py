@@ -330,6 +330,9 @@ def demo_cmd(
     out.print(f"next: fercurate scan {result.dataset_dir}")
 
 
+# -- stage commands are added above this line, one section each --------------------------------
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -174,3 +174,43 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    *,
+    columns: int = 8,
+    scale: int = 3,
+    title: str | None = None,
+    groups: Sequence[int] | None = None,
+) -> Image.Image:
+    """Tile grayscale images (pixelated upscaling) with a caption under each, as one RGB image.
+
+    ``groups`` (one int per image) draws a coloured frame per group so pairs or duplicate groups
+    can be told apart at a glance.
+    """
+    from PIL import ImageDraw
+
+    if not images:
+        images, captions = [np.zeros((48, 48), np.uint8)], ["(nothing to show)"]
+    side = max(max(im.shape[:2]) for im in images) * scale
+    cap_h, pad, title_h = 12, 4, (18 if title else 0)
+    cols = max(1, min(columns, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    cell_w, cell_h = side + 2 * pad, side + cap_h + 2 * pad
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h + title_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 3), title, fill="black")
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for i, (im, cap) in enumerate(zip(images, captions, strict=True)):
+        r, c = divmod(i, cols)
+        x, y = c * cell_w + pad, r * cell_h + pad + title_h
+        tile = Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB")
+        tile = tile.resize((tile.width * side // max(tile.size), tile.height * side // max(tile.size)), Image.NEAREST)
+        sheet.paste(tile, (x, y))
+        if groups is not None:
+            draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], outline=palette[groups[i] % len(palette)], width=2)
+        draw.text((x, y + side + 1), str(cap)[: max(4, side // 6)], fill="black")
+    return sheet

@@ -367,3 +367,45 @@ class PixelCache:
         atomic_write(self.dir / name, lambda tmp: pq.write_table(table, tmp))
         for i in keep:
             data[shas[i]] = pixels[i].astype(np.uint8)
+
+
+def load_pixels(
+    workspace: Workspace,
+    info: VersionInfo,
+    rows: pd.DataFrame,
+    size: int = 48,
+    progress: Any = None,
+) -> np.ndarray:
+    """Grayscale ``size`` x ``size`` pixels for ``rows`` (in row order), from the cache or decoded.
+
+    Images missing from the :class:`PixelCache` are decoded in parallel and added to it, so each file
+    is decoded once per workspace and size. Rows whose file cannot be decoded get zeros.
+    """
+    import functools
+
+    from fercurate.images import map_batches
+
+    cache = PixelCache(workspace, size)
+    shas = rows[Col.SHA256].astype(str).tolist()
+    pixels, missing = cache.get(shas)
+    if missing:
+        root = workspace.dataset_root(info)
+        paths = [str(workspace.resolve_image_path(str(rows[Col.PATH].iloc[i]), root)) for i in missing]
+        if progress is not None:
+            progress.start("Decoding images", len(paths))
+        decoded = map_batches(
+            functools.partial(_load_gray_list, size=size),
+            paths,
+            batch_size=256,
+            progress=progress.advance if progress is not None else None,
+        )
+        arr = np.stack(decoded) if decoded else np.zeros((0, size, size), np.uint8)
+        pixels[missing] = arr
+        cache.add([shas[i] for i in missing], arr)
+    return pixels
+
+
+def _load_gray_list(paths: list[str], size: int) -> list[np.ndarray]:
+    from fercurate.images import load_gray_files
+
+    return list(load_gray_files(paths, size))
