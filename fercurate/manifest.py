@@ -175,13 +175,20 @@ def read_manifest(path: Path) -> pd.DataFrame:
         WorkspaceError: when the file is missing, unreadable or breaks the schema.
     """
     try:
-        df = pq.read_table(path).to_pandas()
+        df = pq.read_table(path).to_pandas(types_mapper=_nullable_ints)
     except FileNotFoundError as exc:
         raise WorkspaceError(f"manifest file {path} does not exist") from exc
     except (pa.ArrowInvalid, OSError) as exc:
         raise WorkspaceError(f"manifest file {path} is not readable Parquet: {exc}") from exc
     validate(df)
     return df
+
+
+def _nullable_ints(dtype: pa.DataType) -> object:
+    # integer columns with nulls must not come back as float64 ("48.0" would change the content hash)
+    if pa.types.is_integer(dtype):
+        return pd.api.types.pandas_dtype(str(dtype).capitalize().replace("Uint", "UInt"))
+    return None
 
 
 def active(df: pd.DataFrame) -> pd.DataFrame:

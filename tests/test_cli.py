@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+
+runner = CliRunner()
+
+
+def all_commands() -> list[tuple[str, ...]]:
+    root = typer.main.get_command(app)
+    found: list[tuple[str, ...]] = []
+
+    def walk(cmd: object, path: tuple[str, ...]) -> None:
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
+            for name, sub in cmd.commands.items():
+                walk(sub, (*path, name))
+        else:
+            found.append(path)
+
+    walk(root, ())
+    return found
+
+
+def test_the_foundation_commands_are_registered() -> None:
+    names = {c[0] for c in all_commands()}
+    assert {"scan", "log", "diff", "export", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", all_commands(), ids=lambda p: " ".join(p))
+def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example: fercurate" in result.output, f"{' '.join(path)} --help shows no example"
+
+
+def test_cli_json_outputs_parse(tree, tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    res = runner.invoke(app, ["scan", str(tree[0]), "-w", ws, "--json"])
+    assert res.exit_code == 0, res.output
+    scanned = json.loads(res.stdout)
+    assert scanned["version"] == "v0000" and scanned["by_status"]["invalid"] == 6
+    res = runner.invoke(app, ["log", "--json"], env={"FERCURATE_WORKSPACE": ws})
+    entries = json.loads(res.stdout)
+    assert entries[0]["path"].endswith("v0000.parquet") and entries[0]["rows"] == scanned["rows"]
+    res = runner.invoke(app, ["diff", "v0000", "v0000", "-w", ws, "--json"])
+    assert json.loads(res.stdout)["relabels"] == {}
+    res = runner.invoke(app, ["export", "latest", str(tmp_path / "out"), "-w", ws, "--json"])
+    assert json.loads(res.stdout)["files"] == scanned["by_status"]["active"]
+    res = runner.invoke(app, ["log", "-w", ws])
+    assert "v0000" in res.output and "scan" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["log"], "run `fercurate scan DATASET` first"),
+        (["scan", "/definitely/not/here"], "does not exist"),
+        (["diff", "v0007"], "run `fercurate scan DATASET` first"),
+    ],
+)
+def test_user_errors_are_one_red_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, [*args, "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().startswith("error:")
+
+
+def test_help_and_light_commands_do_not_import_torch(tree, tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fercurate.cli import app\n"
+        "r = CliRunner()\n"
+        "assert r.invoke(app, ['--help']).exit_code == 0\n"
+        f"assert r.invoke(app, ['scan', {str(tree[0])!r}, '-w', {str(tmp_path / 'w')!r}]).exit_code == 0\n"
+        f"assert r.invoke(app, ['log', '-w', {str(tmp_path / 'w')!r}]).exit_code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_module_entry_point_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "fercurate", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("fercurate ")
