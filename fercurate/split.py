@@ -72,7 +72,7 @@ class SplitResult:
     share of the whole, per class and split, in percentage points.
     """
 
-    version: VersionInfo | None
+    version: VersionInfo
     parent: str
     ratios: tuple[float, float, float]
     seed: int
@@ -104,8 +104,8 @@ class SplitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": self.version.version if self.version else None,
-            "path": self.version.path if self.version else None,
+            "version": self.version.version,
+            "path": self.version.path,
             "parent": self.parent,
             "ratios": list(self.ratios),
             "seed": self.seed,
@@ -170,7 +170,10 @@ def normalise_ratios(values: tuple[float, ...], shown: str | None = None) -> tup
     else:
         raise InputError(f"--ratios '{shown}' sums to {total:g}; it {RATIOS_HINT} (or fractions summing to 1)")
     if values[0] <= 0:
-        raise InputError(f"--ratios '{shown}' leaves train empty; train must be above 0 (val or test may be 0)")
+        raise InputError(
+            f"--ratios '{shown}' leaves train empty; train must be above 0 and val or test may be 0, "
+            "e.g. 80/10/10 or 90/10/0"
+        )
     train, val, test = (v * scale for v in values)
     return (train, val, test)
 
@@ -222,16 +225,19 @@ def connected_groups(df: pd.DataFrame, group_cols: list[str]) -> np.ndarray:
 
 # -- strategies ------------------------------------------------------------------------------------
 class SplitStrategy:
-    """Assigns rows to splits given their strata and groups; subclasses are registered in STRATEGIES."""
+    """Assigns rows to splits; subclasses are registered in :data:`STRATEGIES`."""
 
     name = ""
     description = ""
 
-    def assign(self, strata: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
+    def assign(
+        self, classes: np.ndarray, sources: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int
+    ) -> np.ndarray:
         """The split index (0 train, 1 val, 2 test) of every row.
 
         Args:
-            strata: stratum code per row (0..C-1).
+            classes: class code per row (0..K-1).
+            sources: source code per row (all 0 when there is one source).
             groups: group id per row; rows of one group must get one split.
             ratios: three fractions summing to 1 (zeros allowed for val and test).
             seed: random seed; the same inputs and seed give the same answer.
@@ -245,13 +251,20 @@ class StratifiedGroupStrategy(SplitStrategy):
     name = "stratified-group"
     description = "class-stratified, groups kept whole (StratifiedGroupKFold + exact singleton fill)"
 
-    def assign(self, strata: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
-        n = len(strata)
+    def assign(
+        self, classes: np.ndarray, sources: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int
+    ) -> np.ndarray:
+        n = len(classes)
         out = np.full(n, -1, dtype=np.int64)
         if n == 0:
             return out
-        n_strata = int(strata.max()) + 1
-        targets = stratum_targets(np.bincount(strata, minlength=n_strata), ratios)
+        # a stratum is a (class, source) pair
+        pairs = classes.astype(np.int64) * (int(sources.max()) + 1) + sources
+        strata, uniques = pd.factorize(pairs, sort=True)
+        n_sources = int(sources.max()) + 1
+        targets = stratum_targets(
+            np.bincount(strata, minlength=len(uniques)), ratios, uniques // n_sources, uniques % n_sources
+        )
         sizes = np.bincount(groups)
         multi = sizes[groups] > 1
         rng = np.random.default_rng(seed)
@@ -261,7 +274,7 @@ class StratifiedGroupStrategy(SplitStrategy):
         np.add.at(placed, (out[multi], strata[multi]), 1)
         single = np.flatnonzero(~multi)
         single = single[rng.permutation(len(single))]
-        for c in range(n_strata):
+        for c in range(len(uniques)):
             rows = single[strata[single] == c]
             if len(rows) == 0:
                 continue
@@ -279,7 +292,9 @@ class RandomGroupStrategy(SplitStrategy):
     name = "random-group"
     description = "unstratified baseline: shuffled whole groups cut at the ratios"
 
-    def assign(self, strata: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
+    def assign(
+        self, classes: np.ndarray, sources: np.ndarray, groups: np.ndarray, ratios: np.ndarray, seed: int
+    ) -> np.ndarray:
         n = len(groups)
         if n == 0:
             return np.full(0, -1, dtype=np.int64)
@@ -293,28 +308,72 @@ class RandomGroupStrategy(SplitStrategy):
         return split_of_group[groups]
 
 
-STRATEGIES: dict[str, SplitStrategy] = {
-    s.name: s for s in (StratifiedGroupStrategy(), RandomGroupStrategy())
-}
+STRATEGIES: dict[str, SplitStrategy] = {s.name: s for s in (StratifiedGroupStrategy(), RandomGroupStrategy())}
 
 
-def stratum_targets(n_per_stratum: np.ndarray, ratios: np.ndarray) -> np.ndarray:
-    """Integer row targets (splits x strata) whose columns sum to each stratum's size.
+def stratum_targets(
+    n_per_stratum: np.ndarray,
+    ratios: np.ndarray,
+    stratum_class: np.ndarray | None = None,
+    stratum_source: np.ndarray | None = None,
+) -> np.ndarray:
+    """Integer row targets (splits x strata): rows sum to the split sizes, columns to the strata.
 
-    Each stratum's ideal counts are rounded by largest remainder, with the rows left over handed to
-    the split that is furthest behind its ideal total so far, so split totals stay within a row or
-    two of the ratios as well.
+    Split sizes are the ratios rounded by largest remainder. Rounding is nested so that what the
+    promise is about comes first: split x class counts are rounded as a whole (each split's class
+    shares as close to the whole's as integers allow), then each class's per-split counts are shared
+    among its sources, leaning against the rounding each source has collected so far.
     """
-    ideal = ratios[:, None] * n_per_stratum[None, :].astype(float)
-    targets = np.floor(ideal + 1e-9).astype(np.int64)
-    behind = np.zeros(len(ratios))
-    for c in range(len(n_per_stratum)):
-        left = int(n_per_stratum[c] - targets[:, c].sum())
-        if left > 0:
-            priority = np.where(ratios > 0, ideal[:, c] - targets[:, c] + behind, -np.inf)
-            targets[np.argsort(-priority, kind="stable")[:left], c] += 1
-        behind += ideal[:, c] - targets[:, c]
+    n = np.asarray(n_per_stratum, dtype=np.int64)
+    total = int(n.sum())
+    if total == 0:
+        return np.zeros((len(ratios), len(n)), dtype=np.int64)
+    sizes = _largest_remainder(ratios, total, ratios > 0)
+    if stratum_class is None:
+        return _matrix_round(sizes, n)
+    source = np.zeros(len(n), dtype=np.int64) if stratum_source is None else np.asarray(stratum_source)
+    klass = np.asarray(stratum_class)
+    class_ids, class_of = np.unique(klass, return_inverse=True)
+    by_class = _matrix_round(sizes, np.bincount(class_of, weights=n).astype(np.int64))
+    targets = np.zeros((len(ratios), len(n)), dtype=np.int64)
+    debt = np.zeros((len(ratios), int(source.max()) + 1))
+    for k in range(len(class_ids)):
+        members = np.flatnonzero(class_of == k)
+        ideal = by_class[:, k][:, None] * n[members][None, :] / max(int(n[members].sum()), 1)
+        sub = _matrix_round(by_class[:, k], n[members], bias=debt[:, source[members]])
+        targets[:, members] = sub
+        np.add.at(debt.T, source[members], (ideal - sub).T)
     return targets
+
+
+def _matrix_round(rows: np.ndarray, cols: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Integers near ``rows[s] * cols[c] / total`` whose rows and columns sum exactly to the margins.
+
+    Cells are floored; the units each margin still needs go to the cells with the largest remainder
+    (plus ``bias``), then to any cell both margins still need.
+    """
+    total = int(cols.sum())
+    out = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    if total == 0:
+        return out
+    ideal = rows[:, None] * cols[None, :] / total
+    out = np.floor(ideal + 1e-9).astype(np.int64)
+    row_left = rows - out.sum(axis=1)
+    col_left = cols - out.sum(axis=0)
+    priority = ideal - out + (bias if bias is not None else 0.0)
+    for flat in np.argsort(-priority, axis=None, kind="stable"):
+        s, c = divmod(int(flat), len(cols))
+        if row_left[s] > 0 and col_left[c] > 0:
+            out[s, c] += 1
+            row_left[s] -= 1
+            col_left[c] -= 1
+    for row in np.flatnonzero(row_left > 0):
+        while row_left[row] > 0:
+            c = int(np.argmax(col_left))
+            out[row, c] += 1
+            row_left[row] -= 1
+            col_left[c] -= 1
+    return out
 
 
 def _largest_remainder(weights: np.ndarray, total: int, allowed: np.ndarray) -> np.ndarray:
@@ -336,16 +395,13 @@ def fold_plan(ratios: np.ndarray, max_folds: int) -> tuple[int, np.ndarray]:
     The smallest fold count (2..max_folds) that represents the ratios exactly (80/10/10 -> 10 folds,
     8/1/1); else the one with the smallest rounding error. Singletons make up what folds cannot.
     """
-    best: tuple[float, int] | None = None
-    for k in range(2, max(2, max_folds) + 1):
-        x = ratios * k
-        err = float(np.abs(x - np.round(x)).max()) / k
+    candidates = range(2, max(2, max_folds) + 1)
+    # the fraction of the data each split is off by when its share is rounded to whole folds
+    errors = [float(np.abs(ratios * k - np.round(ratios * k)).max()) / k for k in candidates]
+    for k, err in zip(candidates, errors, strict=True):
         if err < 1e-9:
-            return k, np.round(x).astype(np.int64)
-        if best is None or err < best[0] - 1e-12:
-            best = (err, k)
-    assert best is not None
-    k = best[1]
+            return k, np.round(ratios * k).astype(np.int64)
+    k = candidates[int(np.argmin(errors))]
     return k, _largest_remainder(ratios, k, ratios > 0)
 
 
@@ -382,7 +438,6 @@ class Assignment:
     groups: int
     rows_in_groups: int
     largest_group: int
-    strata: list[str]
 
 
 def assign(
@@ -408,13 +463,11 @@ def assign(
     positions = positions[np.argsort(df[Col.IMAGE_ID].to_numpy(dtype=object)[positions], kind="stable")]
     act = df.iloc[positions]
     if act.empty:
-        return Assignment(new, 0, 0, 0, 0, [])
+        return Assignment(new, 0, 0, 0, 0)
     groups = connected_groups(act, cols)
     sizes = np.bincount(groups)
-    labels = act[Col.LABEL].astype(str)
-    if act[Col.SOURCE].nunique() > 1:
-        labels = labels + "|" + act[Col.SOURCE].astype(str)
-    strata, strata_names = pd.factorize(labels, sort=True)
+    classes = pd.factorize(act[Col.LABEL].astype(str), sort=True)[0]
+    sources = pd.factorize(act[Col.SOURCE].astype(str), sort=True)[0]
     current = act[Col.SPLIT].to_numpy(dtype=object)
     result = np.full(len(act), -1, dtype=np.int64)
     pulled = 0
@@ -433,8 +486,9 @@ def assign(
     pool = np.flatnonzero(~fixed)
     if len(pool):
         pool_groups = pd.factorize(groups[pool])[0]
-        pool_strata = pd.factorize(strata[pool], sort=True)[0]
-        result[pool] = STRATEGIES[strategy].assign(pool_strata, pool_groups, frac, seed)
+        pool_classes = pd.factorize(classes[pool], sort=True)[0]
+        pool_sources = pd.factorize(sources[pool], sort=True)[0]
+        result[pool] = STRATEGIES[strategy].assign(pool_classes, pool_sources, pool_groups, frac, seed)
     new.iloc[positions] = np.asarray(SPLITS, dtype=object)[result]
     return Assignment(
         split=new,
@@ -442,7 +496,6 @@ def assign(
         groups=int((sizes > 1).sum()),
         rows_in_groups=int(sizes[sizes > 1].sum()),
         largest_group=int(sizes.max()),
-        strata=[str(s) for s in strata_names],
     )
 
 
@@ -487,7 +540,7 @@ def split_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return counts, pct
 
 
-def deviations(counts: pd.DataFrame, pct: pd.DataFrame) -> pd.DataFrame:
+def deviations(pct: pd.DataFrame) -> pd.DataFrame:
     """Each class's share of each split minus its share of the whole, in percentage points."""
     classes = pct.drop(index="all")
     return classes[list(SPLITS)].sub(classes["total"], axis=0)
@@ -565,10 +618,10 @@ def split(workspace: Workspace, params: SplitParams, progress: Progress | None =
         )
         before, before_pct = split_tables(df)
         after, after_pct = split_tables(new_df)
-        dev = deviations(after, after_pct)
+        dev = deviations(after_pct)
         assigned = (TRAIN, VAL) if params.keep_test else SPLITS
         max_dev = max_deviation(after, dev, assigned)
-        max_dev_before = max_deviation(before, deviations(before, before_pct))
+        max_dev_before = max_deviation(before, deviations(before_pct))
         target = dict(zip(SPLITS, pct, strict=True))
         if params.keep_test:
             rest = 100.0 - after_pct.loc["all", TEST]
@@ -648,8 +701,9 @@ def _notes(params: SplitParams, done: Assignment, after: pd.DataFrame, max_dev: 
         )
     if max_dev > TOLERANCE_PP:
         notes.append(
-            f"a class share is off by {max_dev:.2f} pp (> {TOLERANCE_PP:g}); small splits, big groups or "
-            "--keep-test limit the balance"
+            f"a class share is off by {max_dev:.2f} pp (> {TOLERANCE_PP:g} pp); one image is "
+            f"{100 / max(smallest, 1):.2f} pp of the smallest split ({smallest} rows), and big groups or "
+            "--keep-test also limit the balance"
         )
     return notes
 
