@@ -44,7 +44,7 @@ WorkspaceOpt = Annotated[
         "--workspace",
         "-w",
         envvar=WORKSPACE_ENV,
-        help=f"Workspace folder holding the manifest versions [default: ./manifests, or ${WORKSPACE_ENV}].",
+        help=f"Workspace folder holding the manifest versions (default: ./manifests, or ${WORKSPACE_ENV}).",
         show_default=False,
     ),
 ]
@@ -328,6 +328,470 @@ def demo_cmd(
     out.print(f"demo dataset written to {result.dataset_dir} (ground truth: {result.truth_path})")
     out.print(counts_table("Planted", result.counts))
     out.print(f"next: fercurate scan {result.dataset_dir}")
+
+
+# -- split -----------------------------------------------------------------------------------------
+@command("split")
+def split_cmd(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to re-split (v0003, 3, -1); default: the latest.", show_default=False),
+    ] = None,
+    ratios: Annotated[
+        str,
+        typer.Option(
+            help="train/val/test percentages summing to 100: 80/10/10, 80,10,10 or 0.8/0.1/0.1; val or test may be 0."
+        ),
+    ] = "80/10/10",
+    seed: Annotated[int, typer.Option(help="Random seed: the same manifest and seed give the same splits.")] = 0,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group-by",
+            help="Column whose shared values stay in one split (repeatable), e.g. --group-by subject_id; "
+            "dup_group (from dedup) is always used when present.",
+        ),
+    ] = None,
+    keep_test: Annotated[
+        bool,
+        typer.Option(
+            "--keep-test",
+            help="Keep the current test rows (an official test set) in test, with every group touching them, "
+            "and split the rest train/val in the train:val proportion of --ratios.",
+        ),
+    ] = False,
+    strategy: Annotated[
+        str, typer.Option(help="stratified-group (class-stratified) | random-group (unstratified baseline).")
+    ] = "stratified-group",
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-split the active rows into train/val/test, stratified by class, keeping duplicate groups together.
+
+    Each split's class shares match the whole within 1 percentage point for classes with 100+ images;
+    rows sharing a dup_group or a --group-by value never straddle two splits. Removed and invalid rows
+    keep their split; split_original keeps the dataset's own split. Writes a before/after bar chart.
+
+    Example: fercurate split --ratios 80/10/10 --seed 0
+    """
+    from fercurate.split import SplitParams, parse_ratios, split
+
+    params = SplitParams(
+        version=version,
+        ratios=parse_ratios(ratios),
+        seed=seed,
+        group_by=tuple(group_by or ()),
+        keep_test=keep_test,
+        strategy=strategy,
+    )
+    with progress_bar() as progress:
+        result = split(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    shown = "/".join(f"{r:g}" for r in result.ratios)
+    out.print(
+        f"[bold green]{result.version.version}[/] split of {result.parent} ({shown}, seed {result.seed}"
+        f"{', keep-test' if result.keep_test else ''}): {result.moved} of {result.rows_active} active rows moved"
+    )
+    sizes = Table(title="Active rows by split", title_justify="left")
+    for col in ("split", "before", "after", "target %"):
+        sizes.add_column(col, justify="left" if col == "split" else "right")
+    for name, ratio in zip(("train", "val", "test"), result.ratios, strict=True):
+        target = "kept" if result.keep_test and name == "test" else f"{ratio:.1f}"
+        sizes.add_row(
+            name,
+            f"{result.before.loc['all', name]} ({result.before_pct.loc['all', name]:.1f}%)",
+            f"{result.after.loc['all', name]} ({result.after_pct.loc['all', name]:.1f}%)",
+            target,
+        )
+    out.print(sizes)
+    for title, counts, pct in (
+        (f"Class share of each split, before ({result.parent})", result.before, result.before_pct),
+        (f"Class share of each split, after ({result.version.version})", result.after, result.after_pct),
+    ):
+        table = Table(title=title, title_justify="left")
+        table.add_column("class")
+        for name in counts.columns:
+            table.add_column("whole" if name == "total" else name, justify="right")
+        for label in counts.index:
+            if label == "all":
+                continue
+            table.add_row(
+                str(label),
+                *[
+                    f"{counts.loc[label, c]} ({pct.loc[label, c]:.1f}%)" if counts.loc["all", c] else "0"
+                    for c in counts.columns
+                ],
+            )
+        out.print(table)
+    colour = "green" if result.within_tolerance else "yellow"
+    out.print(
+        f"largest class-share deviation: [{colour}]{result.max_deviation_pp:.2f} pp[/] "
+        f"(before {result.max_deviation_pp_before:.2f} pp; tolerance 1 pp for classes with 100+ images); "
+        f"split sizes off target by {result.size_deviation_pp:.2f} pp"
+    )
+    if result.groups:
+        out.print(
+            f"{result.groups} groups ({result.rows_in_groups} rows) kept whole; largest {result.largest_group} rows"
+        )
+    if result.moves:
+        out.print("moves: " + ", ".join(f"{k} {v}" for k, v in sorted(result.moves.items())))
+    out.print(f"chart: {result.chart}")
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+# -- merge-affectnet -------------------------------------------------------------------------------
+@command("merge-affectnet")
+def merge_affectnet_cmd(
+    source: Annotated[
+        Path, typer.Argument(help="AffectNet folder (official images + CSV, or class folders), or its CSV.")
+    ],
+    workspace: WorkspaceOpt = None,
+    csv: Annotated[
+        Path | None,
+        typer.Option(
+            help="The official CSV \\[default: every CSV in SOURCE with the official columns, e.g. training.csv].",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to merge into (v0003, 3, -1) \\[default: latest].", show_default=False),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="'equal' (every class up to the largest) or N (every class up to N rows) \\[default: equal].",
+            show_default=False,
+        ),
+    ] = None,
+    target_fraction: Annotated[
+        float | None,
+        typer.Option(help="Every class up to this fraction of the largest, e.g. 0.8 (instead of --target).",
+                     show_default=False),
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(help="Margin around the face box on each side, as a fraction of its side \\[default: 0.1].",
+                     show_default=False),
+    ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            "--map",
+            help="Source class -> dataset class overrides, e.g. surprised=surprise,contempt=angry "
+            "\\[default: fold common names: anger->angry, happiness->happy, ...].",
+            show_default=False,
+        ),
+    ] = None,
+    splits: Annotated[
+        str | None,
+        typer.Option(
+            help="stratified (new rows into train/val/test by --ratios, per class) | train (train only, "
+            "balancing the train split; val and test stay purely original) \\[default: stratified].",
+            show_default=False,
+        ),
+    ] = None,
+    ratios: Annotated[
+        str | None,
+        typer.Option(help="train,val,test proportions for --splits stratified \\[default: 80,10,10].",
+                     show_default=False),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Fixes which images are taken and where they go \\[default: 0].",
+                                 show_default=False)
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Side of the stored faces \\[default: the dataset's].", show_default=False)
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Conversion processes \\[default: all CPUs].")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top up under-represented classes with faces converted from AffectNet (48x48 grayscale).
+
+    Reads the official layout (images + training.csv, a face box per row; codes 8-10 skipped) or class folders.
+
+    Each face is cropped to its box plus --margin, made grayscale and resized with antialiasing into the store.
+
+    Only what each class needs is converted, in a seeded order; invalid images and near-duplicates are skipped.
+
+    The source is never modified. Writes the skipped files (merge_skipped.parquet) and a chart.
+
+    Example: fercurate merge-affectnet ~/data/AffectNet --target equal --splits train
+    """
+    from fercurate.affectnet import MergeParams, merge_affectnet, parse_mapping, parse_ratios
+
+    given: dict[str, Any] = {
+        "csv": csv,
+        "version": version,
+        "target": target,
+        "target_fraction": target_fraction,
+        "margin": margin,
+        "mapping": parse_mapping(mapping) if mapping else None,
+        "splits": splits,
+        "ratios": parse_ratios(ratios) if ratios else None,
+        "seed": seed,
+        "image_size": image_size,
+        "workers": workers,
+    }
+    # options left out keep MergeParams' defaults (defined once, there)
+    params = MergeParams(source=source, dry_run=dry_run, **{k: v for k, v in given.items() if v is not None})
+    with progress_bar() as progress:
+        result = merge_affectnet(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    by_split = "/".join(str(result.added_by_split.get(s, 0)) for s in ("train", "val", "test"))
+    if result.version is None:
+        out.print(
+            f"[bold yellow]dry run[/] merge-affectnet into {result.parent} ({result.layout} layout): "
+            f"would add {int(result.plan['planned'].sum())} faces; nothing written"
+        )
+    else:
+        out.print(
+            f"[bold green]{result.version.version}[/] merge-affectnet into {result.parent} ({result.layout} layout): "
+            f"added {result.added} faces (train/val/test {by_split}) in {result.seconds:.1f} s"
+        )
+    mapped = Table(title="Source classes", title_justify="left")
+    mapped.add_column("source class")
+    mapped.add_column("dataset class")
+    for name, cls in result.mapping.items():
+        mapped.add_row(name, cls or "[dim]skipped (not in the dataset)[/]")
+    out.print(mapped)
+    out.print(frame_table("Plan and what was done", result.plan, "class"))
+    out.print(frame_table(f"Active rows before ({result.parent})", result.before, "class"))
+    after_title = "planned" if result.version is None else result.version.version
+    out.print(frame_table(f"Active rows after ({after_title})", result.after, "class"))
+    if result.skipped:
+        out.print(counts_table("Skipped source rows by reason", result.skipped))
+    if result.skipped_path:
+        out.print(f"skipped files: {result.skipped_path}")
+    if result.chart_path:
+        out.print(f"chart: {result.chart_path}")
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+# -- benchmark -------------------------------------------------------------------------------------
+@command("benchmark")
+def benchmark_cmd(
+    versions: Annotated[
+        list[str] | None, typer.Argument(help="Versions to compare [default: every version in the lineage].")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    seeds: Annotated[int, typer.Option(help="Models per version (different seeds).")] = 3,
+    preset: Annotated[str, typer.Option(help="Trainer preset: cpu | bpp (GPU) | tiny (tests).")] = "cpu",
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the built-in CNN on each version and report what each curation step bought.
+
+    Every model is scored on one gold test set no version trained on; the report shows each
+    version's own validation accuracy beside it, so inflated numbers are visible.
+
+    Example: fercurate benchmark v0000 v0004 --seeds 3 --preset cpu
+    """
+    from fercurate.benchmark import BenchmarkParams, benchmark, summary_rows
+
+    params = BenchmarkParams(
+        versions=tuple(versions or ()),
+        seeds=seeds,
+        preset=preset,
+        overrides=(("epochs", epochs),) if epochs else (),
+        device=device,
+    )
+    with progress_bar() as progress:
+        result = benchmark(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rows = summary_rows(result)
+    table = Table(title=f"Benchmark ({result.preset}, {result.seeds} seed(s), {result.device}); gold set "
+                  f"{result.gold_size} images; accuracies in %", title_justify="left")
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+    for w in result.warnings:
+        out.print(f"[yellow]warning:[/] {w}")
+    out.print(f"report: {result.report_dir / 'report.html'} (and report.md, plots, runs.parquet)")
+
+
+# -- relabel-review --------------------------------------------------------------------------------
+relabel_app = typer.Typer(
+    help="Find likely wrong labels (flag), decide them in a local page (serve), apply the decisions (apply).\n\n"
+    "Example: fercurate relabel-review flag && fercurate relabel-review serve",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(relabel_app, name="relabel-review")
+
+
+def _relabel_command(name: str) -> Callable[[F], F]:
+    """Register a relabel-review subcommand with the same error handling as :func:`command`."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except FercurateError as exc:
+                err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        relabel_app.command(name)(wrapper)
+        return fn
+
+    return decorate
+
+
+@_relabel_command("flag")
+def relabel_flag_cmd(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to flag (v0003, 3, -1) [default: latest].", show_default=False),
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds; duplicate groups stay in one fold.")] = 5,
+    preset: Annotated[str, typer.Option(help="Training preset: cpu (2 CPU cores), bpp (GPU recipe), tiny.")] = "cpu",
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the preset's maximum epochs.", show_default=False)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the models.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    method: Annotated[
+        str, typer.Option(help="Ranking of the flags: self_confidence | normalized_margin.")
+    ] = "self_confidence",
+    filter_by: Annotated[
+        str, typer.Option("--filter", help="Which rows are flagged: prune_by_noise_rate | confident_learning.")
+    ] = "prune_by_noise_rate",
+    top_per_class: Annotated[int, typer.Option(help="Flagged images per class in flagged.html/png.")] = 24,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads [default: torch's].", show_default=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score every active row for a likely wrong label by k-fold cross-fitting of the built-in CNN.
+
+    Writes a new version with prob_<class>, mislabel_score, suggested_label and flagged columns, plus
+    review_queue.parquet, flagged.html and flagged.png in its report folder. Out-of-fold probabilities are
+    cached: a re-run with unchanged rows and settings trains nothing.
+
+    Example: fercurate relabel-review flag --folds 5 --preset cpu
+    """
+    from fercurate.relabel.flag import FlagParams, flag
+
+    params = FlagParams(
+        version=version,
+        folds=folds,
+        preset=preset,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        method=method,
+        filter_by=filter_by,
+        top_per_class=top_per_class,
+        num_threads=threads,
+    )
+    with progress_bar() as progress:
+        result = flag(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"[bold green]{result.version.version}[/] relabel-review flag of {result.parent}: "
+        f"[bold]{result.flagged}[/] of {result.rows} active rows flagged in {result.seconds:.1f} s "
+        f"({result.folds_trained} folds trained, {result.folds_cached} from cache; "
+        f"out-of-fold accuracy {result.oof_accuracy:.1%})"
+    )
+    if result.by_pair:
+        out.print(counts_table("Flagged, given->suggested", result.by_pair))
+    out.print(f"review queue: {result.queue_path}")
+    out.print(f"contact sheet: {result.html_path}")
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    out.print("next: fercurate relabel-review serve")
+
+
+@_relabel_command("serve")
+def relabel_serve_cmd(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version", help="Flag version, or one descending from it [default: latest].", show_default=False
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+) -> None:
+    """Serve a local page to decide each flagged image: 1-9 relabel, k keep, x remove, u undo, arrows move.
+
+    Listens on 127.0.0.1 only; the printed URL carries a random access token. Every decision is written
+    to the workspace's decision log at once, so Ctrl-C or a closed browser loses nothing. Stop with Ctrl-C.
+
+    Example: fercurate relabel-review serve --port 8765 --open
+    """
+    from fercurate.relabel.serve import ServeParams, serve
+
+    def ready(server: Any) -> None:
+        state = server.state
+        out.print(
+            f"reviewing {len(state.items)} flagged images of {state.flag_version}; decisions go to {state.log.path}"
+        )
+        out.print(f"open [bold]{server.url}[/]  (Ctrl-C to stop)", soft_wrap=True)
+
+    serve(Workspace(workspace), ServeParams(version=version, port=port, open_browser=open_browser), on_ready=ready)
+    out.print("stopped; every decision is saved. next: fercurate relabel-review apply")
+
+
+@_relabel_command("apply")
+def relabel_apply_cmd(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to apply the decisions to [default: latest].", show_default=False),
+    ] = None,
+    auto_accept: Annotated[
+        float | None,
+        typer.Option(
+            help="Also relabel flagged, undecided rows whose suggestion has at least this probability "
+            "(recorded as decided by the model).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a new version with the review's decisions applied: relabels change label, removals set status.
+
+    label_original keeps the scanned label and reason records each change and who decided it. Applying
+    the same decisions again changes nothing.
+
+    Example: fercurate relabel-review apply --auto-accept 0.9
+    """
+    from fercurate.relabel.apply import ApplyParams, apply
+
+    result = apply(Workspace(workspace), ApplyParams(version=version, auto_accept=auto_accept))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"[bold green]{result.version.version}[/] relabel-review apply to {result.parent}: "
+        f"{result.relabeled_by_human} relabeled and {result.removed} removed by people, "
+        f"{result.relabeled_by_model} relabeled by the model, {result.kept} kept, "
+        f"{result.already_applied} already in effect"
+    )
+    if result.changes:
+        out.print(counts_table("Changes", result.changes))
+    if result.skipped:
+        out.print(counts_table("Decisions skipped", result.skipped))
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
 
 
 # -- stage commands are added above this line, one section each --------------------------------
