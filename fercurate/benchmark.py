@@ -158,7 +158,6 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
     gold_pixels = load_pixels(workspace, newest, gold)
     gold_y = _encode(gold[Col.LABEL], classes, newest.version, "gold")
     gold_ids = set(gold[Col.IMAGE_ID])
-    gold_shas = set(gold[Col.SHA256])
 
     # -- train and evaluate ---------------------------------------------------------------------
     runs: list[dict[str, Any]] = []
@@ -169,7 +168,7 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
     for info in infos:
         df = frames[info.version]
         act = df[df[Col.STATUS] == ACTIVE]
-        leaked = act[Col.IMAGE_ID].isin(gold_ids) | act[Col.SHA256].isin(gold_shas)
+        leaked = act[Col.IMAGE_ID].isin(gold_ids)
         tr = act[(act[Col.SPLIT] == "train") & ~leaked]
         va = act[(act[Col.SPLIT] == "val") & ~leaked]
         te = act[act[Col.SPLIT] == "test"]
@@ -295,11 +294,10 @@ def _gold_set(
         return candidates, 0
     reference = pd.concat(
         [f[(f[Col.STATUS] == ACTIVE) & f[Col.SPLIT].isin(["train", "val"])] for f in frames.values()]
-    ).drop_duplicates(Col.SHA256)
-    cand_ids = set(candidates[Col.IMAGE_ID])
-    cand_shas = set(candidates[Col.SHA256])
-    # a candidate's own row (same image) in an old version's train is held out there, not a duplicate
-    reference = reference[~reference[Col.IMAGE_ID].isin(cand_ids) & ~reference[Col.SHA256].isin(cand_shas)]
+    ).drop_duplicates(Col.IMAGE_ID)
+    # a candidate's own row in an old version's train is held out there, not a duplicate; another file
+    # with the same bytes is a duplicate like any other
+    reference = reference[~reference[Col.IMAGE_ID].isin(set(candidates[Col.IMAGE_ID]))]
     leaky = np.zeros(len(candidates), dtype=bool)
     if not reference.empty:
         q = load_pixels(workspace, infos[-1], candidates)
