@@ -22,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from fercurate.train.config import (
+    PRESET_HELP,
     PRESETS,
     TrainConfig,
     config_from_dict,
@@ -60,6 +61,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "PRESET_HELP",
     "PRESETS",
     "ArraySplit",
     "Metrics",
@@ -85,10 +87,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    # Not cached in globals(): looking the name up in its module every time keeps
+    # monkeypatch.setattr(fercurate.train.loop, "train", ...) effective for package-level users.
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

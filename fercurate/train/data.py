@@ -54,9 +54,7 @@ def check_split(split: ArraySplit, name: str, n_classes: int, image_size: int) -
     """
     x, y = np.asarray(split.x), np.asarray(split.y)
     if x.ndim != 3 or x.dtype != np.uint8:
-        raise InputError(
-            f"{name} images must be a uint8 array of shape (N, H, W), got {x.dtype} {x.shape}"
-        )
+        raise InputError(f"{name} images must be a uint8 array of shape (N, H, W), got {x.dtype} {x.shape}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{name} labels must be a 1-D integer array, got {y.dtype} {y.shape}")
     if x.shape[0] != y.shape[0]:
@@ -91,7 +89,8 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(np.asarray(y), minlength=n_classes).astype(np.float64)
     if (counts == 0).any():
         raise InputError(f"cannot weight classes {np.flatnonzero(counts == 0).tolist()}: no rows")
-    return (counts.sum() / (n_classes * counts)).astype(np.float32)
+    weights: np.ndarray = (counts.sum() / (n_classes * counts)).astype(np.float32)
+    return weights
 
 
 @dataclass
@@ -111,33 +110,34 @@ class DeviceSplit:
         """Copy ``split`` to ``device`` once, for the whole run."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(split.x, dtype=np.uint8)).unsqueeze(1)
-        y = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
+        # torch.tensor copies: the caller's arrays may be read-only views (Arrow, mmap), which
+        # from_numpy warns about, and on CPU the split must not alias memory it does not own.
+        x = torch.tensor(np.asarray(split.x), dtype=torch.uint8).unsqueeze(1)
+        y = torch.tensor(np.asarray(split.y), dtype=torch.int64)
         return cls(x=x.to(device), y=y.to(device))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
 
-def batch_indices(
-    n: int, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[torch.Tensor | slice]:
-    """Yield the batches of one epoch as index tensors (shuffled) or slices (in order).
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Yield one training epoch's batches as index tensors over a fresh permutation of ``n`` rows.
 
-    With a generator the rows are shuffled, and a final batch of one row is dropped because batch
-    norm cannot normalise a single row in training mode (the row is back in a later epoch's
-    shuffle). Without one, every row is visited in order, as evaluation needs.
+    A final batch of a single row is dropped because batch norm cannot normalise one row in
+    training mode; that row is back in a later epoch's shuffle.
     """
     import torch
 
-    if generator is None:
-        for start in range(0, n, batch_size):
-            yield slice(start, min(start + batch_size, n))
-        return
     perm = torch.randperm(n, generator=generator, device=generator.device)
     stop = n - 1 if n % batch_size == 1 else n
     for start in range(0, stop, batch_size):
         yield perm[start : start + batch_size]
+
+
+def ordered_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Yield slices covering all ``n`` rows in order, as evaluation and prediction need."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
 
 
 def to_float(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -148,7 +148,7 @@ def to_float(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
-def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Randomly flip, rotate, zoom and change the contrast of a batch, all on its device.
 
     Mirrors the recipe's Keras layers: ``RandomFlip("horizontal")``,
@@ -160,7 +160,8 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
         x: float ``(B, 1, H, W)`` in [0, 1].
         config: Supplies ``flip``, ``rotation``, ``zoom`` and ``contrast``; a zero/False value
             skips that transform entirely, so all-off is the exact identity.
-        generator: Source of randomness, on ``x``'s device.
+        generator: Source of randomness, on ``x``'s device; None uses the device's default
+            generator (which is what a CUDA-graph capture records).
 
     Returns:
         A new tensor of the same shape, dtype and range.
@@ -185,13 +186,10 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
         scale = 1 + uniform(config.zoom)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         zero = torch.zeros_like(cos)
-        theta = torch.stack(
-            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
-        )
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # Keras fills with "reflect" by default; black corners would teach the net a cue.
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                          align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if config.contrast > 0:
         factor = (1 + uniform(config.contrast))[:, None, None, None]
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -199,9 +197,7 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
     return x
 
 
-def synthetic_split(
-    n: int, n_classes: int = 4, image_size: int = 48, seed: int = 0, noise: float = 40.0
-) -> ArraySplit:
+def synthetic_split(n: int, n_classes: int = 4, image_size: int = 48, seed: int = 0, noise: float = 40.0) -> ArraySplit:
     """Generate a labelled split of simple 48x48-style patterns, for tests and benchmarks.
 
     Class ``c`` is a pair of bright Gaussian blobs (two "eyes", mirror images of each other) at a
@@ -235,13 +231,12 @@ def synthetic_split(
 
     # Separable Gaussians: (n, s, 1) * (n, 1, s) avoids building an (n, s, s, 2) coordinate grid.
     def bump(centre: np.ndarray) -> np.ndarray:
-        return np.exp(-((grid[None, :] - centre[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
+        out: np.ndarray = np.exp(-((grid[None, :] - centre[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
+        return out
 
     gy = bump(cy)
     gx = bump(cx - dx) + bump(cx + dx)
-    img = (base[:, None, None] + peak[:, None, None] * gy[:, :, None] * gx[:, None, :]).astype(
-        np.float32
-    )
+    img = (base[:, None, None] + peak[:, None, None] * gy[:, :, None] * gx[:, None, :]).astype(np.float32)
     img += rng.normal(0, noise, (n, s, s)).astype(np.float32)
-    x = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    x: np.ndarray = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return ArraySplit(x=x, y=y)

@@ -43,7 +43,7 @@ class Metrics:
 def _labels(y: Any, name: str) -> np.ndarray:
     arr = np.asarray(y)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise InputError(f"{name} must be a 1-D array of class indices, got {arr.dtype} {arr.shape}")
+        raise InputError(f"{name} must be 1-D class indices, got {arr.dtype} {arr.shape}")
     return arr.astype(np.int64)
 
 
@@ -78,9 +78,7 @@ def classification_metrics(y_true: Any, y_pred: Any, classes: Sequence[str]) -> 
     labels = list(range(k))
     # labels= keeps every class in the report even when absent from both arrays; zero_division=0
     # scores such a class 0 instead of warning, which is what a curated-vs-raw report wants.
-    precision, recall, f1, support = precision_recall_fscore_support(
-        t, p, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -133,9 +131,7 @@ def paired_bootstrap_ci(
     a = np.asarray(correct_a)
     b = np.asarray(correct_b)
     if a.ndim != 1 or a.shape != b.shape:
-        raise InputError(
-            f"correct_a and correct_b must be 1-D and the same length, got {a.shape} and {b.shape}"
-        )
+        raise InputError(f"correct_a and correct_b must be 1-D and the same length, got {a.shape} and {b.shape}")
     if a.size == 0:
         raise InputError("cannot bootstrap an accuracy difference over zero rows")
     if n_boot < 1 or not 0.0 < level < 1.0:

@@ -62,19 +62,27 @@ def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             # Keras defaults; PyTorch's kaiming-uniform(a=sqrt(5)) would be a different recipe.
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return model
 
 
 def kernel_parameters(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Split parameters into conv/dense kernels (L2-regularised, as Keras ``kernel_regularizer``)
-    and the rest (biases and batch-norm scales/offsets, which Keras leaves unregularised)."""
+    """Split parameters into kernels and the rest, for the recipe's L2.
+
+    Conv and dense kernels are L2-regularised (Keras ``kernel_regularizer``); biases and
+    batch-norm scales/offsets are not, as in Keras.
+
+    Returns:
+        ``(kernels, others)``.
+    """
     kernels: list[torch.Tensor] = []
     others: list[torch.Tensor] = []
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             kernels.append(m.weight)
-            others.append(m.bias)
+            if m.bias is not None:
+                others.append(m.bias)
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             others += [m.weight, m.bias]
     return kernels, others
