@@ -252,6 +252,24 @@ def parse_target(target: str | int) -> int | None:
     raise InputError(f"--target '{target}' is not 'equal' or a positive whole number of rows per class (e.g. 4000)")
 
 
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """Parse ``80,10,10`` into train/val/test proportions.
+
+    Raises:
+        InputError: for anything but three non-negative numbers with a positive sum.
+    """
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        raise InputError(
+            f"--ratios '{text}' must be three non-negative train,val,test proportions with a positive sum, "
+            "e.g. 80,10,10"
+        )
+    return values[0], values[1], values[2]
+
+
 def _check_params(params: MergeParams) -> int | None:
     target = parse_target(params.target)
     if params.target_fraction is not None:
@@ -605,7 +623,7 @@ def convert_face(data: bytes, box: Box | None, size: int, margin: float) -> dict
         rec.update(reason="corrupt", detail="empty file")
         return rec
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         width, height = img.size
         rec["width"], rec["height"] = width, height
         crop = face_crop_box(width, height, box, margin)
@@ -649,7 +667,9 @@ def convert_face(data: bytes, box: Box | None, size: int, margin: float) -> dict
     return rec
 
 
-def convert_faces(items: list[tuple[str, Box | None]], size: int = 48, margin: float = 0.1) -> list[dict[str, Any]]:
+def convert_faces(
+    items: Sequence[tuple[str, Box | None]], size: int = 48, margin: float = 0.1
+) -> list[dict[str, Any]]:
     """:func:`convert_face` over a batch of ``(file path, face box or None)``; mappable by any engine."""
     out = []
     for path, box in items:
@@ -727,6 +747,12 @@ def merge_affectnet(workspace: Workspace, params: MergeParams, progress: Progres
         act = df[df[Col.STATUS] == ACTIVE]
         classes = sorted(act[Col.LABEL].unique().tolist())
         mapping = resolve_mapping(source.rows[SOURCE_LABEL].tolist(), classes, params.mapping)
+        if not mapping:
+            reasons = ", ".join(f"{k} {v}" for k, v in _skip_counts(source.skipped).items()) or "no rows"
+            raise DatasetError(
+                f"AffectNet source {source.root} has no labelled images to use ({reasons}); "
+                "check that the CSV's expression codes are 0-7"
+            )
         if not any(mapping.values()):
             found = ", ".join(sorted(mapping)) or "(none)"
             raise DatasetError(
@@ -890,6 +916,7 @@ def _convert_in_rounds(
     rejected: list[dict[str, Any]] = []
     if not any(needs[c] > 0 and order[c] for c in order):
         return accepted, pd.DataFrame(rejected, columns=[SOURCE_PATH, SOURCE_LABEL, "reason", "detail"]), examined
+    rows = cands.to_dict("records")  # plain dicts: row access in the loops below is hot
     dataset = _dedup_view(load_pixels(workspace, info, act, size, progress), size)
     dataset_ids = act[Col.IMAGE_ID].tolist()
     taken: list[np.ndarray] = []  # accepted faces (dedup view), in acceptance order
@@ -910,14 +937,14 @@ def _convert_in_rounds(
             break
         round_no += 1
         progress.start(f"Converting AffectNet faces (round {round_no})", len(batch))
-        items = [(cands.at[i, "file"], _box(cands.loc[i])) for i in batch]
+        items = [(rows[i]["file"], _box(rows[i])) for i in batch]
         records = map_batches(
             convert, items, batch_size=_CONVERT_BATCH, workers=params.workers, progress=progress.advance
         )
         ok = [k for k, r in enumerate(records) if r["ok"]]
         for k, r in enumerate(records):
             if not r["ok"]:
-                rejected.append(_rejection(cands.loc[batch[k]], r["reason"], r["detail"]))
+                rejected.append(_rejection(rows[batch[k]], r["reason"], r["detail"]))
         faces = np.stack([np.frombuffer(records[k]["pixels"], np.uint8).reshape(size, size) for k in ok]) if ok else (
             np.zeros((0, size, size), np.uint8)
         )
@@ -931,7 +958,7 @@ def _convert_in_rounds(
                 partners.setdefault(int(b), set()).add(int(a))
         kept_here: set[int] = set()
         for q, k in enumerate(ok):
-            row = cands.loc[batch[k]]
+            row = rows[batch[k]]
             c = row["label"]
             if len(accepted[c]) >= needs[c]:
                 continue  # spare: converted, fine, not needed
@@ -945,7 +972,7 @@ def _convert_in_rounds(
                 continue
             twins = partners.get(q, set()) & kept_here
             if twins:
-                twin = cands.at[batch[ok[min(twins)]], Col.IMAGE_ID]
+                twin = rows[batch[ok[min(twins)]]][Col.IMAGE_ID]
                 rejected.append(_rejection(row, "duplicate_within_source", str(twin)))
                 continue
             kept_here.add(q)
@@ -953,20 +980,20 @@ def _convert_in_rounds(
         if kept_here:
             new = sorted(kept_here)
             taken.extend(query[new])
-            taken_ids.extend(cands.at[batch[ok[q]], Col.IMAGE_ID] for q in new)
+            taken_ids.extend(rows[batch[ok[q]]][Col.IMAGE_ID] for q in new)
             cache.add([records[ok[q]]["sha256"] for q in new], faces[new])
     frame = pd.DataFrame(rejected, columns=[SOURCE_PATH, SOURCE_LABEL, "reason", "detail"])
     return accepted, frame, examined
 
 
-def _box(row: pd.Series) -> Box | None:
+def _box(row: dict[str, Any]) -> Box | None:
     values = [row[c] for c in BOX_COLUMNS]
     if any(pd.isna(v) for v in values):
         return None
     return (int(values[0]), int(values[1]), int(values[2]), int(values[3]))
 
 
-def _rejection(row: pd.Series, reason: str, detail: str | None) -> dict[str, Any]:
+def _rejection(row: dict[str, Any], reason: str, detail: str | None) -> dict[str, Any]:
     return {SOURCE_PATH: row[SOURCE_PATH], SOURCE_LABEL: row[SOURCE_LABEL], "reason": reason, "detail": detail}
 
 
@@ -988,6 +1015,7 @@ def _new_rows(
     params: MergeParams,
 ) -> pd.DataFrame:
     """Store the accepted faces and build their manifest rows, placed into splits per class."""
+    rows = cands.to_dict("records")
     records: list[tuple[str, dict[str, Any]]] = []
     for c in sorted(accepted):
         faces = accepted[c]
@@ -1002,8 +1030,9 @@ def _new_rows(
     ids, paths, splits, labels, shas, src_paths, src_labels = [], [], [], [], [], [], []
     boxes: dict[str, list[Any]] = {c: [] for c in BOX_COLUMNS}
     for split, rec in records:
-        row = cands.loc[rec["index"]]
-        stem = os.path.splitext(row[SOURCE_PATH])[0]
+        row = rows[rec["index"]]
+        # keep the store inside the workspace even for a CSV whose images lie outside SOURCE
+        stem = "/".join(p for p in Path(os.path.splitext(row[SOURCE_PATH])[0]).parts if p not in ("..", ".", "/"))
         # the sha in the name keeps stored files immutable: another margin or size is another file
         value, file = workspace.store_path(f"{SOURCE_AFFECTNET}/{stem}_{rec['sha256'][:10]}.png")
         if not file.exists():
@@ -1118,28 +1147,32 @@ def _dry_run_result(
 
 
 def _chart(before: pd.DataFrame, after: pd.DataFrame, path: Path, title: str) -> None:
-    """Bars of active rows per class before and after, stacked by split."""
+    """Bars of active rows per class before (plain) and after (hatched), stacked by split."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     classes = sorted(set(before.index) | set(after.index))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(classes) + 2), 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(classes) + 3), 4.2), dpi=100)
     x = np.arange(len(classes))
     colours = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
-    for offset, table, hatch, name in ((-0.2, before, "", "before"), (0.2, after, "//", "after")):
+    for offset, table, hatch in ((-0.2, before, ""), (0.2, after, "//")):
         bottom = np.zeros(len(classes))
         for s in SPLITS:
-            values = np.array([float(table.loc[c, s]) if c in table.index and s in table.columns else 0.0
-                               for c in classes])
-            ax.bar(x + offset, values, 0.38, bottom=bottom, color=colours[s], hatch=hatch, edgecolor="white",
-                   label=f"{s} ({name})")
+            values = np.array(
+                [float(table.loc[c, s]) if c in table.index and s in table.columns else 0.0 for c in classes]
+            )
+            ax.bar(x + offset, values, 0.38, bottom=bottom, color=colours[s], hatch=hatch, edgecolor="white")
             bottom += values
     ax.set_xticks(x, classes)
     ax.set_ylabel("active rows")
     ax.set_title(title)
-    ax.legend(ncol=2, fontsize=8)
+    handles = [Patch(color=colours[s], label=s) for s in SPLITS]
+    handles += [Patch(facecolor="white", edgecolor="grey", label="before"),
+                Patch(facecolor="white", edgecolor="grey", hatch="//", label="after")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

@@ -452,18 +452,19 @@ def merge_affectnet_cmd(
     csv: Annotated[
         Path | None,
         typer.Option(
-            help="The official CSV \\[default: every CSV in SOURCE with the official columns, e.g. training.csv].",
+            help="The official CSV (default: every CSV in SOURCE with the official columns, e.g. training.csv).",
             show_default=False,
         ),
     ] = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to merge into (v0003, 3, -1) \\[default: latest].", show_default=False),
+        typer.Option("--version", help="Version to merge into (v0003, 3, -1); default: the latest.",
+                     show_default=False),
     ] = None,
     target: Annotated[
         str | None,
         typer.Option(
-            help="'equal' (every class up to the largest) or N (every class up to N rows) \\[default: equal].",
+            help="'equal' (every class up to the largest; the default) or N (every class up to N rows).",
             show_default=False,
         ),
     ] = None,
@@ -474,7 +475,7 @@ def merge_affectnet_cmd(
     ] = None,
     margin: Annotated[
         float | None,
-        typer.Option(help="Margin around the face box on each side, as a fraction of its side \\[default: 0.1].",
+        typer.Option(help="Margin around the face box on each side, as a fraction of its side (default: 0.1).",
                      show_default=False),
     ] = None,
     mapping: Annotated[
@@ -482,7 +483,7 @@ def merge_affectnet_cmd(
         typer.Option(
             "--map",
             help="Source class -> dataset class overrides, e.g. surprised=surprise,contempt=angry "
-            "\\[default: fold common names: anger->angry, happiness->happy, ...].",
+            "(default: fold common names: anger->angry, happiness->happy, ...).",
             show_default=False,
         ),
     ] = None,
@@ -490,23 +491,23 @@ def merge_affectnet_cmd(
         str | None,
         typer.Option(
             help="stratified (new rows into train/val/test by --ratios, per class) | train (train only, "
-            "balancing the train split; val and test stay purely original) \\[default: stratified].",
+            "balancing the train split; val and test stay purely original) (default: stratified).",
             show_default=False,
         ),
     ] = None,
     ratios: Annotated[
         str | None,
-        typer.Option(help="train,val,test proportions for --splits stratified \\[default: 80,10,10].",
+        typer.Option(help="train,val,test proportions for --splits stratified (default: 80,10,10).",
                      show_default=False),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Fixes which images are taken and where they go \\[default: 0].",
+        int | None, typer.Option(help="Fixes which images are taken and where they go (default: 0).",
                                  show_default=False)
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Side of the stored faces \\[default: the dataset's].", show_default=False)
+        int | None, typer.Option(help="Side of the stored faces (default: the dataset's).", show_default=False)
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Conversion processes \\[default: all CPUs].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Conversion processes (default: all CPUs).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -790,6 +791,134 @@ def relabel_apply_cmd(
         out.print(counts_table("Changes", result.changes))
     if result.skipped:
         out.print(counts_table("Decisions skipped", result.skipped))
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+# -- dedup -----------------------------------------------------------------------------------------
+from fercurate.dedup.hashers import HASHERS as _HASHERS  # noqa: E402  (choices of --hasher)
+from fercurate.dedup.params import CONFLICT_MODES as _CONFLICT_MODES  # noqa: E402
+from fercurate.dedup.params import RANGES as _DEDUP_RANGES  # noqa: E402
+from fercurate.dedup.params import DedupParams as _DedupDefaults  # noqa: E402
+
+
+def _range(name: str) -> str:
+    lo, hi = _DEDUP_RANGES[name]
+    return f"{lo:g}-{hi:g}"
+
+
+@command("dedup")
+def dedup_cmd(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to deduplicate (v0003, 3, -1); default: the latest.", show_default=False),
+    ] = _DedupDefaults.version,
+    hasher: Annotated[
+        str, typer.Option(help=f"Perceptual hash stored and searched: {' | '.join(_HASHERS)}.")
+    ] = _DedupDefaults.hasher,
+    radius: Annotated[
+        int, typer.Option(help=f"Hamming radius of the candidate search on that hash ({_range('radius')}).")
+    ] = _DedupDefaults.radius,
+    shift_radius: Annotated[
+        int,
+        typer.Option(help=f"Hamming radius of the shift-compensated DCT hash search ({_range('shift_radius')})."),
+    ] = _DedupDefaults.shift_radius,
+    detail_radius: Annotated[
+        int,
+        typer.Option(
+            help=f"Largest distance of the 255-bit DCT detail hashes of a candidate pair ({_range('detail_radius')})."
+        ),
+    ] = _DedupDefaults.detail_radius,
+    min_similarity: Annotated[
+        float,
+        typer.Option(
+            help=f"Smallest normalised cross-correlation of a duplicate pair ({_range('min_similarity')})."
+        ),
+    ] = _DedupDefaults.min_similarity,
+    max_shift: Annotated[
+        int, typer.Option(help=f"Largest shift in pixels a copy may have ({_range('max_shift')}).")
+    ] = _DedupDefaults.max_shift,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also find horizontally flipped copies (an augmentation leak).")
+    ] = _DedupDefaults.mirror,
+    conflicts: Annotated[
+        str,
+        typer.Option(help=f"Groups whose members carry different labels: {' | '.join(_CONFLICT_MODES)}."),
+    ] = _DedupDefaults.conflicts,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = (
+        _DedupDefaults.dry_run
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the same photo twice (re-encoded, brightened, resized, shifted; flipped with --mirror).
+
+    Hashes every active row (cached by sha256), verifies each candidate pair pixel by pixel, groups
+    duplicates transitively and keeps one member per group: the group's majority label, then train
+    over val over test, then the larger original, then path order; the others are removed as
+    duplicate_of:<image_id>. Reports leakage between splits and label conflicts, and writes a pairs
+    table and contact sheets.
+
+    Example: fercurate dedup --mirror
+    """
+    from fercurate.dedup import DedupParams, dedup
+
+    params = DedupParams(
+        version=version,
+        hasher=hasher,
+        radius=radius,
+        shift_radius=shift_radius,
+        detail_radius=detail_radius,
+        min_similarity=min_similarity,
+        max_shift=max_shift,
+        mirror=mirror,
+        conflicts=conflicts,
+        dry_run=dry_run,
+    )
+    params.check()  # before the progress bar, so a bad option is one red line
+    with progress_bar() as progress:
+        result = dedup(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    head = "[bold yellow]dry run[/]" if result.version is None else f"[bold green]{result.version.version}[/]"
+    kinds = ", ".join(f"{k} {v}" for k, v in result.pairs_by_kind.items()) or "none"
+    out.print(
+        f"{head} dedup of {result.parent}: {result.active} active rows ({result.hashed} hashed, "
+        f"{result.hashes_cached} from the cache), {result.pairs} duplicate pairs ({kinds}) in "
+        f"{result.groups} groups of up to {result.largest_group}; {result.removed} rows "
+        f"{'would be ' if result.dry_run else ''}removed ({result.seconds:.1f} s)"
+    )
+    leak = Table(title="Leakage: images with a duplicate in the other split", title_justify="left")
+    for col in ("splits", "images in first", "images in second", "groups"):
+        leak.add_column(col, justify="left" if col == "splits" else "right")
+    for entry in result.leakage:
+        first, second = entry["splits"].split("-")
+        leak.add_row(entry["splits"], str(entry[first]), str(entry[second]), str(entry["groups"]))
+    out.print(leak)
+    if result.conflicts:
+        shown = result.conflicts[:15]
+        table = Table(
+            title=f"Label conflicts ({len(result.conflicts)} groups, --conflicts {result.conflict_mode})",
+            title_justify="left",
+        )
+        for col in ("group", "size", "labels", "splits", "resolution"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        for c in shown:
+            table.add_row(
+                c["group"],
+                str(c["size"]),
+                ", ".join(f"{k} {v}" for k, v in c["labels"].items()),
+                ", ".join(f"{k} {v}" for k, v in c["splits"].items()),
+                c["resolution"],
+            )
+        out.print(table)
+        if len(result.conflicts) > len(shown):
+            out.print(f"... and {len(result.conflicts) - len(shown)} more (see --json)")
+    else:
+        out.print("label conflicts: none")
+    for name, path in result.reports.items():
+        out.print(f"{name.replace('_', '-')}: {path}")
     for note in result.notes:
         out.print(f"[yellow]note:[/] {note}")
 

@@ -13,6 +13,8 @@ from PIL import Image
 # Rich output in CLI tests: a fixed width so tables do not wrap differently on each machine
 os.environ.setdefault("COLUMNS", "120")
 os.environ.pop("FERCURATE_WORKSPACE", None)
+# pytest -n 2 on 2 cores: one BLAS/torch thread per worker, or the workers oversubscribe (10x slower)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
 

@@ -114,18 +114,25 @@ def confident_joint(
     """The (K, K) confident joint: ``C[given, true]`` counts of rows confidently in ``true``.
 
     The diagonal is at least 1. Calibrated, each row sums to the number of rows with that given
-    label and the whole matrix to N, so it estimates the joint counts of given and true labels.
+    label and the whole matrix to N (rounded to whole rows), so it estimates the joint counts of
+    given and true labels.
     """
     k = probs.shape[1]
     guess, has = confident_guess(probs, thresholds)
-    joint = np.zeros((k, k), dtype=np.float64)
-    np.add.at(joint, (labels[has], guess[has]), 1.0)
-    np.fill_diagonal(joint, np.maximum(joint.diagonal(), 1.0))
+    # built as the transpose of a (true, given) matrix, as cleanlab builds it: the memory layout
+    # decides numpy's summation order, and so the last bits of the calibration below
+    true_given = np.zeros((k, k), dtype=np.int64)
+    np.add.at(true_given, (guess[has], labels[has]), 1)
+    joint = true_given.T
+    np.fill_diagonal(joint, np.maximum(joint.diagonal(), 1))
     if not calibrate:
-        return joint
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    calibrated = joint / np.clip(joint.sum(axis=1, keepdims=True), 1e-100, None) * counts[:, None]
-    return calibrated / np.clip(calibrated.sum(), 1e-100, None) * counts.sum()
+        return joint.astype(np.float64)
+    counts = np.bincount(labels, minlength=k)
+    # computed in cleanlab's operation order (on the transpose), so that float rounding, and so the
+    # rounding to whole rows below, comes out the same as cleanlab's on the same probabilities
+    calibrated = (joint.T / np.clip(joint.sum(axis=1), 1e-100, None) * counts).T
+    calibrated = calibrated / np.clip(np.sum(calibrated), 1e-100, None) * counts.sum()
+    return np.apply_along_axis(_round_preserving_sum, 1, calibrated).astype(np.float64)
 
 
 # -- filters: which rows to flag -------------------------------------------------------------------

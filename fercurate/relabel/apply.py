@@ -1,0 +1,212 @@
+"""``fercurate relabel-review apply``: turn the review's decisions into a new manifest version.
+
+The standing decision per image (a replay of the decision log, see
+:mod:`fercurate.relabel.decisions`) is applied to the chosen version:
+
+* ``relabel`` sets ``label`` to the chosen class (``label_original`` keeps the scanned label) and
+  appends ``relabel:<old>-><new> by human`` to ``reason``;
+* ``remove`` sets ``status=removed`` with ``relabel_review:removed by human``;
+* ``keep`` changes nothing.
+
+``auto_accept=P`` also relabels, *by the model*, every flagged active row that has no standing
+decision and whose suggested label has an out-of-fold probability of at least ``P``
+(``relabel:<old>-><new> by model``). The model's picks are recorded in the new version (reason,
+params and counts), not in the decision log: the log is what people decided, and the picks follow
+from the flag columns and ``P`` alone.
+
+Every change is "make it so", never "toggle": a relabel to the label a row already has, or a removal
+of a removed row, changes nothing, so applying the same log twice (or applying again to this
+stage's own output) yields identical labels and statuses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercurate.errors import InputError
+from fercurate.manifest import ACTIVE, REMOVED, Col
+from fercurate.relabel.decisions import KEEP, RELABEL, REMOVE, DecisionLog, log_path
+from fercurate.relabel.flag import FLAGGED, SUGGESTED_LABEL, classes_of, prob_column
+from fercurate.workspace import VersionInfo, Workspace
+
+STAGE = "relabel-apply"
+REMOVED_REASON = "relabel_review:removed by {by}"
+
+
+@dataclass(frozen=True)
+class ApplyParams:
+    """Options of ``fercurate relabel-review apply`` (the CLI's defaults point here).
+
+    Attributes:
+        version: version to apply the decisions to (default: latest).
+        auto_accept: relabel flagged, undecided rows whose suggestion has at least this probability.
+    """
+
+    version: str | None = None
+    auto_accept: float | None = None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply changed and the version it wrote."""
+
+    version: VersionInfo
+    parent: str
+    relabeled_by_human: int
+    relabeled_by_model: int
+    removed: int
+    kept: int
+    already_applied: int
+    changes: dict[str, int]
+    skipped: dict[str, int]
+    decisions: int
+    log: Path
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return self.relabeled_by_human + self.relabeled_by_model + self.removed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.version,
+            "parent": self.parent,
+            "path": self.version.path,
+            "changed": self.changed,
+            "relabeled_by_human": self.relabeled_by_human,
+            "relabeled_by_model": self.relabeled_by_model,
+            "removed": self.removed,
+            "kept": self.kept,
+            "already_applied": self.already_applied,
+            "changes": self.changes,
+            "skipped": self.skipped,
+            "decisions": self.decisions,
+            "log": str(self.log),
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
+
+
+def _with_reason(existing: Any, new: str) -> str:
+    if existing is None or (isinstance(existing, float) and np.isnan(existing)) or existing is pd.NA or not existing:
+        return new
+    return f"{existing}; {new}"
+
+
+def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
+    """Apply the decision log (and optionally the model's confident suggestions) as a new version.
+
+    Raises:
+        InputError: for an ``auto_accept`` outside (0, 1], or one asked of a version without flags.
+        WorkspaceError: for a missing workspace or an unknown version.
+    """
+    started = time.perf_counter()
+    if params.auto_accept is not None and not 0.0 < params.auto_accept <= 1.0:
+        raise InputError(f"--auto-accept {params.auto_accept} must be a probability in (0, 1], e.g. 0.9")
+    log = DecisionLog(log_path(workspace.root))
+    with workspace.lock("fercurate relabel-review apply"):
+        info, df = workspace.read(params.version)
+        if params.auto_accept is not None and SUGGESTED_LABEL not in df.columns:
+            raise InputError(
+                f"version {info.version} has no suggested labels for --auto-accept; run "
+                "`fercurate relabel-review flag` first (or apply a version that descends from a flag)"
+            )
+        out = df.copy()
+        pos = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())
+        labels = out[Col.LABEL].to_numpy(dtype=object).copy()
+        statuses = out[Col.STATUS].to_numpy(dtype=object).copy()
+        reasons = out[Col.REASON].to_numpy(dtype=object).copy()
+        counts: Counter[str] = Counter()
+        changes: Counter[str] = Counter()
+        skipped: Counter[str] = Counter()
+
+        decisions = log.current()
+        for image_id, dec in decisions.items():
+            i = pos.get(image_id)
+            if i is None:
+                skipped["not_in_version"] += 1
+                continue
+            if dec.decision == KEEP:
+                counts["kept"] += 1
+            elif dec.decision == RELABEL:
+                if statuses[i] != ACTIVE:
+                    skipped["not_active"] += 1
+                elif labels[i] == dec.label:
+                    counts["already_applied"] += 1
+                else:
+                    change = f"{labels[i]}->{dec.label}"
+                    reasons[i] = _with_reason(reasons[i], f"relabel:{change} by {dec.by}")
+                    labels[i] = dec.label
+                    counts[f"relabeled_by_{dec.by}"] += 1
+                    changes[change] += 1
+            elif dec.decision == REMOVE:
+                if statuses[i] == REMOVED:
+                    counts["already_applied"] += 1
+                elif statuses[i] != ACTIVE:
+                    skipped["not_active"] += 1
+                else:
+                    statuses[i] = REMOVED
+                    reasons[i] = _with_reason(reasons[i], REMOVED_REASON.format(by=dec.by))
+                    counts["removed"] += 1
+                    changes["removed"] += 1
+
+        if params.auto_accept is not None:
+            for i in _auto_candidates(out, set(decisions), params.auto_accept):
+                new = str(out[SUGGESTED_LABEL].iat[i])
+                change = f"{labels[i]}->{new}"
+                reasons[i] = _with_reason(reasons[i], f"relabel:{change} by model")
+                labels[i] = new
+                counts["relabeled_by_model"] += 1
+                changes[change] += 1
+
+        out[Col.LABEL] = labels
+        out[Col.STATUS] = statuses
+        out[Col.REASON] = pd.array(reasons, dtype="string")
+        version = workspace.commit(
+            out,
+            stage=STAGE,
+            parent=info,
+            params={"version": info.version, "auto_accept": params.auto_accept, "log": str(log.path)},
+            extra={"changes": dict(changes), "counts": dict(counts), "skipped": dict(skipped)},
+        )
+    notes = []
+    if not decisions and params.auto_accept is None:
+        notes.append(f"the decision log {log.path} holds no decisions yet; run `fercurate relabel-review serve`")
+    return ApplyResult(
+        version=version,
+        parent=info.version,
+        relabeled_by_human=counts["relabeled_by_human"],
+        relabeled_by_model=counts["relabeled_by_model"],
+        removed=counts["removed"],
+        kept=counts["kept"],
+        already_applied=counts["already_applied"],
+        changes=dict(changes.most_common()),
+        skipped=dict(skipped),
+        decisions=len(decisions),
+        log=log.path,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def _auto_candidates(df: pd.DataFrame, decided: set[str], threshold: float) -> list[int]:
+    """Positions of flagged active rows without a decision whose suggestion reaches ``threshold``."""
+    classes = set(classes_of(df))
+    out = []
+    flagged = df[FLAGGED].fillna(False).astype(bool).to_numpy()
+    for i in np.flatnonzero(flagged & (df[Col.STATUS] == ACTIVE).to_numpy()):
+        row = df.iloc[i]
+        suggested = row[SUGGESTED_LABEL]
+        if row[Col.IMAGE_ID] in decided or pd.isna(suggested) or suggested not in classes:
+            continue
+        if suggested != row[Col.LABEL] and float(row[prob_column(str(suggested))]) >= threshold:
+            out.append(int(i))
+    return out

@@ -1,0 +1,531 @@
+"""``fercurate relabel-review flag``: find the labels that are probably wrong.
+
+Every active row gets out-of-fold class probabilities from k-fold cross-fitting of the built-in
+CNN: the rows are split into ``folds`` stratified folds that keep each ``dup_group`` whole (so no
+image is scored by a model that trained on its near-copy), and each fold is predicted by a model
+trained on the others. Confident learning (:mod:`fercurate.relabel.scoring`) turns the
+probabilities into a mislabel score, a suggested label and a flag per row.
+
+Writes a new version (stage ``relabel-flag``) with ``prob_<class>``, ``mislabel_score``,
+``suggested_label`` and ``flagged`` columns (null on rows that are not active), and into the
+version's report folder ``review_queue.parquet`` (the flagged rows, most likely wrong first),
+``flagged.html`` (a self-contained contact sheet of the top flags per class) and ``flagged.png``.
+
+Out-of-fold probabilities are cached per fold under ``cache/relabel-oof/<key>/``, keyed by the
+active rows (id, label, file hash, duplicate group), the fold count, the seed and the training
+config's hash: a re-run with unchanged rows and settings trains nothing, and a run killed mid-way
+resumes at the first fold it had not finished.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercurate.errors import InputError
+from fercurate.manifest import ACTIVE, Col, atomic_write, atomic_write_text
+from fercurate.progress import NullProgress, Progress
+from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, score_labels
+from fercurate.workspace import VersionInfo, Workspace, load_pixels
+
+STAGE = "relabel-flag"
+PROB_PREFIX = "prob_"
+MISLABEL_SCORE = "mislabel_score"
+SUGGESTED_LABEL = "suggested_label"
+FLAGGED = "flagged"
+DUP_GROUP = "dup_group"
+QUEUE_FILE = "review_queue.parquet"
+HTML_FILE = "flagged.html"
+PNG_FILE = "flagged.png"
+#: Bumped when the cross-fitting changes in a way that makes cached probabilities stale.
+OOF_CACHE_VERSION = 1
+@dataclass(frozen=True)
+class CrossFitPlan:
+    """How the models of one preset are trained for cross-fitting (on top of the preset).
+
+    Flagging trains ``folds`` models, so each gets a short schedule, sized by a budget of training
+    images seen per model: ``epochs = clip(round(samples / training rows), min_epochs, preset's
+    epochs)``. A 20K-image set then fits the time targets (10 minutes on 2 CPU cores with ``cpu``,
+    2 minutes on one GPU with ``bpp``), while a small set, which is cheap anyway, trains for more
+    epochs so its models still learn. A model that has not trained long also memorises few of the
+    wrong labels it is meant to disagree with.
+
+    Attributes:
+        samples: training images each fold's model sees (epochs x rows).
+        min_epochs: never fewer epochs than this.
+        overrides: other TrainConfig fields changed for cross-fitting.
+    """
+
+    samples: int
+    min_epochs: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+#: Cross-fitting plans per preset; presets not listed train as they are. For ``cpu`` a short
+#: schedule needs a faster learning rate and a BatchNorm momentum of 0.1 (PyTorch's default): with
+#: the recipe's Keras-style 0.01 the running statistics are still far from the data's after a few
+#: hundred steps, and the evaluated model predicts one class. Measured in bench/bench_relabel.py.
+CROSS_FIT: dict[str, CrossFitPlan] = {
+    "cpu": CrossFitPlan(samples=60_000, min_epochs=4, overrides={"lr": 3e-3, "bn_momentum": 0.1}),
+    "bpp": CrossFitPlan(samples=300_000, min_epochs=20),
+}
+
+
+def cross_fit_epochs(plan: CrossFitPlan | None, preset_epochs: int, train_rows: int) -> int:
+    """Epochs of each fold's model: the plan's budget over the rows, within its bounds."""
+    if plan is None:
+        return preset_epochs
+    return int(min(preset_epochs, max(plan.min_epochs, round(plan.samples / max(train_rows, 1)))))
+
+
+def prob_column(cls: str) -> str:
+    """The manifest column holding the out-of-fold probability of ``cls``."""
+    return f"{PROB_PREFIX}{cls}"
+
+
+def flag_columns(df: pd.DataFrame) -> list[str]:
+    """The columns a previous flag wrote into ``df`` (replaced, not stacked, by a new flag)."""
+    return [c for c in df.columns if c.startswith(PROB_PREFIX) or c in (MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED)]
+
+
+def classes_of(df: pd.DataFrame) -> list[str]:
+    """The classes a flagged manifest has probabilities for, in column order."""
+    return [c[len(PROB_PREFIX) :] for c in df.columns if c.startswith(PROB_PREFIX)]
+
+
+@dataclass(frozen=True)
+class FlagParams:
+    """Options of ``fercurate relabel-review flag`` (the CLI's defaults point here).
+
+    Attributes:
+        version: manifest version to flag (default: latest).
+        folds: cross-fitting folds; every row is predicted by a model trained on the other folds.
+        preset: training preset (``cpu``, ``bpp``, ``tiny``); see ``fercurate.train.PRESETS``.
+        epochs: epochs of each fold's model (default: :func:`cross_fit_epochs` of the preset's
+            :data:`CROSS_FIT` plan and the dataset's size).
+        seed: seeds the folds and every model (fold ``i`` trains with ``seed + i``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        method: ranking of the flags, a key of ``scoring.RANKERS``.
+        filter_by: which rows are flagged, a key of ``scoring.FILTERS``.
+        top_per_class: flagged images per given class in ``flagged.html`` / ``flagged.png``.
+        val_fraction: share of each fold's training rows held out for early stopping.
+        num_threads: torch CPU threads while training (None keeps torch's default); execution only,
+            so it is not part of the cache key.
+    """
+
+    version: str | None = None
+    folds: int = 5
+    preset: str = "cpu"
+    epochs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    method: str = "self_confidence"
+    filter_by: str = "prune_by_noise_rate"
+    top_per_class: int = 24
+    val_fraction: float = 0.1
+    num_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class FlagResult:
+    """What a flag run found and the version it wrote."""
+
+    version: VersionInfo
+    parent: str
+    rows: int
+    flagged: int
+    classes: list[str]
+    thresholds: dict[str, float]
+    oof_accuracy: float
+    by_pair: dict[str, int]
+    folds_trained: int
+    folds_cached: int
+    queue_path: Path
+    html_path: Path
+    png_path: Path
+    config_hash: str
+    cache_key: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.version,
+            "parent": self.parent,
+            "path": self.version.path,
+            "rows": self.rows,
+            "flagged": self.flagged,
+            "classes": self.classes,
+            "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
+            "oof_accuracy": round(self.oof_accuracy, 4),
+            "by_pair": self.by_pair,
+            "folds_trained": self.folds_trained,
+            "folds_cached": self.folds_cached,
+            "queue": str(self.queue_path),
+            "html": str(self.html_path),
+            "png": str(self.png_path),
+            "config_hash": self.config_hash,
+            "cache_key": self.cache_key,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
+
+
+def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = None) -> FlagResult:
+    """Cross-fit the CNN, score every active row and commit a flagged version.
+
+    Raises:
+        InputError: for bad options or too few rows per class for the folds.
+        WorkspaceError: for a missing workspace or an unknown version.
+    """
+    from fercurate.train import config_hash, make_config
+
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    _check_params(params)
+    plan = CROSS_FIT.get(params.preset)
+    execution = {"seed": params.seed, "device": params.device, "num_threads": params.num_threads}
+    config = make_config(params.preset, **(plan.overrides if plan else {}), **execution)
+    info, df = workspace.read(params.version)
+
+    rows = _active_rows(df)
+    classes = sorted(rows[Col.LABEL].unique().tolist())
+    _check_rows(rows, classes, params)
+    train_rows = int(len(rows) * (params.folds - 1) / params.folds * (1 - params.val_fraction))
+    epochs = params.epochs if params.epochs is not None else cross_fit_epochs(plan, config.epochs, train_rows)
+    config = dataclasses.replace(config, epochs=epochs)
+    labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
+    groups = _groups(rows)
+    key = cache_key(rows, groups, params, config_hash(config))
+
+    x = load_pixels(workspace, info, rows, size=config.image_size, progress=progress)
+    folds = assign_folds(labels, groups, params.folds, params.seed)
+    probs, trained, cached = cross_fit(
+        x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress
+    )
+    scores = score_labels(probs, labels, method=params.method, filter_by=params.filter_by)
+
+    out = _with_flag_columns(df, rows, classes, probs, scores)
+    n_flagged = int(scores.flagged.sum())
+    given, suggested = labels[scores.flagged], scores.suggested[scores.flagged]
+    pairs = Counter(f"{classes[g]}->{classes[s]}" for g, s in zip(given, suggested, strict=True))
+    thresholds = {c: float(t) for c, t in zip(classes, scores.thresholds, strict=True)}
+    oof_accuracy = float((probs.argmax(axis=1) == labels).mean())
+    with workspace.lock("fercurate relabel-review flag"):
+        version = workspace.commit(
+            out,
+            stage=STAGE,
+            parent=info,
+            params={**asdict(params), "classes": classes},
+            extra={
+                "classes": classes,
+                "flagged": n_flagged,
+                "thresholds": thresholds,
+                "oof_accuracy": oof_accuracy,
+                "config_hash": config_hash(config),
+                "cache_key": key,
+                "image_size": config.image_size,
+                "preset": params.preset,
+                "epochs": config.epochs,
+                "confident_joint": scores.joint.astype(int).tolist(),
+            },
+        )
+    report = workspace.report_dir(version.version)
+    queue = review_queue(out, classes)
+    atomic_write(report / QUEUE_FILE, lambda tmp: queue.to_parquet(tmp, index=False))
+    top = _top_per_class(queue, params.top_per_class)
+    shown = set(top[Col.IMAGE_ID])
+    pixels = {iid: x[i] for i, iid in enumerate(rows[Col.IMAGE_ID]) if iid in shown}
+    atomic_write_text(report / HTML_FILE, flagged_html(top, classes, pixels, version.version))
+    sheet = flagged_sheet(top, pixels, f"{version.version}: top flagged per given class (given>suggested p)")
+    atomic_write(report / PNG_FILE, lambda tmp: sheet.save(tmp, format="PNG"))
+
+    notes = []
+    if n_flagged == 0:
+        notes.append("nothing flagged: the model agrees with (or is unsure about) every label")
+    return FlagResult(
+        version=version,
+        parent=info.version,
+        rows=len(rows),
+        flagged=n_flagged,
+        classes=classes,
+        thresholds=thresholds,
+        oof_accuracy=oof_accuracy,
+        by_pair=dict(pairs.most_common()),
+        folds_trained=trained,
+        folds_cached=cached,
+        queue_path=report / QUEUE_FILE,
+        html_path=report / HTML_FILE,
+        png_path=report / PNG_FILE,
+        config_hash=config_hash(config),
+        cache_key=key,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def _check_params(params: FlagParams) -> None:
+    if params.folds < 2:
+        raise InputError(f"--folds {params.folds} is too small; cross-fitting needs at least 2 (default 5)")
+    if params.method not in RANKERS:
+        raise InputError(f"--method '{params.method}' is not one of: {', '.join(RANKERS)}")
+    if params.filter_by not in FILTERS:
+        raise InputError(f"--filter '{params.filter_by}' is not one of: {', '.join(FILTERS)}")
+    if not 0.0 < params.val_fraction < 0.5:
+        raise InputError(f"val_fraction {params.val_fraction} must be between 0 and 0.5 (default 0.1)")
+    if params.top_per_class < 0:
+        raise InputError(f"--top-per-class {params.top_per_class} must be 0 or more")
+
+
+def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Active rows sorted by image id, so folds do not depend on the manifest's row order."""
+    return df[df[Col.STATUS] == ACTIVE].sort_values(Col.IMAGE_ID, kind="stable").reset_index(drop=True)
+
+
+def _check_rows(rows: pd.DataFrame, classes: list[str], params: FlagParams) -> None:
+    if len(classes) < 2:
+        raise InputError(
+            f"relabel-review flag needs active rows of at least two classes, found {classes or 'none'}"
+        )
+    counts = rows[Col.LABEL].value_counts()
+    # each fold's training part must hold every class, and its held-out part some of them
+    need = params.folds + 1
+    small = [f"{c} ({counts[c]})" for c in classes if counts[c] < need]
+    if small:
+        raise InputError(
+            f"class(es) {', '.join(small)} have fewer than {need} active rows, too few for "
+            f"--folds {params.folds}; pass a smaller --folds or add images of them"
+        )
+
+
+def _groups(rows: pd.DataFrame) -> np.ndarray:
+    """The fold-grouping key per row: its ``dup_group`` where it has one, else the row itself."""
+    own = ("id:" + rows[Col.IMAGE_ID].astype(str)).to_numpy()
+    if DUP_GROUP not in rows.columns:
+        return own
+    dup = rows[DUP_GROUP]
+    return np.where(dup.notna().to_numpy(), ("dup:" + dup.astype(str)).to_numpy(), own)
+
+
+def cache_key(rows: pd.DataFrame, groups: np.ndarray, params: FlagParams, config_hash: str) -> str:
+    """What the out-of-fold probabilities depend on, hashed: rows, labels, files, groups, settings."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "v": OOF_CACHE_VERSION,
+                "folds": params.folds,
+                "seed": params.seed,
+                "val_fraction": params.val_fraction,
+                "config": config_hash,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for iid, label, sha, group in zip(
+        rows[Col.IMAGE_ID], rows[Col.LABEL], rows[Col.SHA256].astype(str), groups, strict=True
+    ):
+        h.update(f"{iid}\t{label}\t{sha}\t{group}\n".encode())
+    return h.hexdigest()[:20]
+
+
+# -- cross-fitting ---------------------------------------------------------------------------------
+def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row: stratified by label, with every group inside one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        raise InputError(f"only {n_groups} distinct images or duplicate groups, fewer than --folds {folds}")
+    out = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        out[test] = fold
+    return out
+
+
+def _early_stopping_split(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training rows (positions) into fit and validation parts, groups kept whole."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, min(int(round(1 / fraction)), len(np.unique(groups))))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fit, val = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return fit, val
+
+
+def cross_fit(
+    x: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: np.ndarray,
+    classes: list[str],
+    config: Any,
+    cache: Path,
+    params: FlagParams,
+    progress: Progress,
+) -> tuple[np.ndarray, int, int]:
+    """Out-of-fold probabilities (N, K), trained fold by fold and cached as each fold finishes.
+
+    Returns:
+        ``(probs, folds_trained, folds_cached)``.
+    """
+    import warnings
+
+    from fercurate.train import ArraySplit, predict_proba, train
+
+    n_folds = int(folds.max()) + 1
+    probs = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    trained = cached = 0
+    for fold in range(n_folds):
+        test = np.flatnonzero(folds == fold)
+        path = cache / f"fold-{fold}.npy"
+        if path.exists():
+            stored = np.load(path)
+            if stored.shape == (len(test), len(classes)):
+                probs[test] = stored
+                cached += 1
+                continue
+        rest = np.flatnonzero(folds != fold)
+        fit, val = _early_stopping_split(labels[rest], groups[rest], params.val_fraction, params.seed + fold)
+        fit, val = rest[fit], rest[val]
+        fold_config = dataclasses.replace(config, seed=config.seed + fold)
+        progress.start(f"Fold {fold + 1}/{n_folds}: training", fold_config.epochs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sklearn/torch chatter; the CLI owns the screen
+            result = train(
+                fold_config,
+                ArraySplit(x[fit], labels[fit]),
+                ArraySplit(x[val], labels[val]),
+                classes,
+                progress=lambda _epoch: progress.advance(1),
+            )
+        fold_probs = predict_proba(result.model, x[test], batch_size=fold_config.eval_batch_size)
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp, p=fold_probs: _save_npy(tmp, p))
+        probs[test] = fold_probs
+        trained += 1
+    return probs, trained, cached
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object, so numpy does not append ".npy" to the temp name
+        np.save(fh, array)
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def _with_flag_columns(
+    df: pd.DataFrame, rows: pd.DataFrame, classes: list[str], probs: np.ndarray, scores: LabelScores
+) -> pd.DataFrame:
+    """``df`` with fresh flag columns; rows that are not active get nulls."""
+    out = df.drop(columns=flag_columns(df)).copy()
+    pos = pd.Series(np.arange(len(rows)), index=rows[Col.IMAGE_ID].to_numpy())
+    where = out[Col.IMAGE_ID].map(pos)
+    has = where.notna().to_numpy()
+    idx = where[has].astype(int).to_numpy()
+    for j, cls in enumerate(classes):
+        col = np.full(len(out), np.nan)
+        col[has] = probs[idx, j]
+        out[prob_column(cls)] = col
+    score = np.full(len(out), np.nan)
+    score[has] = scores.score[idx]
+    out[MISLABEL_SCORE] = score
+    suggested = pd.Series([None] * len(out), dtype="string")
+    suggested[has] = np.asarray(classes, dtype=object)[scores.suggested[idx]]
+    out[SUGGESTED_LABEL] = suggested.to_numpy()
+    flagged = pd.array([pd.NA] * len(out), dtype="boolean")
+    flagged[has] = scores.flagged[idx]
+    out[FLAGGED] = flagged
+    return out
+
+
+def review_queue(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The flagged active rows, most likely wrong first, with what a reviewer needs to decide."""
+    flagged = df[(df[Col.STATUS] == ACTIVE) & df[FLAGGED].fillna(False).astype(bool)]
+    cols = [Col.IMAGE_ID, Col.PATH, Col.SPLIT, Col.LABEL, SUGGESTED_LABEL, MISLABEL_SCORE]
+    cols += [prob_column(c) for c in classes]
+    queue = flagged[cols].sort_values([MISLABEL_SCORE, Col.IMAGE_ID], ascending=[False, True], kind="stable")
+    queue = queue.reset_index(drop=True)
+    queue.insert(0, "rank", np.arange(1, len(queue) + 1))
+    return queue
+
+
+def _top_per_class(queue: pd.DataFrame, n: int) -> pd.DataFrame:
+    return queue.groupby(Col.LABEL, sort=True, group_keys=False).head(n).sort_values(
+        [Col.LABEL, "rank"], kind="stable"
+    )
+
+
+def _png_data_uri(pixels: np.ndarray) -> str:
+    from fercurate.images import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode("ascii")
+
+
+def flagged_html(top: pd.DataFrame, classes: list[str], pixels: dict[str, np.ndarray], version: str) -> str:
+    """A self-contained page (images inline as base64 PNG) of the top flagged rows per given class."""
+    sections = []
+    for given, part in top.groupby(Col.LABEL, sort=True):
+        cards = []
+        for rec in part.to_dict("records"):
+            probs = sorted(((c, float(rec[prob_column(c)])) for c in classes), key=lambda t: -t[1])
+            prob_text = " ".join(f"{html.escape(c)} {p:.2f}" for c, p in probs[:3])
+            img = pixels.get(rec[Col.IMAGE_ID])
+            src = _png_data_uri(img) if img is not None else ""
+            cards.append(
+                f'<figure><img src="{src}" width="144" height="144" alt="{html.escape(rec[Col.IMAGE_ID])}">'
+                f"<figcaption><b>#{rec['rank']}</b> {html.escape(str(given))} &rarr; "
+                f"<b>{html.escape(str(rec[SUGGESTED_LABEL]))}</b><br><small>{prob_text}</small><br>"
+                f"<small class=path>{html.escape(str(rec[Col.PATH]))}</small></figcaption></figure>"
+            )
+        sections.append(
+            f"<h2>given {html.escape(str(given))} ({len(part)} shown)</h2><div class=grid>{''.join(cards)}</div>"
+        )
+    body = "".join(sections) or "<p>Nothing was flagged.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fercurate {version}: flagged labels</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+figure {{ margin: 0; width: 160px; }}
+img {{ image-rendering: pixelated; background: #000; display: block; }}
+figcaption {{ font-size: 13px; }}
+.path {{ color: #777; word-break: break-all; }}
+</style></head><body>
+<h1>{version}: likely wrong labels, top flagged per given class</h1>
+<p>given &rarr; <b>suggested</b>, then the three most probable classes (out-of-fold).
+Review them all with <code>fercurate relabel-review serve</code>.</p>
+{body}
+</body></html>
+"""
+
+
+def flagged_sheet(top: pd.DataFrame, pixels: dict[str, np.ndarray], title: str) -> Any:
+    """The same selection as :func:`flagged_html` as one PNG contact sheet (a frame colour per class)."""
+    from fercurate.images import contact_sheet
+
+    images, captions, groups = [], [], []
+    order = {c: i for i, c in enumerate(sorted(top[Col.LABEL].unique()))}
+    for rec in top.to_dict("records"):
+        img = pixels.get(rec[Col.IMAGE_ID])
+        if img is None:
+            continue
+        images.append(img)
+        p = float(rec[prob_column(str(rec[SUGGESTED_LABEL]))])
+        captions.append(f"{rec[Col.LABEL]}>{rec[SUGGESTED_LABEL]} {p:.2f}")
+        groups.append(order[rec[Col.LABEL]])
+    return contact_sheet(images, captions, groups=groups, title=title, columns=8, scale=3)

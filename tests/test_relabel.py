@@ -1,0 +1,534 @@
+"""relabel-review end to end: flag (real cross-fitting with the tiny preset, and an oracle model),
+the decision log, the review server's API and its guards, apply and auto-accept, the CLI."""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import io
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CLASSES, blob_image, jpeg_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+from fercurate.errors import InputError, WorkspaceError
+from fercurate.manifest import ACTIVE, REMOVED, Col
+from fercurate.relabel import (
+    ApplyParams,
+    Decision,
+    DecisionLog,
+    FlagParams,
+    ServeParams,
+    apply,
+    flag,
+    log_path,
+    make_server,
+    replay,
+)
+from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL, assign_folds, cache_key, prob_column
+from fercurate.scan import ScanParams, scan
+from fercurate.workspace import Workspace
+
+# the package re-exports the function flag(), which shadows the submodule's attribute name
+flag_mod = importlib.import_module("fercurate.relabel.flag")
+
+PER_CLASS = 18
+FLIPS_PER_CLASS = 1
+
+
+def write_dataset(root: Path, seed: int = 0) -> dict[str, tuple[str, str]]:
+    """``root/train/<given>/<n>.jpg`` of blob images, the first image of each class filed one class on.
+
+    Returns:
+        {relative path: (given label, true label)} for every image, plus one empty (invalid) file.
+    """
+    rng = np.random.default_rng(seed)
+    truth: dict[str, tuple[str, str]] = {}
+    n = 0
+    for ci, cls in enumerate(CLASSES):
+        for j in range(PER_CLASS):
+            n += 1
+            given = CLASSES[(ci + 1) % len(CLASSES)] if j < FLIPS_PER_CLASS else cls
+            rel = f"train/{given}/{n}.jpg"
+            (root / "train" / given).mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(jpeg_bytes(blob_image(rng, ci)))
+            truth[rel] = (given, cls)
+    (root / "train" / CLASSES[0] / "empty.jpg").write_bytes(b"")
+    return truth
+
+
+def add_dup_groups(ws: Workspace) -> None:
+    """Commit a version whose first rows of each class form duplicate groups of three (as dedup would)."""
+    info, df = ws.read()
+    group = pd.array([pd.NA] * len(df), dtype="Int64")
+    for ci, cls in enumerate(CLASSES):
+        idx = df.index[(df[Col.LABEL] == cls) & (df[Col.STATUS] == ACTIVE)][:6]
+        for k, i in enumerate(idx):
+            group[df.index.get_loc(i)] = 10 * ci + k // 3
+    df["dup_group"] = group
+    with ws.lock("test"):
+        ws.commit(df, stage="dedup", parent=info, params={})
+
+
+def oracle_probs(x: np.ndarray, k: int) -> np.ndarray:
+    """What a perfect model of the blob images says: the bright quadrant is the true class."""
+    quads = np.stack([x[:, :24, :24], x[:, :24, 24:], x[:, 24:, :24], x[:, 24:, 24:]], axis=1)
+    strength = quads.reshape(len(x), 4, -1).mean(axis=2)
+    logits = (strength - strength.mean(axis=1, keepdims=True)) / 4.0
+    probs = np.exp(logits[:, :k])
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress):  # type: ignore[no-untyped-def]
+    return oracle_probs(x, len(classes)), 0, 0
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[str, str]]]:
+    root = tmp_path_factory.mktemp("relabel-data") / "faces"
+    return root, write_dataset(root)
+
+
+@pytest.fixture(scope="session")
+def oracle_root(
+    dataset: tuple[Path, dict[str, tuple[str, str]]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A workspace flagged with oracle probabilities (no training): v0 scan, v1 dup groups, v2 flag."""
+    ws = Workspace(tmp_path_factory.mktemp("relabel-oracle") / "ws")
+    scan(ws, ScanParams(dataset=dataset[0]))
+    add_dup_groups(ws)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(flag_mod, "cross_fit", oracle_cross_fit)
+    try:
+        flag(ws, FlagParams(folds=3, preset="tiny", top_per_class=4))
+    finally:
+        mp.undo()
+    return ws.root
+
+
+@pytest.fixture
+def ws(oracle_root: Path, tmp_path: Path) -> Workspace:
+    """A private copy of the oracle-flagged workspace (its own decision log)."""
+    dest = tmp_path / "ws"
+    shutil.copytree(oracle_root, dest)
+    return Workspace(dest)
+
+
+@pytest.fixture(scope="session")
+def trained(
+    dataset: tuple[Path, dict[str, tuple[str, str]]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Workspace, Any]:
+    """A workspace flagged by real cross-fitting: tiny preset, 3 folds, 3 epochs, one thread."""
+    ws = Workspace(tmp_path_factory.mktemp("relabel-trained") / "ws")
+    scan(ws, ScanParams(dataset=dataset[0]))
+    add_dup_groups(ws)
+    result = flag(ws, FlagParams(folds=3, preset="tiny", epochs=3, num_threads=1, top_per_class=3))
+    return ws, result
+
+
+# -- flag ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_flag_cross_fits_and_writes_columns_queue_and_contact_sheet(trained: tuple[Workspace, Any]) -> None:
+    ws, result = trained
+    assert result.folds_trained == 3 and result.folds_cached == 0
+    info, df = ws.read(result.version.version)
+    assert info.stage == "relabel-flag" and info.parent == "v0001"
+    for col in [*(prob_column(c) for c in CLASSES), MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED]:
+        assert col in df.columns
+    active = df[df[Col.STATUS] == ACTIVE]
+    probs = active[[prob_column(c) for c in CLASSES]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4) and (probs >= 0).all()
+    assert active[SUGGESTED_LABEL].isin(CLASSES).all() and active[FLAGGED].notna().all()
+    invalid = df[df[Col.STATUS] != ACTIVE]
+    assert len(invalid) == 1
+    assert invalid[[prob_column(CLASSES[0]), MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED]].isna().all(axis=None)
+    # the queue is the flagged rows, most likely wrong first
+    queue = pd.read_parquet(result.queue_path)
+    assert len(queue) == result.flagged == int(active[FLAGGED].sum())
+    assert queue[MISLABEL_SCORE].is_monotonic_decreasing
+    html = result.html_path.read_text()
+    assert html.count("data:image/png;base64,") == min(len(queue), 3 * queue[Col.LABEL].nunique())
+    assert Image.open(result.png_path).size[0] > 0
+
+
+@pytest.mark.slow
+def test_flag_rerun_with_unchanged_rows_and_settings_trains_nothing(
+    trained: tuple[Workspace, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fercurate.train
+
+    ws, first = trained
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a cached fold was trained again")
+
+    monkeypatch.setattr(fercurate.train, "train", no_training)
+    again = flag(ws, FlagParams(version="v0001", folds=3, preset="tiny", epochs=3, top_per_class=3))
+    assert again.folds_cached == 3 and again.folds_trained == 0
+    assert again.cache_key == first.cache_key
+    _, a = ws.read(first.version.version)
+    _, b = ws.read(again.version.version)
+    cols = [prob_column(c) for c in CLASSES]
+    assert np.array_equal(a[cols].to_numpy(), b[cols].to_numpy(), equal_nan=True)
+    # a changed label or another seed is a different key: those would train
+    with pytest.raises(AssertionError, match="trained again"):
+        flag(ws, FlagParams(version="v0001", folds=3, preset="tiny", epochs=3, seed=1))
+
+
+def test_cache_key_follows_rows_labels_and_settings(ws: Workspace) -> None:
+    _, df = ws.read("v0001")
+    rows = flag_mod._active_rows(df)
+    groups = flag_mod._groups(rows)
+    params = FlagParams(folds=3)
+    key = cache_key(rows, groups, params, "cfg")
+    assert cache_key(rows.sample(frac=1, random_state=0).sort_values(Col.IMAGE_ID), groups, params, "cfg") == key
+    relabeled = rows.copy()
+    relabeled.loc[0, Col.LABEL] = "sad" if relabeled.loc[0, Col.LABEL] != "sad" else "happy"
+    assert cache_key(relabeled, groups, params, "cfg") != key
+    assert cache_key(rows, groups, FlagParams(folds=4), "cfg") != key
+    assert cache_key(rows, groups, params, "other-config") != key
+
+
+def test_duplicate_groups_stay_in_one_fold_and_folds_are_stratified(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, np.ndarray] = {}
+
+    def recording(x, labels, groups, folds, classes, config, cache, params, progress):  # type: ignore[no-untyped-def]
+        seen.update(labels=labels, groups=groups, folds=folds)
+        return oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress)
+
+    monkeypatch.setattr(flag_mod, "cross_fit", recording)
+    flag(ws, FlagParams(version="v0001", folds=3, preset="tiny"))
+    groups, folds, labels = seen["groups"], seen["folds"], seen["labels"]
+    dup = [g for g in set(groups) if g.startswith("dup:")]
+    assert len(dup) == 2 * len(CLASSES)
+    for g in dup:
+        members = folds[groups == g]
+        assert len(members) == 3 and len(set(members)) == 1
+    assert set(folds) == {0, 1, 2}
+    for c in range(len(CLASSES)):
+        per_fold = np.bincount(folds[labels == c], minlength=3)
+        assert per_fold.min() >= 3  # every fold holds every class
+
+
+def test_assign_folds_rejects_fewer_groups_than_folds() -> None:
+    with pytest.raises(InputError, match="fewer than --folds 5"):
+        assign_folds(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "c"]), 5, 0)
+
+
+def test_flag_finds_the_planted_flips_with_an_oracle_model(
+    ws: Workspace, dataset: tuple[Path, dict[str, tuple[str, str]]]
+) -> None:
+    _, truth = dataset
+    _, df = ws.read("v0002")
+    flipped = {p for p, (g, t) in truth.items() if g != t}
+    flagged = df[df[FLAGGED].fillna(False).astype(bool)]
+    assert set(flagged[Col.PATH]) == flipped
+    for row in flagged.itertuples():
+        assert row.suggested_label == truth[row.path][1]
+
+
+def test_flag_rejects_bad_options_with_a_clear_message(ws: Workspace) -> None:
+    with pytest.raises(InputError, match="--folds 1"):
+        flag(ws, FlagParams(folds=1))
+    with pytest.raises(InputError, match="self_confidence"):
+        flag(ws, FlagParams(method="entropy"))
+    with pytest.raises(InputError, match="fewer than 31 active rows"):
+        flag(ws, FlagParams(folds=30))
+    with pytest.raises(InputError, match="unknown preset"):
+        flag(ws, FlagParams(preset="huge"))
+
+
+# -- the decision log ------------------------------------------------------------------------------
+def test_replay_undo_pops_the_images_last_decision(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl")
+    for decision, label in [("relabel", "sad"), ("keep", None), ("undo", None)]:
+        log.append(Decision(image_id="a", decision=decision, label=label))
+    for decision in ("remove", "undo", "undo"):
+        log.append(Decision(image_id="b", decision=decision))
+    log.append(Decision(image_id="c", decision="keep"))
+    current = log.current()
+    assert current["a"].decision == "relabel" and current["a"].label == "sad"
+    assert "b" not in current  # the second undo had nothing left to pop
+    assert current["c"].decision == "keep"
+    assert log.history() == ["a", "c"]
+    assert len(log.path.read_text().splitlines()) == 7
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_append_starts_fresh(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl")
+    log.append(Decision(image_id="a", decision="keep"))
+    with open(log.path, "a") as fh:
+        fh.write('{"image_id": "b", "decis')  # a crash mid-write
+    assert list(log.current()) == ["a"]
+    log.append(Decision(image_id="c", decision="remove"))
+    assert sorted(log.current()) == ["a", "c"]
+
+
+def test_decisions_are_validated() -> None:
+    with pytest.raises(InputError, match="needs the new label"):
+        Decision(image_id="a", decision="relabel")
+    with pytest.raises(InputError, match="one of"):
+        Decision(image_id="a", decision="maybe")
+    assert replay([]) == {}
+
+
+# -- the server ------------------------------------------------------------------------------------
+@pytest.fixture
+def server(ws: Workspace) -> Iterator[Any]:
+    srv = make_server(ws, ServeParams())
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(srv: Any, method: str, path: str, body: Any = None, token: bool = True, **headers: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=10)
+    if token:
+        path += ("&" if "?" in path else "?") + "token=" + srv.state.token
+    data = json.dumps(body).encode() if body is not None else None
+    hdrs = {"Content-Type": "application/json", **headers} if data else dict(headers)
+    conn.request(method, path, body=data, headers=hdrs)
+    response = conn.getresponse()
+    out = response.status, response.read()
+    conn.close()
+    return out
+
+
+def test_server_listens_on_loopback_only_and_requires_the_token(server: Any) -> None:
+    assert server.server_address[0] == "127.0.0.1"
+    assert server.url.startswith(f"http://127.0.0.1:{server.server_port}/?token=")
+    for path in ("/", "/api/queue", "/static/review.js", "/nothing"):
+        assert call(server, "GET", path, token=False)[0] == 403
+        assert call(server, "GET", path + "?token=wrong", token=False)[0] == 403
+    status, page = call(server, "GET", "/")
+    assert status == 200 and b"__TOKEN__" not in page and server.state.token.encode() in page
+    assert call(server, "POST", "/api/decide", {"image_id": "x", "decision": "keep"}, token=False)[0] == 403
+    # a foreign Host header (DNS rebinding) is refused even with the token
+    assert call(server, "GET", "/api/queue", Host="evil.example:80")[0] == 403
+
+
+def test_server_serves_only_queued_images_and_no_paths(server: Any) -> None:
+    queue = json.loads(call(server, "GET", "/api/queue")[1])
+    first = queue["items"][0]["image_id"]
+    status, png = call(server, "GET", f"/img/{first}.png")
+    assert status == 200 and Image.open(io.BytesIO(png)).size == (48, 48)
+    for path in (
+        "/img/../../etc/passwd",
+        "/img/..%2F..%2Fetc%2Fpasswd.png",
+        "/img/0000000000000000.png",
+        "/static/../flag.py",
+        "/static/index.html/../../scan.py",
+        "/../../../etc/passwd",
+    ):
+        assert call(server, "GET", path)[0] == 404, path
+
+
+def test_queue_lists_flagged_items_with_probabilities(server: Any, ws: Workspace) -> None:
+    queue = json.loads(call(server, "GET", "/api/queue")[1])
+    _, df = ws.read("v0002")
+    assert queue["flag_version"] == "v0002" and queue["classes"] == list(CLASSES)
+    assert queue["total"] == int(df[FLAGGED].fillna(False).sum()) == len(queue["items"])
+    item = queue["items"][0]
+    assert set(item) >= {"image_id", "given", "suggested", "probs", "score", "decision", "rank"}
+    assert item["decision"] is None and queue["decided"] == 0
+    assert sum(item["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_decide_appends_to_the_log_at_once_and_validates(server: Any, ws: Workspace) -> None:
+    items = json.loads(call(server, "GET", "/api/queue")[1])["items"]
+    a, b = items[0], items[1]
+    decision = {"image_id": a["image_id"], "decision": "relabel", "label": "sad"}
+    status, body = call(server, "POST", "/api/decide", decision)
+    assert status == 200 and json.loads(body)["decided"] == 1
+    lines = log_path(ws.root).read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["image_id"] == a["image_id"] and record["label"] == "sad" and record["by"] == "human"
+    assert record["given"] == a["given"] and record["flag_version"] == "v0002"
+    # picking the given class is a keep
+    call(server, "POST", "/api/decide", {"image_id": b["image_id"], "decision": "relabel", "label": b["given"]})
+    assert json.loads(log_path(ws.root).read_text().splitlines()[1])["decision"] == "keep"
+    bad = [
+        {"image_id": "nope", "decision": "keep"},
+        {"image_id": a["image_id"], "decision": "relabel", "label": "angry"},
+        {"image_id": a["image_id"], "decision": "maybe"},
+        {"image_id": items[2]["image_id"], "decision": "undo"},
+    ]
+    for body_ in bad:
+        assert call(server, "POST", "/api/decide", body_)[0] == 400, body_
+    assert call(server, "POST", "/api/decide", [1, 2])[0] == 400
+    assert len(log_path(ws.root).read_text().splitlines()) == 2
+    queue = json.loads(call(server, "GET", "/api/queue")[1])
+    assert queue["decided"] == 2 and queue["history"] == [a["image_id"], b["image_id"]]
+
+
+def test_make_server_needs_a_flag_version(tmp_path: Path, dataset: tuple[Path, Any]) -> None:
+    ws = Workspace(tmp_path / "plain")
+    scan(ws, ScanParams(dataset=dataset[0]))
+    with pytest.raises(WorkspaceError, match="relabel-review flag"):
+        make_server(ws, ServeParams())
+
+
+# -- apply -----------------------------------------------------------------------------------------
+def queue_ids(ws: Workspace) -> list[str]:
+    _, df = ws.read("v0002")
+    flagged = df[df[FLAGGED].fillna(False).astype(bool)]
+    return flagged.sort_values(MISLABEL_SCORE, ascending=False)[Col.IMAGE_ID].tolist()
+
+
+def test_apply_relabels_removes_and_records_why(ws: Workspace) -> None:
+    ids = queue_ids(ws)
+    _, before = ws.read("v0002")
+    given = before.set_index(Col.IMAGE_ID)[Col.LABEL]
+    new_label = next(c for c in CLASSES if c != given[ids[0]])
+    log = DecisionLog(log_path(ws.root))
+    log.append(Decision(image_id=ids[0], decision="relabel", label=new_label))
+    log.append(Decision(image_id=ids[1], decision="remove"))
+    log.append(Decision(image_id=ids[2], decision="keep"))
+    log.append(Decision(image_id=ids[3], decision="relabel", label=new_label))
+    log.append(Decision(image_id=ids[3], decision="undo"))
+    result = apply(ws, ApplyParams())
+    assert (result.relabeled_by_human, result.removed, result.kept, result.relabeled_by_model) == (1, 1, 1, 0)
+    _, after = ws.read(result.version.version)
+    rows = after.set_index(Col.IMAGE_ID)
+    assert rows.loc[ids[0], Col.LABEL] == new_label
+    assert rows.loc[ids[0], Col.LABEL_ORIGINAL] == before.set_index(Col.IMAGE_ID).loc[ids[0], Col.LABEL_ORIGINAL]
+    assert rows.loc[ids[0], Col.REASON] == f"relabel:{given[ids[0]]}->{new_label} by human"
+    assert rows.loc[ids[1], Col.STATUS] == REMOVED
+    assert rows.loc[ids[1], Col.REASON] == "relabel_review:removed by human"
+    for i in (2, 3):
+        assert rows.loc[ids[i], Col.LABEL] == given[ids[i]] and rows.loc[ids[i], Col.STATUS] == ACTIVE
+    assert ws.resolve(result.version.version).stage == "relabel-apply"
+
+
+def test_applying_the_same_log_twice_changes_nothing(ws: Workspace) -> None:
+    ids = queue_ids(ws)
+    log = DecisionLog(log_path(ws.root))
+    log.append(Decision(image_id=ids[0], decision="relabel", label="surprise"))
+    log.append(Decision(image_id=ids[1], decision="remove"))
+    first = apply(ws, ApplyParams(auto_accept=0.3))
+    second = apply(ws, ApplyParams())
+    assert second.changed == 0 and second.already_applied == first.changed - first.relabeled_by_model
+    third = apply(ws, ApplyParams(auto_accept=0.3))
+    assert third.changed == 0
+    frames = [ws.read(r.version.version)[1].set_index(Col.IMAGE_ID) for r in (first, second, third)]
+    cols = [Col.LABEL, Col.STATUS, Col.REASON]
+    for other in frames[1:]:
+        pd.testing.assert_frame_equal(frames[0][cols], other[cols])
+
+
+def test_auto_accept_relabels_confident_undecided_flags_as_the_model(ws: Workspace) -> None:
+    ids = queue_ids(ws)
+    log = DecisionLog(log_path(ws.root))
+    log.append(Decision(image_id=ids[0], decision="keep"))
+    _, before = ws.read("v0002")
+    rows = before.set_index(Col.IMAGE_ID)
+    p_suggested = {
+        iid: rows.loc[iid, prob_column(rows.loc[iid, SUGGESTED_LABEL])] for iid in ids
+    }
+    threshold = float(np.median(list(p_suggested.values())))
+    result = apply(ws, ApplyParams(auto_accept=threshold))
+    expected = {iid for iid, p in p_suggested.items() if p >= threshold and iid != ids[0]}
+    assert result.relabeled_by_model == len(expected) > 0
+    _, after = ws.read(result.version.version)
+    out = after.set_index(Col.IMAGE_ID)
+    for iid in ids:
+        if iid in expected:
+            assert out.loc[iid, Col.LABEL] == rows.loc[iid, SUGGESTED_LABEL]
+            assert out.loc[iid, Col.REASON].endswith("by model")
+        else:
+            assert out.loc[iid, Col.LABEL] == rows.loc[iid, Col.LABEL]
+    assert len(log.records()) == 1  # the model's picks live in the version, not in the people's log
+
+
+def test_apply_rejects_bad_auto_accept(ws: Workspace) -> None:
+    with pytest.raises(InputError, match="probability in"):
+        apply(ws, ApplyParams(auto_accept=1.5))
+    with pytest.raises(InputError, match="relabel-review flag"):
+        apply(ws, ApplyParams(version="v0000", auto_accept=0.9))
+
+
+decision_lists = st.lists(
+    st.tuples(st.integers(0, 5), st.sampled_from(["relabel", "keep", "remove", "undo"]), st.sampled_from(CLASSES)),
+    max_size=12,
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decisions=decision_lists, auto=st.sampled_from([None, 0.3]))
+def test_property_apply_is_idempotent(oracle_root: Path, decisions: list[tuple[int, str, str]], auto: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(oracle_root, Path(tmp) / "ws")
+        ws = Workspace(Path(tmp) / "ws")
+        _, df = ws.read("v0002")
+        ids = df[Col.IMAGE_ID].tolist()
+        log = DecisionLog(log_path(ws.root))
+        for i, decision, label in decisions:
+            log.append(Decision(image_id=ids[i], decision=decision, label=label if decision == "relabel" else None))
+        first = apply(ws, ApplyParams(auto_accept=auto))
+        second = apply(ws, ApplyParams(auto_accept=auto))
+        assert second.changed == 0
+        _, a = ws.read(first.version.version)
+        _, b = ws.read(second.version.version)
+        cols = [Col.IMAGE_ID, Col.LABEL, Col.STATUS, Col.REASON]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+        # what stands in the log is what the version says
+        for image_id, dec in log.current().items():
+            row = a[a[Col.IMAGE_ID] == image_id].iloc[0]
+            if dec.decision == "relabel" and df.loc[df[Col.IMAGE_ID] == image_id, Col.STATUS].iloc[0] == ACTIVE:
+                assert row[Col.LABEL] == dec.label
+            if dec.decision == "remove":
+                assert row[Col.STATUS] != ACTIVE
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def test_cli_help_names_the_three_commands_with_examples() -> None:
+    result = runner.invoke(app, ["relabel-review", "--help"])
+    assert result.exit_code == 0
+    for name in ("flag", "serve", "apply"):
+        assert name in result.output
+        sub = runner.invoke(app, ["relabel-review", name, "--help"])
+        assert sub.exit_code == 0 and "Example:" in sub.output
+
+
+def test_cli_flag_and_apply_json(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flag_mod, "cross_fit", oracle_cross_fit)
+    result = runner.invoke(
+        app, ["relabel-review", "flag", "-w", str(ws.root), "--folds", "3", "--preset", "tiny", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    flagged = json.loads(result.stdout)
+    assert flagged["flagged"] == len(CLASSES) * FLIPS_PER_CLASS and flagged["version"] == "v0003"
+    result = runner.invoke(app, ["relabel-review", "apply", "-w", str(ws.root), "--auto-accept", "0.2", "--json"])
+    assert result.exit_code == 0, result.output
+    applied = json.loads(result.stdout)
+    assert applied["relabeled_by_model"] == flagged["flagged"] and applied["parent"] == "v0003"
+
+
+def test_cli_errors_are_one_red_line(ws: Workspace) -> None:
+    result = runner.invoke(app, ["relabel-review", "flag", "-w", str(ws.root), "--folds", "1"])
+    assert result.exit_code == 1 and "--folds 1" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["relabel-review", "apply", "-w", str(ws.root), "--auto-accept", "2"])
+    assert result.exit_code == 1 and "probability" in result.output
+    result = runner.invoke(app, ["relabel-review", "serve", "-w", str(ws.root), "--port", "70000"])
+    assert result.exit_code == 1 and "--port 70000" in result.output
