@@ -30,7 +30,8 @@ class DemoRunParams:
     demo: DemoParams = DemoParams()
     overwrite: bool = False
     preset: str = "cpu"
-    epochs: int | None = 10  # the cpu preset, shortened so the whole run fits in a few minutes
+    # the cpu preset tuned for a few thousand images: more, smaller steps at a higher rate
+    train_overrides: tuple[tuple[str, Any], ...] = (("epochs", 12), ("lr", 3e-3), ("batch_size", 32))
     folds: int = 3
     seeds: int = 1
     device: str = "auto"
@@ -75,21 +76,14 @@ class DemoReport:
         }
 
     def render(self, console: Any) -> None:
-        from rich.table import Table
-
-        table = Table(title=f"fercurate demo --run ({self.seconds:.0f} s); workspace {self.workspace}")
-        for col in ("stage", "version", "what it did", "scored against the ground truth", "s"):
-            table.add_column(col, overflow="fold")
+        console.print(f"[bold]fercurate demo --run[/]: {self.seconds:.0f} s, workspace {self.workspace}")
         for s in self.stages:
-            table.add_row(
-                s.stage,
-                s.version or "-",
-                _kv(s.summary),
-                _kv(s.score),
-                f"{s.seconds:.0f}",
-            )
-        console.print(table)
-        console.print("Reports (contact sheets, charts, benchmark report) are under " f"{self.workspace / 'reports'}")
+            console.print(f"\n[bold cyan]{s.stage}[/] {s.version or ''} ({s.seconds:.0f} s)")
+            if s.summary:
+                console.print("  did:    " + _kv(s.summary), markup=False)
+            if s.score:
+                console.print("  scored: " + _kv(s.score), style="green", markup=False)
+        console.print(f"\nReports (contact sheets, charts, the benchmark report): {self.workspace / 'reports'}")
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -97,8 +91,8 @@ def _kv(d: dict[str, Any]) -> str:
     for k, v in d.items():
         if isinstance(v, float):
             v = f"{v:.3f}"
-        parts.append(f"{k}: {v}")
-    return "\n".join(parts)
+        parts.append(f"{k} {v}")
+    return "; ".join(parts)
 
 
 def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | None = None) -> DemoReport:
@@ -159,12 +153,8 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
 
     # -- relabel-review -------------------------------------------------------------------------
     t = time.perf_counter()
-    overrides = {"epochs": params.epochs} if params.epochs else {}
-    flagged = flag(
-        workspace,
-        FlagParams(folds=params.folds, preset=params.preset, device=params.device, **_epochs_field(FlagParams, overrides)),
-        progress,
-    )
+    # flagging sizes its own training plan per preset (see relabel.flag)
+    flagged = flag(workspace, FlagParams(folds=params.folds, preset=params.preset, device=params.device), progress)
     _, v2 = workspace.read(flagged.version.version)
     applied = apply(workspace, ApplyParams(version=flagged.version.version, auto_accept=params.auto_accept))
     _, v3 = workspace.read(applied.version.version)
@@ -218,7 +208,7 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
             versions=compared,
             seeds=params.seeds,
             preset=params.preset,
-            overrides=tuple(overrides.items()),
+            overrides=params.train_overrides,
             device=params.device,
         ),
         progress,
@@ -243,11 +233,6 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     )
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _epochs_field(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
-    names = getattr(cls, "__dataclass_fields__", {})
-    return {k: v for k, v in overrides.items() if k in names}
 
 
 def _changed_labels(before: pd.DataFrame, after: pd.DataFrame) -> int:

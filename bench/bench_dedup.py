@@ -1,0 +1,380 @@
+"""Benchmarks of ``fercurate dedup``: quality on planted duplicates, speed, and large-scale search.
+
+Usage (each part prints its numbers; docs/dedup.md quotes them)::
+
+    python bench/bench_dedup.py quality [--n 8000] [--seed 1]   # precision/recall at the defaults
+    python bench/bench_dedup.py speed [--n 20000] [--runs 3]    # scan + dedup wall time, vs imagededup
+    python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
+    python bench/bench_dedup.py all
+
+Quality has two parts. (1) The demo's own ground truth (``fercurate.demo``: copies re-encoded,
+brightened, contrast-changed, resized, shifted or exact, sometimes relabelled), scored on pairs of
+members of one ``dup_group``. (2) Copies planted here on the demo's clean faces, one transform at a
+time, with harder settings than the demo's (JPEG quality down to 20, brightness +-30% with clipping,
+gamma, blur, noise, shift plus JPEG), among thousands of same-person different photos (the demo draws
+about three images per identity): per-transform recall, precision over all found pairs, and plain
+pHash thresholds 6 and 10 (imagededup's default) for comparison. Real FER data is not available
+offline; nothing here measures it.
+
+Speed writes ``--n`` 48x48 JPGs (demo faces), then runs ``fercurate scan`` and ``fercurate dedup``
+as separate processes, ``--runs`` times on a fresh workspace, and reports the median wall time of
+each and of their sum; then imagededup's ``PHash().find_duplicates`` on the same files when it can
+be imported (``pip install --no-deps imagededup``; only its hashing module is loaded, with stubs for
+the parts that need torch).
+
+Search hashes ``--n`` random 64-bit values with 10,000 planted pairs at distances 0..radius, runs
+:func:`fercurate.dedup.search.hamming_pairs` at several radii in a child process each and reports
+wall time, peak memory (the child's max RSS) and the planted pairs' recall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+WORK = Path(os.environ.get("FERCURATE_BENCH_DIR", "/tmp/fercurate-bench-dedup"))
+
+
+# -- shared ----------------------------------------------------------------------------------------
+def demo_dataset(dest: Path, n: int, seed: int) -> Path:
+    """A demo dataset of about ``n`` images (generated once, reused)."""
+    from fercurate.demo import DemoParams, generate_demo
+
+    if not (dest / "truth.parquet").exists():
+        t = time.perf_counter()
+        generate_demo(dest, DemoParams(n_images=n, seed=seed, n_affectnet=10), overwrite=True)
+        print(f"generated the demo ({n} images) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return dest
+
+
+def pr(found: set[tuple[int, int]], truth: set[tuple[int, int]]) -> dict[str, float]:
+    tp = len(found & truth)
+    return {
+        "precision": tp / len(found) if found else 1.0,
+        "recall": tp / len(truth) if truth else 1.0,
+        "found": len(found),
+        "true": len(truth),
+        "false": len(found) - tp,
+        "missed": len(truth) - tp,
+    }
+
+
+def group_pairs(groups: np.ndarray) -> set[tuple[int, int]]:
+    """Every pair of positions sharing a group label (None/NaN: ungrouped)."""
+    out: set[tuple[int, int]] = set()
+    frame = pd.DataFrame({"g": groups}).dropna()
+    for _, members in frame.groupby("g").groups.items():
+        m = sorted(int(x) for x in members)
+        out.update((a, b) for k, a in enumerate(m) for b in m[k + 1 :])
+    return out
+
+
+def closure(pairs: list[tuple[int, int]], n: int) -> set[tuple[int, int]]:
+    """All pairs within the connected components of ``pairs`` (copies of one original are duplicates)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not pairs:
+        return set()
+    i, j = zip(*pairs, strict=True)
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    sizes = np.bincount(comp)
+    return group_pairs(np.where(sizes[comp] > 1, comp.astype(float), np.nan))
+
+
+def phash_pairs(hashes: np.ndarray, radius: int) -> set[tuple[int, int]]:
+    from fercurate.dedup.search import hamming_pairs
+
+    found = hamming_pairs(hashes, radius)
+    return set(zip(found.query.tolist(), found.database.tolist(), strict=True))
+
+
+# -- quality ---------------------------------------------------------------------------------------
+def quality_demo(n: int, seed: int) -> dict[str, object]:
+    """The demo's planted duplicates, found through the real flow: scan, then dedup."""
+    from fercurate.dedup import DedupParams, dedup
+    from fercurate.dedup.hashers import from_hex
+    from fercurate.scan import ScanParams, scan
+    from fercurate.workspace import Workspace
+
+    dest = demo_dataset(WORK / f"demo-{n}-{seed}", n, seed)
+    ws_dir = WORK / f"ws-quality-{n}-{seed}"
+    shutil.rmtree(ws_dir, ignore_errors=True)
+    ws = Workspace(ws_dir)
+    scan(ws, ScanParams(dataset=dest / "dataset"))
+    t = time.perf_counter()
+    result = dedup(ws, DedupParams(dry_run=False))
+    seconds = time.perf_counter() - t
+    _, df = ws.read()
+    truth = pd.read_parquet(dest / "truth.parquet")
+    # the manifest path is relative to the dataset root, as truth's is (split folder names kept)
+    active = df[df["status"].isin(["active", "removed"]) & df["phash"].notna()].reset_index(drop=True)
+    pos = {p: k for k, p in enumerate(active["path"])}
+    planted = truth[truth["dup_of"].notna()]
+    links = [(pos[p], pos[o]) for p, o in zip(planted["path"], planted["dup_of"], strict=True) if p in pos and o in pos]
+    true_pairs = closure([(min(a, b), max(a, b)) for a, b in links], len(active))
+    found = group_pairs(active["dup_group"].to_numpy(dtype=object))
+    hashes = from_hex(active["phash"].tolist())
+    by_transform = {}
+    for kind, rows in planted.groupby("dup_transform"):
+        want = {
+            (min(pos[p], pos[o]), max(pos[p], pos[o]))
+            for p, o in zip(rows["path"], rows["dup_of"], strict=True)
+            if p in pos and o in pos
+        }
+        by_transform[str(kind)] = round(len(want & found) / max(1, len(want)), 4)
+    return {
+        "images": len(active),
+        "planted copies": len(links),
+        "dedup (defaults)": pr(found, true_pairs),
+        "recall by transform": by_transform,
+        "pHash <= 6": pr(phash_pairs(hashes, 6), true_pairs),
+        "pHash <= 10": pr(phash_pairs(hashes, 10), true_pairs),
+        "dedup seconds": round(seconds, 2),
+        "groups": result.groups,
+    }
+
+
+def _encode_decode(arr: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip, then what scan does to a file (fercurate.images.to_gray)."""
+    from PIL import Image
+
+    from fercurate.images import to_gray
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.load()
+        return to_gray(im, 48)
+
+
+def _resized(arr: np.ndarray, mid: int, back: int | None = 48) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).resize((mid, mid), Image.Resampling.BILINEAR)
+    if back:
+        im = im.resize((back, back), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.float64)
+
+
+def _shifted(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    padded = np.pad(arr, 2, mode="edge")
+    return padded[2 - dy : 2 - dy + 48, 2 - dx : 2 - dx + 48]
+
+
+def planted_transforms(rng: np.random.Generator) -> dict[str, object]:
+    """name -> function(original float array) -> copy as scan would see it."""
+
+    def shift(a: np.ndarray, q: int) -> np.ndarray:
+        dy, dx = (int(v) * int(rng.choice([-1, 1])) for v in rng.integers(0, 3, size=2))
+        return _encode_decode(_shifted(a, dy or 1, dx), q)
+
+    return {
+        "reencode q40-95": lambda a: _encode_decode(a, int(rng.integers(40, 96))),
+        "reencode q20": lambda a: _encode_decode(a, 20),
+        "brightness +-10-30%": lambda a: _encode_decode(a * (1 + rng.choice([-1, 1]) * rng.uniform(0.1, 0.3)), 90),
+        "contrast x0.6-1.35": lambda a: _encode_decode((a - a.mean()) * rng.uniform(0.6, 1.35) + a.mean(), 90),
+        "gamma 0.7-1.4": lambda a: _encode_decode(255 * (a / 255) ** rng.uniform(0.7, 1.4), 90),
+        "resized via 32-44 px": lambda a: _encode_decode(_resized(a, int(rng.choice([32, 36, 40, 44]))), 90),
+        "stored at 64x64": lambda a: _encode_decode(_resized(a, 64, None), 90),
+        "shift 1-2 px": lambda a: shift(a, 90),
+        "shift 1-2 px + q50": lambda a: shift(a, 50),
+        "blur 1 px": lambda a: _encode_decode(_resized(_resized(a, 36), 48), 90),
+        "noise sd 8": lambda a: _encode_decode(a + rng.normal(0, 8, a.shape), 90),
+        "exact": lambda a: None,
+        "mirror": lambda a: _encode_decode(a[:, ::-1], 90),
+    }
+
+
+def quality_planted(n: int, seed: int, per_transform: int) -> dict[str, object]:
+    """Copies planted on the demo's clean faces, one transform each, found by find_duplicate_pairs."""
+    from fercurate.dedup import DedupParams, find_duplicate_pairs
+    from fercurate.dedup.hashers import PHash
+    from fercurate.images import load_gray_files
+
+    dest = demo_dataset(WORK / f"demo-{n}-{seed}", n, seed)
+    truth = pd.read_parquet(dest / "truth.parquet")
+    clean = truth[truth["dup_of"].isna() & truth["invalid_reason"].isna()]
+    originals = load_gray_files([str(dest / "dataset" / p) for p in clean["path"]], 48)
+    rng = np.random.default_rng(seed)
+    transforms = planted_transforms(rng)
+    copies, pairs, kinds = [], [], []
+    sources = rng.choice(len(originals), size=(len(transforms), per_transform), replace=False)
+    for (name, fn), src in zip(transforms.items(), sources, strict=True):
+        for s in src:
+            out = fn(originals[s].astype(np.float64))
+            copies.append(originals[s] if out is None else out)
+            pairs.append((int(s), len(originals) + len(copies) - 1))
+            kinds.append(name)
+    pixels = np.concatenate([originals, np.stack(copies).astype(np.uint8)])
+    hashes = PHash().hash(pixels)
+    results: dict[str, object] = {"originals": len(originals), "copies": len(copies)}
+    for mirror in (False, True):
+        t = time.perf_counter()
+        found_pairs = find_duplicate_pairs(pixels, DedupParams(mirror=mirror), hashes)
+        seconds = time.perf_counter() - t
+        groups_found = closure(list(zip(found_pairs["i"], found_pairs["j"], strict=True)), len(pixels))
+        wanted = [(p, k) for p, k in zip(pairs, kinds, strict=True) if mirror or k != "mirror"]
+        true_pairs = closure([p for p, _ in wanted], len(pixels))
+        per = {}
+        for name in transforms:
+            want = {p for p, k in wanted if k == name}
+            if want:
+                per[name] = {
+                    "dedup": round(len(want & groups_found) / len(want), 4),
+                    "pHash<=6": round(len(want & phash_pairs(hashes, 6)) / len(want), 4),
+                    "pHash<=10": round(len(want & phash_pairs(hashes, 10)) / len(want), 4),
+                }
+        results["--mirror" if mirror else "defaults"] = {
+            "dedup": pr(groups_found, true_pairs),
+            "pHash <= 6": pr(phash_pairs(hashes, 6), true_pairs),
+            "pHash <= 10": pr(phash_pairs(hashes, 10), true_pairs),
+            "recall by transform": per,
+            "seconds": round(seconds, 2),
+        }
+    return results
+
+
+# -- speed -----------------------------------------------------------------------------------------
+def _wall(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def speed(n: int, runs: int, seed: int) -> dict[str, object]:
+    dest = demo_dataset(WORK / f"demo-{n}-{seed}", int(n * 0.945), seed)  # duplicates and bad files on top
+    dataset = dest / "dataset"
+    files = sum(1 for p in dataset.rglob("*") if p.is_file())
+    scans, dedups, again = [], [], []
+    for r in range(runs):
+        ws = WORK / f"ws-speed-{r}"
+        shutil.rmtree(ws, ignore_errors=True)
+        scans.append(_wall(["fercurate", "scan", str(dataset), "-w", str(ws)]))
+        dedups.append(_wall(["fercurate", "dedup", "-w", str(ws), "--dry-run"]))
+        again.append(_wall(["fercurate", "dedup", "-w", str(ws), "--dry-run"]))
+    out: dict[str, object] = {
+        "files": files,
+        "cpus": len(os.sched_getaffinity(0)),
+        "load average before": os.getloadavg()[0],
+        "scan s (median)": round(statistics.median(scans), 2),
+        "dedup s (median)": round(statistics.median(dedups), 2),
+        "scan + dedup s (median)": round(statistics.median(s + d for s, d in zip(scans, dedups, strict=True)), 2),
+        "dedup again, hashes cached, s (median)": round(statistics.median(again), 2),
+        "runs": {"scan": [round(x, 2) for x in scans], "dedup": [round(x, 2) for x in dedups]},
+    }
+    code = (
+        "import sys, types, os, time\n"
+        "import imagededup\n"
+        "root = os.path.dirname(imagededup.__file__)\n"
+        "for sub in ('methods', 'utils'):  # their __init__ imports torch; load only the hashing parts\n"
+        "    m = types.ModuleType('imagededup.' + sub); m.__path__ = [os.path.join(root, sub)]\n"
+        "    sys.modules['imagededup.' + sub] = m\n"
+        "from imagededup.methods.hashing import PHash\n"
+        "t = time.perf_counter()\n"
+        f"d = PHash(verbose=False).find_duplicates(image_dir={str(dataset)!r}, max_distance_threshold=10,"
+        " recursive=True)\n"
+        "print(time.perf_counter() - t, sum(len(v) for v in d.values()) // 2)\n"
+    )
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            out["imagededup"] = f"not run: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
+            break
+        walls.append(time.perf_counter() - t)
+    if walls:
+        out["imagededup PHash.find_duplicates s (median, incl. start-up)"] = round(statistics.median(walls), 2)
+        out["speed-up vs imagededup"] = round(statistics.median(walls) / out["scan + dedup s (median)"], 1)  # type: ignore[operator]
+    out["load average after"] = os.getloadavg()[0]
+    return out
+
+
+# -- search ----------------------------------------------------------------------------------------
+def _search_child(n: int, radius: int, seed: int) -> None:
+    """Run in a child: time one search and report its peak memory as JSON on stdout."""
+    from fercurate.dedup.search import hamming_pairs, plan_mih
+
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    planted = 10_000
+    src = rng.choice(n, planted, replace=False)
+    dst = rng.permutation(np.setdiff1d(np.arange(n), src))[:planted]
+    for a, b in zip(src, dst, strict=True):
+        flips = rng.choice(64, int(rng.integers(0, radius + 1)), replace=False)
+        hashes[b] = hashes[a] ^ np.uint64(sum(1 << int(f) for f in flips))
+    t = time.perf_counter()
+    found = hamming_pairs(hashes, radius)
+    seconds = time.perf_counter() - t
+    got = set(zip(found.query.tolist(), found.database.tolist(), strict=True))
+    recall = np.mean([(min(a, b), max(a, b)) in got for a, b in zip(src, dst, strict=True)])
+    plan = plan_mih(hashes, hashes, radius)
+    print(
+        json.dumps(
+            {
+                "radius": radius,
+                "seconds": round(seconds, 2),
+                "peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "pairs": len(found),
+                "planted recall": float(recall),
+                "plan": f"{plan.widths} sub-radii {plan.radii}" if plan else "brute force",
+            }
+        )
+    )
+
+
+def search(n: int, radii: list[int], seed: int) -> list[dict[str, object]]:
+    out = []
+    for r in radii:
+        proc = subprocess.run(
+            [sys.executable, __file__, "_search_child", "--n", str(n), "--radius", str(r), "--seed", str(seed)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(out[-1], file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=["quality", "speed", "search", "all", "_search_child"])
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--per-transform", type=int, default=300)
+    parser.add_argument("--radius", type=int, nargs="*", default=[4, 6, 8])
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.part == "_search_child":
+        _search_child(args.n, args.radius[0], args.seed)
+        return
+    report: dict[str, object] = {}
+    if args.part in ("quality", "all"):
+        n = args.n or 8000
+        report["quality: demo ground truth"] = quality_demo(n, args.seed)
+        report["quality: planted transforms"] = quality_planted(n, args.seed, args.per_transform)
+    if args.part in ("speed", "all"):
+        report["speed"] = speed(args.n if args.part == "speed" and args.n else 20000, args.runs, args.seed + 1)
+    if args.part in ("search", "all"):
+        report["search"] = search(args.n if args.part == "search" and args.n else 1_000_000, args.radius, args.seed)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,569 @@
+"""Finding duplicate images in pixel arrays: candidates from hashes, then a pixel-level check.
+
+The reusable part of dedup, for any stage holding grayscale pixels (``benchmark`` checks its gold
+test set against train/val with :func:`match_against`; ``merge-affectnet`` checks new faces against
+the dataset). Nothing here touches a workspace.
+
+How a pair is found:
+
+1. **Exact**: identical pixels, always found (grouped by the raw bytes).
+2. **Candidates**, from two hash searches (:func:`fercurate.dedup.search.hamming_pairs`):
+
+   * the plain hash (pHash by default) within the generous ``radius``;
+   * a *shift-compensated* DCT hash within the small ``shift_radius``: for every image, the pHash of
+     the image shifted by each offset up to ``max_shift`` is computed in closed form (resize, shift
+     and DCT are linear, so all offsets cost two matrix products per image), and searched against
+     the unshifted hashes. A shifted copy lands within a few bits of one of its original's shifted
+     hashes although its plain pHash distance is often 10-20. With ``mirror`` the flipped images'
+     hashes are searched too.
+
+3. **Detail filter**: each candidate's 255-bit DCT hash (the 16x16 low-frequency block, aligned at the
+   offset that found it) must be within ``detail_radius``; this removes ~99% of the candidates that are
+   different photos, for a few popcounts each.
+4. **Verification**: zero-mean normalised cross-correlation, best over every integer shift up to
+   ``max_shift``, of the central crops of the band-passed images (a light blur removes JPEG noise, a
+   wide one uneven lighting), computed with FFTs per pair chunk. ``similarity`` is that NCC;
+   pairs at or above ``min_similarity`` are duplicates.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fercurate.dedup.hashers import HASHERS, bits_to_uint64, lanczos_matrix, median_rows
+from fercurate.dedup.params import DedupParams
+from fercurate.dedup.search import hamming_pairs
+
+#: Side of the DCT block behind the detail hash (its top-left 8x8 is the pHash block).
+DETAIL_SIDE = 16
+#: Blur widths (pixels at 48x48) of the band-pass the verifier correlates: JPEG noise / lighting.
+BAND_SIGMAS = (0.7, 8.0)
+#: :func:`tile_residual` checks windows of side S / WINDOW_FRACTION (8 pixels at 48x48).
+WINDOW_FRACTION = 6
+#: Images per batch when computing the shift-compensated hashes (bounds memory to ~30 MB).
+_FEATURE_BATCH = 1024
+#: Candidate pairs verified per FFT chunk.
+_VERIFY_CHUNK = 2048
+
+KIND_EXACT, KIND_NEAR, KIND_MIRROR = "exact", "near", "mirror"
+PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
+MATCH_COLUMNS = ["query", "reference", "similarity", "kind", "dy", "dx"]
+
+
+# -- per-image features ----------------------------------------------------------------------------
+def offsets(max_shift: int) -> list[tuple[int, int]]:
+    """Every (dy, dx) shift with both parts within ``max_shift``, row by row."""
+    r = range(-max_shift, max_shift + 1)
+    return [(dy, dx) for dy in r for dx in r]
+
+
+@dataclass(frozen=True)
+class Features:
+    """Shift-compensated DCT hashes of a batch of images (optionally flipped first).
+
+    ``aligned[n, k]`` is the pHash-like 64-bit hash and ``detail[n, k]`` the 255-bit detail hash (4 x
+    uint64) of image ``n`` shifted by ``offsets[k]`` (edges repeated).
+    """
+
+    aligned: np.ndarray
+    detail: np.ndarray
+    offsets: list[tuple[int, int]]
+
+    @property
+    def center(self) -> int:
+        return self.offsets.index((0, 0))
+
+
+@functools.lru_cache(maxsize=16)
+def _dct_operator(size: int, max_shift: int) -> np.ndarray:
+    """Rows ``DCT16 @ resize(c -> 32) @ window(d)`` stacked for every d in -max_shift..max_shift.
+
+    ``window(d)`` selects the ``c = size - 2 * max_shift`` pixels starting at ``max_shift + d``: the
+    central window moved by ``d``. Applied on both sides of an image (``L @ X @ L.T``) it gives the
+    16x16 low-frequency DCT block (as pHash computes it, without rounding the resized image) of every
+    shifted central window at once. Windows never read outside the image, so the block of a copy
+    shifted by ``s`` equals the original's block at offset ``s`` up to noise, from either side.
+    """
+    c = size - 2 * max_shift
+    resize = lanczos_matrix(c, 32) / float(1 << 22)
+    k = np.arange(DETAIL_SIDE)[:, None]
+    dct = 2.0 * np.cos(np.pi * k * (2 * np.arange(32) + 1) / 64.0)  # scipy.fftpack's unnormalised DCT-II
+    base = dct @ resize
+    rows = []
+    for d in range(-max_shift, max_shift + 1):
+        window = np.zeros((c, size))
+        window[np.arange(c), max_shift + d + np.arange(c)] = 1.0
+        rows.append(base @ window)
+    out = np.concatenate(rows).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def compute_features(
+    pixels: np.ndarray, max_shift: int, *, flip: bool = False, which: list[tuple[int, int]] | None = None
+) -> Features:
+    """Shift-compensated hashes of ``(N, S, S)`` uint8 images (flipped left-right first if ``flip``).
+
+    Args:
+        pixels: the images.
+        max_shift: the largest offset (each axis) of the central window.
+        flip: hash the mirrored images.
+        which: the offsets wanted (default: all of them); ``[(0, 0)]`` costs a tenth of all 25.
+    """
+    n, size, _ = pixels.shape
+    wanted = offsets(max_shift) if which is None else list(which)
+    k = DETAIL_SIDE
+    if wanted == [(0, 0)]:
+        op = _dct_operator(size, max_shift)[max_shift * k : (max_shift + 1) * k]
+        shift_range, picks = 0, np.zeros(1, dtype=np.int64)
+    else:
+        op = _dct_operator(size, max_shift)
+        shift_range = max_shift
+        span_all = 2 * max_shift + 1
+        picks = np.array([(dy + max_shift) * span_all + dx + max_shift for dy, dx in wanted], dtype=np.int64)
+    span = 2 * shift_range + 1
+    aligned = np.empty((n, len(wanted)), dtype=np.uint64)
+    detail = np.empty((n, len(wanted), 4), dtype=np.uint64)
+    for start in range(0, n, _FEATURE_BATCH):
+        x = pixels[start : start + _FEATURE_BATCH].astype(np.float32)
+        if flip:
+            x = x[:, :, ::-1]
+        b = len(x)
+        # L @ X @ L.T for the whole batch as two large matrix products: first (L @ X).T per image ...
+        y = (x.transpose(0, 2, 1).reshape(-1, size) @ op.T).reshape(b, size, span * k)
+        # ... then (L @ X) @ L.T, whose entry ((sy, v), (sx, u)) is DCT coefficient (v, u) of the
+        # window shifted by (sy, sx)
+        z = (y.transpose(0, 2, 1).reshape(-1, size) @ op.T).reshape(b, span, k, span, k)
+        sy, sx = np.divmod(picks, span)
+        blocks = z[:, sy, :, sx, :].transpose(1, 0, 2, 3).reshape(-1, k, k)  # (b * picks, k, k)
+        low = blocks[:, :8, :8].reshape(-1, 64)
+        aligned[start : start + b] = bits_to_uint64(low > median_rows(low)[:, None]).reshape(b, -1)
+        flat = blocks.reshape(-1, k * k)
+        ac = flat[:, 1:]
+        bits = np.zeros(flat.shape, dtype=bool)
+        bits[:, 1:] = ac > median_rows(ac)[:, None]
+        detail[start : start + b] = np.packbits(bits, axis=1).view(np.uint64).reshape(b, len(wanted), 4)
+    return Features(aligned, detail, wanted)
+
+
+@functools.lru_cache(maxsize=8)
+def _band_operators(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fine and the coarse blur of ``BAND_SIGMAS`` as ``size`` x ``size`` matrices."""
+    return tuple(_gaussian_matrix(size, s * size / 48).astype(np.float32) for s in BAND_SIGMAS)  # type: ignore[return-value]
+
+
+def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect")`` as a matrix (without importing scipy.ndimage)."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (taps / sigma) ** 2)
+    weights /= weights.sum()
+    # half-sample symmetric reflection (d c b a | a b c d | d c b a), period 2 * size
+    source = (np.arange(size)[:, None] + taps[None, :]) % (2 * size)
+    source = np.where(source >= size, 2 * size - 1 - source, source)
+    matrix = np.zeros((size, size))
+    np.add.at(matrix, (np.repeat(np.arange(size), len(taps)), source.ravel()), np.tile(weights, size))
+    return matrix
+
+
+def blurs(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fine blur and the band-pass (fine minus coarse blur) of ``(N, S, S)`` images, float32.
+
+    The verifier correlates band-passed images (JPEG noise and uneven lighting removed) and checks
+    local residuals on the finely blurred ones. Each blur is two matrix products over the batch.
+    """
+    n, size, _ = pixels.shape
+    x = pixels.astype(np.float32)
+    out = []
+    for g in _band_operators(size):
+        y = (x.reshape(-1, size) @ g.T).reshape(n, size, size)  # blur rows
+        out.append((y.transpose(0, 2, 1).reshape(-1, size) @ g.T).reshape(n, size, size).transpose(0, 2, 1))
+    fine, coarse = out
+    return fine, fine - coarse
+
+
+# -- exact duplicates ------------------------------------------------------------------------------
+def exact_groups(pixels: np.ndarray) -> np.ndarray:
+    """For each image, the position of the first image with identical pixels (itself if none).
+
+    Rows are keyed by a 64-bit hash of their bytes; only rows sharing a key are compared byte for
+    byte, so a hash collision never merges two images.
+    """
+    n = len(pixels)
+    first = np.arange(n, dtype=np.int64)
+    if n < 2:
+        return first
+    flat = np.ascontiguousarray(pixels.reshape(n, -1))
+    keys = np.array([hash(row.tobytes()) for row in flat], dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    shared = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
+    if len(shared) == 0:
+        return first
+    candidates = np.unique(np.concatenate([order[shared], order[shared + 1]]))
+    rows = flat[candidates].view(np.dtype((np.void, flat.shape[1])))[:, 0]
+    _, idx, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    first[candidates] = candidates[idx][inverse]
+    return first
+
+
+# -- verification ----------------------------------------------------------------------------------
+def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best zero-mean NCC of ``a``'s central crop against ``b`` shifted by up to ``max_shift``.
+
+    Args:
+        a, b: ``(P, S, S)`` float images, pair by pair.
+        max_shift: the crop leaves this margin, so a shifted window never reads outside ``b``.
+
+    Returns:
+        The best NCC per pair and the (dy, dx) where ``b`` matched ``a``'s crop best.
+    """
+    import scipy.fft
+
+    p, size, _ = a.shape
+    m, c = max_shift, size - 2 * max_shift
+    padded = np.zeros((p, size, size), dtype=np.float32)
+    crop = padded[:, m : m + c, m : m + c]
+    crop[:] = a[:, m : m + c, m : m + c]
+    crop -= crop.mean(axis=(1, 2), keepdims=True)
+    crop /= np.sqrt((crop * crop).sum(axis=(1, 2), keepdims=True)) + 1e-9
+    bb = np.asarray(b, dtype=np.float32)
+    # circular cross-correlation; the crop's zero margin keeps every wanted shift from wrapping
+    spec = np.conj(scipy.fft.rfft2(padded, workers=-1)) * scipy.fft.rfft2(bb, workers=-1)
+    corr = scipy.fft.irfft2(spec, s=(size, size), workers=-1)
+    span = np.arange(-m, m + 1)
+    corr = corr[:, span[:, None] % size, span[None, :] % size]  # (P, 2m+1, 2m+1)
+    # mean and energy of every shifted window of b (band-passed values are small: float32 is enough)
+    corners = np.arange(2 * m + 1)
+    sums = _window_sums(bb, c, corners)
+    squares = _window_sums(bb * bb, c, corners)
+    energy = np.maximum(squares - sums * sums / (c * c), 1e-9)
+    ncc = (corr / np.sqrt(energy)).astype(np.float64)
+    flat = ncc.reshape(p, -1)
+    best = flat.argmax(axis=1)
+    dy, dx = np.divmod(best, 2 * m + 1)
+    return flat[np.arange(p), best], dy - m, dx - m
+
+
+def tile_residual(
+    a: np.ndarray, b: np.ndarray, fine_a: np.ndarray, fine_b: np.ndarray, dy: np.ndarray, dx: np.ndarray, max_shift: int
+) -> np.ndarray:
+    """The largest unexplained share of any small window once ``b`` is aligned and brightness fitted.
+
+    Global NCC is dominated by what is large: background, hair, the face's outline. Two frames of one
+    person that differ only in the mouth or the eyes still correlate above 0.95, yet their
+    difference sits in one small region. So: take the lightly blurred images (JPEG noise), align
+    ``b`` at (``dy``, ``dx``), fit ``b ~ alpha * a + beta``, and return, per pair, the residual energy
+    of the worst window (side ``S / 6``, half-overlapping) divided by the energy of ``b`` in a window
+    of that size on average. Pixels near clipping (<= 5 or >= 250 in either image, and their
+    neighbours) are left out: a brightened copy saturates.
+
+    Args:
+        a, b: ``(P, S, S)`` uint8 images, pair by pair.
+        fine_a, fine_b: the same images lightly blurred (:func:`blurs`).
+        dy, dx: the shift of ``b`` that matched best (from :func:`ncc_over_shifts`).
+        max_shift: the margin of the central crop of ``a``.
+    """
+    p, size, _ = a.shape
+    m, c = max_shift, size - 2 * max_shift
+    rows = np.arange(p)[:, None, None]
+    yy = (m + dy)[:, None, None] + np.arange(c)[None, :, None]
+    xx = (m + dx)[:, None, None] + np.arange(c)[None, None, :]
+    fa = fine_a[:, m : m + c, m : m + c].astype(np.float64)
+    fb = fine_b[rows, yy, xx].astype(np.float64)
+    ra, rb = a[:, m : m + c, m : m + c], b[rows, yy, xx]
+    clipped = (ra <= 5) | (ra >= 250) | (rb <= 5) | (rb >= 250)
+    grown = clipped.copy()  # and their neighbours, which the blur mixed with them
+    grown[:, 1:] |= clipped[:, :-1]
+    grown[:, :-1] |= clipped[:, 1:]
+    grown[:, :, 1:] |= clipped[:, :, :-1]
+    grown[:, :, :-1] |= clipped[:, :, 1:]
+    fa -= fa.mean(axis=(1, 2), keepdims=True)
+    fb -= fb.mean(axis=(1, 2), keepdims=True)
+    alpha = (fa * fb).sum(axis=(1, 2)) / np.maximum((fa * fa).sum(axis=(1, 2)), 1e-9)
+    residual = np.where(grown, 0.0, fb - alpha[:, None, None] * fa) ** 2
+    win = max(2, round(size / WINDOW_FRACTION))
+    corners = np.arange(0, c - win + 1, max(1, win // 2))
+    energy = _window_sums(residual, win, corners)
+    average = (fb * fb).sum(axis=(1, 2)) * (win * win) / (c * c)
+    return energy.reshape(p, -1).max(axis=1) / np.maximum(average, 1e-9)
+
+
+def _window_sums(x: np.ndarray, c: int, corners: np.ndarray) -> np.ndarray:
+    """Sums of the ``c`` x ``c`` windows of each image whose top-left corner is at (i, j) in ``corners``.
+
+    As ``W @ X @ W.T`` with a 0/1 matrix ``W`` of window rows: two matrix products, no cumulative sums.
+    """
+    p, h, w = x.shape
+    win = np.zeros((len(corners), h), dtype=x.dtype)
+    for k, i in enumerate(corners):
+        win[k, i : i + c] = 1
+    cols = (x.reshape(-1, w) @ win[:, :w].T).reshape(p, h, len(corners))  # sums along x
+    return (cols.transpose(0, 2, 1).reshape(-1, h) @ win.T).reshape(p, len(corners), len(corners)).transpose(0, 2, 1)
+
+
+def _verify(
+    left: np.ndarray, right: np.ndarray, a: np.ndarray, b: np.ndarray, flip: np.ndarray, max_shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity, shift and tile residual of pairs (``left[a]`` flipped where ``flip``, ``right[b]``)."""
+    sim = np.empty(len(a), dtype=np.float64)
+    residual = np.empty(len(a), dtype=np.float64)
+    dy = np.empty(len(a), dtype=np.int64)
+    dx = np.empty(len(a), dtype=np.int64)
+    for s in range(0, len(a), _VERIFY_CHUNK):
+        sl = slice(s, s + _VERIFY_CHUNK)
+        f = flip[sl]
+        # blur each image of the chunk once; the blurs commute with a left-right flip
+        ua, ia = np.unique(a[sl], return_inverse=True)
+        ub, ib = np.unique(b[sl], return_inverse=True)
+        (fine_a, band_a), (fine_b, band_b) = blurs(left[ua]), blurs(right[ub])
+        pa, fa, ba = left[ua][ia], fine_a[ia], band_a[ia]
+        pa[f], fa[f], ba[f] = pa[f][:, :, ::-1], fa[f][:, :, ::-1], ba[f][:, :, ::-1]
+        pb, fb, bb = right[ub][ib], fine_b[ib], band_b[ib]
+        sim[sl], dy[sl], dx[sl] = ncc_over_shifts(ba, bb, max_shift)
+        residual[sl] = tile_residual(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
+    return sim, dy, dx, residual
+
+
+# -- candidate search ------------------------------------------------------------------------------
+def _popcount4(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x ^ y).sum(axis=-1, dtype=np.int64)
+
+
+def half_offsets(max_shift: int, mirror: bool) -> list[tuple[int, int]]:
+    """Offsets to query in a self-join: a pair is found from either side, so half of them suffice.
+
+    The window of B at offset (dy, dx) matches A's central window iff A's window at (-dy, -dx) matches
+    B's; for a mirrored copy the counterpart is (-dy, dx). Both lists hold (0, 0).
+    """
+    if mirror:
+        return [(dy, dx) for dy, dx in offsets(max_shift) if dy >= 0]
+    return [(dy, dx) for dy, dx in offsets(max_shift) if dy > 0 or (dy == 0 and dx >= 0)]
+
+
+def _candidates(
+    hashes_q: np.ndarray,
+    feats_q: Features,
+    hashes_r: np.ndarray | None,
+    feats_r: Features | None,
+    flipped_q: Features | None,
+    params: DedupParams,
+) -> pd.DataFrame:
+    """Candidate pairs (a in queries, b in reference, flip) with their best detail distance.
+
+    ``hashes_r`` / ``feats_r`` None means a self-join of the queries (each pair once, a < b for plain
+    hashes; aligned searches may give either order, normalised by the caller).
+    """
+    self_join = hashes_r is None
+    ref_feats = feats_q if feats_r is None else feats_r
+    center, ref_center = feats_q.center, ref_feats.center
+    parts = []
+    # the plain hash within the generous radius
+    plain = hamming_pairs(hashes_q, params.radius, hashes_r)
+    if len(plain):
+        parts.append(
+            (
+                plain.query,
+                plain.database,
+                np.zeros(len(plain), dtype=bool),
+                _popcount4(feats_q.detail[plain.query, center], ref_feats.detail[plain.database, ref_center]),
+            )
+        )
+    # the shift-compensated hashes within the small radius, plain and (optionally) flipped
+    searches = [(feats_q, False)] + ([(flipped_q, True)] if flipped_q is not None else [])
+    for feats, flip in searches:
+        assert feats is not None
+        ks = len(feats.offsets)
+        found = hamming_pairs(feats.aligned.ravel(), params.shift_radius, ref_feats.aligned[:, ref_center])
+        a, k = np.divmod(found.query, ks)
+        b = found.database
+        keep = a != b if self_join else np.ones(len(a), dtype=bool)
+        a, k, b = a[keep], k[keep], b[keep]
+        detail = _popcount4(feats.detail[a, k], ref_feats.detail[b, ref_center])
+        parts.append((a, b, np.full(len(a), flip), detail))
+    if not parts:
+        return pd.DataFrame({"a": [], "b": [], "flip": [], "detail": []}).astype(
+            {"a": np.int64, "b": np.int64, "flip": bool, "detail": np.int64}
+        )
+    left, right, flips, details = (np.concatenate(x) for x in zip(*parts, strict=True))
+    if self_join:
+        left, right = np.minimum(left, right), np.maximum(left, right)
+    frame = pd.DataFrame({"a": left, "b": right, "flip": flips, "detail": details})
+    return frame.groupby(["a", "b", "flip"], as_index=False, sort=True)["detail"].min()
+
+
+def _hash(pixels: np.ndarray, hasher: str) -> np.ndarray:
+    return HASHERS[hasher]().hash(pixels)
+
+
+def _check_pixels(pixels: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(pixels)
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise ValueError(f"{what} must be (N, S, S) grayscale images, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def find_duplicate_pairs(
+    pixels: np.ndarray, params: DedupParams | None = None, hashes: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Every duplicate pair among ``(N, S, S)`` uint8 grayscale images.
+
+    Args:
+        pixels: the images (48x48 in fercurate; other square sizes work).
+        params: thresholds (``hasher``, ``radius``, ``shift_radius``, ``detail_radius``,
+            ``min_similarity``, ``max_shift``, ``mirror``); defaults when None.
+        hashes: the ``params.hasher`` hashes of ``pixels`` if already known (from the hash cache).
+
+    Returns:
+        One row per pair: ``i`` < ``j`` (positions in ``pixels``), ``hamming`` (plain hash distance),
+        ``similarity`` (best NCC; 1.0 for exact), ``kind`` (exact | near | mirror), and ``dy``/``dx``
+        (the shift that matched best). Identical images are linked to the first of them only (a
+        star), which is enough for grouping.
+    """
+    params = params or DedupParams()
+    pixels = _check_pixels(pixels, "pixels")
+    n = len(pixels)
+    if hashes is None:
+        hashes = _hash(pixels, params.hasher)
+    first = exact_groups(pixels)
+    copies = np.nonzero(first != np.arange(n))[0]
+    exact = pd.DataFrame(
+        {
+            "i": first[copies],
+            "j": copies,
+            "hamming": np.zeros(len(copies), dtype=np.int64),
+            "similarity": 1.0,
+            "kind": KIND_EXACT,
+            "dy": 0,
+            "dx": 0,
+        }
+    )
+    reps = np.nonzero(first == np.arange(n))[0]
+    if len(reps) < 2:
+        return exact[PAIR_COLUMNS].reset_index(drop=True)
+    sub = pixels[reps]
+    feats = compute_features(sub, params.max_shift, which=half_offsets(params.max_shift, False))
+    flipped = (
+        compute_features(sub, params.max_shift, flip=True, which=half_offsets(params.max_shift, True))
+        if params.mirror
+        else None
+    )
+    cands = _candidates(hashes[reps], feats, None, None, flipped, params)
+    near = _prefer_near(_verified(cands, sub, sub, params), ["a", "b"])
+    if near.empty:
+        return exact[PAIR_COLUMNS].reset_index(drop=True)
+    near = pd.DataFrame(
+        {
+            "i": reps[near["a"].to_numpy()],
+            "j": reps[near["b"].to_numpy()],
+            "hamming": np.bitwise_count(hashes[reps[near["a"]]] ^ hashes[reps[near["b"]]]).astype(np.int64),
+            "similarity": near["similarity"].to_numpy(),
+            "kind": near["kind"].to_numpy(),
+            "dy": near["dy"].to_numpy(),
+            "dx": near["dx"].to_numpy(),
+        }
+    )
+    out = pd.concat([exact, near], ignore_index=True) if len(exact) else near
+    return out.sort_values(["i", "j"], kind="stable")[PAIR_COLUMNS].reset_index(drop=True)
+
+
+def match_against(query: np.ndarray, reference: np.ndarray, params: DedupParams | None = None) -> pd.DataFrame:
+    """For every query image with a duplicate among the reference images, its best match.
+
+    Args:
+        query: ``(Q, S, S)`` uint8 images to check.
+        reference: ``(R, S, S)`` uint8 images to check them against.
+        params: thresholds as for :func:`find_duplicate_pairs`.
+
+    Returns:
+        One row per query image that has a verified duplicate: ``query`` and ``reference``
+        (positions), ``similarity``, ``kind`` (exact | near | mirror), ``dy``/``dx``. An exact match
+        wins over a near one; otherwise the highest similarity (then the lowest reference position).
+    """
+    params = params or DedupParams()
+    query = _check_pixels(query, "query")
+    reference = _check_pixels(reference, "reference")
+    if len(query) == 0 or len(reference) == 0:
+        return pd.DataFrame({c: [] for c in MATCH_COLUMNS})
+    if query.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"query {query.shape[1:]} and reference {reference.shape[1:]} images differ in size")
+    # exact: the same bytes
+    lookup: dict[bytes, int] = {}
+    for pos in range(len(reference) - 1, -1, -1):
+        lookup[reference[pos].tobytes()] = pos
+    exact_ref = np.array([lookup.get(q.tobytes(), -1) for q in query], dtype=np.int64)
+    hit = np.nonzero(exact_ref >= 0)[0]
+    exact = pd.DataFrame(
+        {"query": hit, "reference": exact_ref[hit], "similarity": 1.0, "kind": KIND_EXACT, "dy": 0, "dx": 0}
+    )
+    rest = np.nonzero(exact_ref < 0)[0]
+    near = pd.DataFrame({c: [] for c in MATCH_COLUMNS})
+    if len(rest):
+        q = query[rest]
+        feats_q = compute_features(q, params.max_shift)
+        feats_r = compute_features(reference, params.max_shift, which=[(0, 0)])
+        flipped = compute_features(q, params.max_shift, flip=True) if params.mirror else None
+        cands = _candidates(_hash(q, params.hasher), feats_q, _hash(reference, params.hasher), feats_r, flipped, params)
+        found = _verified(cands, q, reference, params)
+        found = _prefer_near(found, ["a", "b"])
+        if len(found):
+            found = found.sort_values(["a", "similarity", "b"], ascending=[True, False, True], kind="stable")
+            found = found.drop_duplicates("a")
+            near = pd.DataFrame(
+                {
+                    "query": rest[found["a"].to_numpy()],
+                    "reference": found["b"].to_numpy(),
+                    "similarity": found["similarity"].to_numpy(),
+                    "kind": found["kind"].to_numpy(),
+                    "dy": found["dy"].to_numpy(),
+                    "dx": found["dx"].to_numpy(),
+                }
+            )
+    out = pd.concat([exact, near], ignore_index=True) if len(near) and len(exact) else (near if len(near) else exact)
+    out = out.astype(
+        {"query": np.int64, "reference": np.int64, "similarity": np.float64, "dy": np.int64, "dx": np.int64}
+    )
+    return out.sort_values("query", kind="stable")[MATCH_COLUMNS].reset_index(drop=True)
+
+
+def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: DedupParams) -> pd.DataFrame:
+    """The candidates that pass the detail filter and the NCC check, with similarity and kind."""
+    cands = cands[cands["detail"] <= params.detail_radius]
+    if cands.empty:
+        return pd.DataFrame(
+            {
+                "a": np.zeros(0, np.int64),
+                "b": np.zeros(0, np.int64),
+                "similarity": np.zeros(0),
+                "kind": np.zeros(0, dtype=object),
+                "dy": np.zeros(0, np.int64),
+                "dx": np.zeros(0, np.int64),
+            }
+        )
+    a = cands["a"].to_numpy()
+    b = cands["b"].to_numpy()
+    flip = cands["flip"].to_numpy()
+    sim, dy, dx, residual = _verify(left, right, a, b, flip, params.max_shift)
+    ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
+    return pd.DataFrame(
+        {
+            "a": a[ok],
+            "b": b[ok],
+            "similarity": np.round(sim[ok], 6),
+            "kind": np.where(flip[ok], KIND_MIRROR, KIND_NEAR),
+            "dy": dy[ok],
+            "dx": dx[ok],
+        }
+    )
+
+
+def _prefer_near(found: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """One row per pair: a pair that matches both as is and flipped (a symmetric face) is ``near``."""
+    if found.empty:
+        return found
+    rank = (found["kind"] == KIND_MIRROR).astype(int)
+    order = found.assign(_rank=rank).sort_values([*key, "_rank"], kind="stable")
+    return order.drop_duplicates(key).drop(columns="_rank").reset_index(drop=True)

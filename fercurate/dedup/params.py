@@ -1,0 +1,79 @@
+"""The options of ``fercurate dedup`` and of the matching functions, with their ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fercurate.errors import InputError
+
+#: What ``--conflicts`` accepts (see :mod:`fercurate.dedup` for what each does).
+CONFLICT_MODES: tuple[str, ...] = ("remove-all", "keep-majority", "keep-all")
+
+#: Inclusive ranges of the numeric options, checked by :meth:`DedupParams.check`.
+RANGES: dict[str, tuple[float, float]] = {
+    "radius": (0, 32),
+    "shift_radius": (0, 16),
+    "detail_radius": (0, 128),
+    "min_similarity": (0.0, 1.0),
+    "max_residual": (0.0, 16.0),
+    "max_shift": (0, 4),
+}
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """Options of ``fercurate dedup`` (the CLI's defaults point here).
+
+    The defaults were chosen by measuring precision and recall on planted same-photo copies
+    (re-encoded, brightness, contrast, resized, shifted, exact) among hard negatives; see
+    ``docs/dedup.md`` for the numbers.
+
+    Attributes:
+        version: the manifest version to deduplicate; None for the latest.
+        hasher: which perceptual hash is stored (column named after it) and searched within ``radius``.
+        radius: Hamming radius of the plain hash search: generous, the verifier keeps precision.
+        shift_radius: Hamming radius of the shift-compensated DCT hash search (finds shifted copies).
+        detail_radius: largest Hamming distance (of 255 bits) between the aligned DCT detail hashes of a
+            candidate pair; a cheap filter in front of the pixel-level check.
+        min_similarity: smallest normalised cross-correlation (best over shifts) of a duplicate pair.
+        max_residual: largest unexplained share of any 8x8 window once the pair is aligned and
+            brightness and contrast fitted, relative to an average window: a changed mouth or eyes
+            (another frame of the same person) fail it although their global NCC is high. 16
+            switches the check off.
+        max_shift: largest shift in pixels (each axis) that copies may have.
+        mirror: also find horizontally flipped copies.
+        conflicts: what to do with groups whose members carry different labels.
+        dry_run: report only; write no version.
+        image_size: side of the cached grayscale images dedup works on.
+    """
+
+    version: str | None = None
+    hasher: str = "phash"
+    radius: int = 12
+    shift_radius: int = 4
+    detail_radius: int = 48
+    min_similarity: float = 0.90
+    max_residual: float = 0.15
+    max_shift: int = 2
+    mirror: bool = False
+    conflicts: str = "remove-all"
+    dry_run: bool = False
+    image_size: int = 48
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the first option out of its range."""
+        from fercurate.dedup.hashers import HASHERS
+
+        if self.hasher not in HASHERS:
+            raise InputError(f"--hasher '{self.hasher}' is not one of: {', '.join(HASHERS)}")
+        if self.conflicts not in CONFLICT_MODES:
+            raise InputError(f"--conflicts '{self.conflicts}' is not one of: {', '.join(CONFLICT_MODES)}")
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                option = "--" + name.replace("_", "-")
+                raise InputError(f"{option} {value} is out of range; use a value from {lo:g} to {hi:g}")
+        if self.image_size < 16:
+            raise InputError(f"--image-size {self.image_size} is too small; use 16 or more (48 for FER)")
+        if self.image_size - 2 * self.max_shift < 8:
+            raise InputError(f"--max-shift {self.max_shift} is too large for {self.image_size}-pixel images")

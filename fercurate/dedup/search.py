@@ -1,0 +1,260 @@
+"""Finding every pair of 64-bit hashes within a Hamming radius, without a Python loop over pairs.
+
+Two exact strategies, picked by an estimate of their cost:
+
+* **blockwise brute force**: XOR a block of query hashes against all database hashes and count bits
+  with ``np.bitwise_count``; the block size bounds the memory. Cost grows as queries x database, and
+  wins up to a few tens of thousands of hashes at any radius.
+* **multi-index hashing** (Norouzi et al., 2012): cut the 64 bits into ``m`` chunks. Two hashes within
+  radius ``r`` must agree within radius ``r_k`` on at least one chunk ``k`` whenever
+  ``sum(r_k + 1) > r`` (pigeonhole), so each chunk gets a direct-address table of the database's
+  chunk values, and each query probes its own chunk value XOR every mask of at most ``r_k`` bits.
+  Every pair found in a bucket is then checked on all 64 bits. Cost grows with the number of probes
+  and with how full the probed buckets are, so it is sub-quadratic for a radius small next to 64.
+
+Both return the same pairs. Memory stays bounded: queries go through in slabs.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Bytes of scratch memory a brute-force block may use (the XOR buffer dominates: 8 bytes a pair);
+#: small enough to stay in cache, and one block per thread at a time.
+_BRUTE_BLOCK_BYTES = 4 << 20
+#: Probe keys generated at once by multi-index hashing (bounds its scratch memory).
+_PROBE_SLAB = 1 << 21
+#: Largest chunk for a direct-address table (2**24 int64 entries = 128 MB).
+_MAX_CHUNK_BITS = 24
+#: Relative costs per pair checked by brute force and per probe or bucket hit (measured in numpy).
+_COST_BRUTE = 1.0
+_COST_PROBE = 4.0
+_COST_HIT = 15.0
+#: Queries and database hashes sampled to count how full the probed buckets are.
+_PLAN_SAMPLE = 256
+_PLAN_DB_SAMPLE = 20_000
+#: Below this many pair checks brute force is cheap enough not to plan anything else.
+_BRUTE_ALWAYS = 2e7
+
+
+@dataclass(frozen=True)
+class HammingPairs:
+    """Pairs of positions ``(query, database)`` within the radius, with their distances."""
+
+    query: np.ndarray  # int64
+    database: np.ndarray  # int64
+    distance: np.ndarray  # uint8
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def hamming_pairs(
+    queries: np.ndarray,
+    radius: int,
+    database: np.ndarray | None = None,
+    *,
+    strategy: str = "auto",
+) -> HammingPairs:
+    """Every pair of hashes within Hamming distance ``radius``.
+
+    Args:
+        queries: ``(N,)`` uint64 hashes.
+        radius: largest Hamming distance kept (0-64).
+        database: ``(M,)`` uint64 hashes to search; None searches ``queries`` against themselves and
+            returns each unordered pair once, with ``query < database``.
+        strategy: ``auto``, ``brute`` or ``mih``.
+
+    Returns:
+        The pairs as positions into ``queries`` and ``database`` (or ``queries`` again).
+    """
+    q = np.ascontiguousarray(queries, dtype=np.uint64)
+    self_join = database is None
+    db = q if database is None else np.ascontiguousarray(database, dtype=np.uint64)
+    if len(q) == 0 or len(db) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return HammingPairs(empty, empty.copy(), np.zeros(0, dtype=np.uint8))
+    if strategy == "auto":
+        brute = _COST_BRUTE * len(q) * len(db) / (2 if self_join else 1)
+        plan = plan_mih(q, db, radius, budget=brute) if brute > _BRUTE_ALWAYS else None
+        strategy = "mih" if plan is not None else "brute"
+    if strategy == "brute":
+        return _brute(q, db, radius, self_join)
+    if strategy == "mih":
+        plan = plan_mih(q, db, radius) or _fallback_plan(radius)
+        return _mih(q, db, radius, self_join, plan)
+    raise ValueError(f"unknown strategy {strategy!r}; use auto, brute or mih")
+
+
+# -- brute force -----------------------------------------------------------------------------------
+def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool) -> HammingPairs:
+    """Blocks of query rows against the database, spread over threads (numpy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fercurate.images import default_workers
+
+    rows = max(1, min(len(q), _BRUTE_BLOCK_BYTES // (8 * len(db))))
+    starts = list(range(0, len(q), rows))
+    workers = min(default_workers(), len(starts))
+
+    def block(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        stop = min(start + rows, len(q))
+        # in a self-join only the part right of the diagonal can hold new pairs
+        first = start if self_join else 0
+        x = np.bitwise_xor(q[start:stop, None], db[None, first:])
+        c = np.bitwise_count(x)
+        del x
+        qi, dj = np.nonzero(c <= radius)
+        if self_join:
+            keep = dj + first > qi + start
+            qi, dj = qi[keep], dj[keep]
+        return qi + start, dj + first, c[qi, dj]
+
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(block, starts))
+    else:
+        parts = [block(s) for s in starts]
+    return HammingPairs(
+        np.concatenate([p[0] for p in parts]).astype(np.int64),
+        np.concatenate([p[1] for p in parts]).astype(np.int64),
+        np.concatenate([p[2] for p in parts]).astype(np.uint8),
+    )
+
+
+# -- multi-index hashing ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MihPlan:
+    """How multi-index hashing cuts the bits: chunk widths and the sub-radius probed in each."""
+
+    widths: tuple[int, ...]
+    radii: tuple[int, ...]
+    cost: float
+
+
+def _volume(bits: int, radius: int) -> int:
+    """Masks of ``bits`` bits with at most ``radius`` ones."""
+    return sum(math.comb(bits, k) for k in range(min(radius, bits) + 1))
+
+
+def plan_mih(queries: np.ndarray, database: np.ndarray, radius: int, budget: float = math.inf) -> MihPlan | None:
+    """The cheapest chunking for this search, or None when none costs less than ``budget``.
+
+    Chunk ``k`` of ``b_k`` bits probed at sub-radius ``r_k`` costs ``V(b_k, r_k)`` probes per query,
+    and every database hash in a probed bucket costs a check. How full the probed buckets are is
+    counted on a sample of the queries rather than assumed: perceptual hashes of faces are far from
+    uniform, and the chunk values of similar faces pile up in a few buckets.
+    """
+    rng = np.random.default_rng(0)
+    sample = _sample(queries, _PLAN_SAMPLE, rng)
+    db_sample = _sample(database, _PLAN_DB_SAMPLE, rng)
+    # hits counted on samples of both sides, scaled to the full search
+    scale = (len(queries) / max(1, len(sample))) * (len(database) / max(1, len(db_sample)))
+    sorted_keys: dict[tuple[int, int], np.ndarray] = {}
+    counted: dict[tuple[int, int, int], int] = {}
+    best: MihPlan | None = None
+    for m in range(2, 9):
+        base, extra = divmod(64, m)
+        widths = tuple(base + (1 if k < extra else 0) for k in range(m))
+        if max(widths) > _MAX_CHUNK_BITS:
+            continue
+        # sum(r_k + 1) must exceed radius: spread radius + 1 - m extra units over the chunks
+        need = radius + 1 - m
+        if need <= 0:
+            radii = tuple(0 for _ in range(m))
+        else:
+            per, rest = divmod(need, m)
+            radii = tuple(per + (1 if k < rest else 0) for k in range(m))
+        probes = sum(_volume(w, r) for w, r in zip(widths, radii, strict=True))
+        floor = len(queries) * _COST_PROBE * probes
+        if floor >= min(budget, best.cost if best else math.inf):
+            continue  # its probes alone cost more than the best plan so far
+        hits = 0
+        start = 0
+        for w, r in zip(widths, radii, strict=True):
+            if (start, w) not in sorted_keys:
+                sorted_keys[(start, w)] = np.sort(_chunk(db_sample, start, w))
+            if (start, w, r) not in counted:
+                counted[(start, w, r)] = _bucket_hits(_chunk(sample, start, w), sorted_keys[(start, w)], w, r)
+            hits += counted[(start, w, r)]
+            start += w
+        cost = len(queries) * _COST_PROBE * probes + scale * _COST_HIT * hits + _COST_PROBE * m * len(database)
+        if cost < min(budget, best.cost if best else math.inf):
+            best = MihPlan(widths, radii, cost)
+    return best
+
+
+def _chunk(values: np.ndarray, start: int, width: int) -> np.ndarray:
+    return ((values >> np.uint64(64 - start - width)) & np.uint64((1 << width) - 1)).astype(np.int64)
+
+
+def _sample(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    return values if len(values) <= size else values[rng.choice(len(values), size, replace=False)]
+
+
+def _bucket_hits(sample_keys: np.ndarray, sorted_db_keys: np.ndarray, width: int, radius: int) -> int:
+    """Database keys (of a sorted sample) that the sample's probes of one chunk would check."""
+    probes = (sample_keys[:, None] ^ _masks(width, radius)[None, :]).ravel()
+    found = np.searchsorted(sorted_db_keys, probes, "right") - np.searchsorted(sorted_db_keys, probes, "left")
+    return int(found.sum())
+
+
+def _fallback_plan(radius: int) -> MihPlan:
+    m = min(16, radius + 1)
+    base, extra = divmod(64, m)
+    widths = tuple(base + (1 if k < extra else 0) for k in range(m))
+    return MihPlan(widths, tuple(0 for _ in range(m)), math.inf)
+
+
+@functools.lru_cache(maxsize=32)
+def _masks(bits: int, radius: int) -> np.ndarray:
+    """All ``bits``-bit masks with at most ``radius`` ones (read-only int64)."""
+    masks = [0]
+    for k in range(1, min(radius, bits) + 1):
+        masks.extend(sum(1 << b for b in combo) for combo in itertools.combinations(range(bits), k))
+    out = np.array(masks, dtype=np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def _mih(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, plan: MihPlan) -> HammingPairs:
+    found_q, found_d = [], []
+    start_bit = 0
+    for width, sub_radius in zip(plan.widths, plan.radii, strict=True):
+        start_bit += width
+        db_keys = _chunk(db, start_bit - width, width)
+        order = np.argsort(db_keys, kind="stable")
+        # bucket k holds order[starts[k]:starts[k + 1]]
+        starts = np.zeros((1 << width) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(db_keys, minlength=1 << width), out=starts[1:])
+        q_keys = _chunk(q, start_bit - width, width)
+        masks = _masks(width, sub_radius)
+        slab = max(1, _PROBE_SLAB // len(masks))
+        for s in range(0, len(q), slab):
+            probes = (q_keys[s : s + slab, None] ^ masks[None, :]).ravel()
+            lo, hi = starts[probes], starts[probes + 1]
+            n = hi - lo
+            total = int(n.sum())
+            if total == 0:
+                continue
+            qi = np.repeat(np.arange(s, s + len(q_keys[s : s + slab])).repeat(len(masks)), n)
+            offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+            dj = order[np.repeat(lo, n) + offset]
+            keep = np.bitwise_count(q[qi] ^ db[dj]) <= radius
+            if self_join:
+                keep &= dj > qi
+            found_q.append(qi[keep])
+            found_d.append(dj[keep])
+    if not found_q:
+        empty = np.zeros(0, dtype=np.int64)
+        return HammingPairs(empty, empty.copy(), np.zeros(0, dtype=np.uint8))
+    qi, dj = np.concatenate(found_q), np.concatenate(found_d)
+    # a pair close on several chunks was found once per chunk
+    key = np.unique(qi * len(db) + dj)
+    qi, dj = key // len(db), key % len(db)
+    return HammingPairs(qi, dj, np.bitwise_count(q[qi] ^ db[dj]).astype(np.uint8))

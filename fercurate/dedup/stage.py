@@ -1,0 +1,483 @@
+"""``fercurate dedup`` as a library function: hash, match, group, resolve, report, commit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercurate.dedup.hashers import HASHERS, HashCache, to_hex
+from fercurate.dedup.match import KIND_EXACT, KIND_MIRROR, KIND_NEAR, exact_groups, find_duplicate_pairs
+from fercurate.dedup.params import DedupParams
+from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
+from fercurate.progress import NullProgress, Progress
+from fercurate.workspace import VersionInfo, Workspace, load_pixels
+
+#: Columns dedup writes (besides the hash column, named after the hasher).
+DUP_GROUP = "dup_group"
+DUP_GROUP_SIZE = "dup_group_size"
+DUP_KIND = "dup_kind"
+DUP_NEAREST = "dup_nearest"
+DUP_SIMILARITY = "dup_similarity"
+DUP_COLUMNS = (DUP_GROUP, DUP_GROUP_SIZE, DUP_KIND, DUP_NEAREST, DUP_SIMILARITY)
+
+#: Split preference of the resolution rule: a train copy is kept over a val one over a test one.
+SPLIT_RANK = {s: k for k, s in enumerate(SPLITS)}
+#: How many cross-split pairs and groups the contact sheets show.
+SHEET_PAIRS = 32
+SHEET_GROUPS = 12
+SHEET_GROUP_MEMBERS = 8
+
+
+@dataclass
+class DedupResult:
+    """What dedup found and did; ``version`` is None for a dry run.
+
+    ``leakage``: one entry per pair of splits, how many active images of each split have a duplicate
+    in the other. ``conflicts``: the groups whose members carry different labels, with their label
+    counts and what was done with them.
+    """
+
+    version: VersionInfo | None
+    parent: str
+    dry_run: bool
+    hasher: str
+    active: int
+    hashed: int
+    hashes_cached: int
+    pairs: int
+    pairs_by_kind: dict[str, int]
+    groups: int
+    rows_in_groups: int
+    largest_group: int
+    removed: int
+    leakage: list[dict[str, Any]]
+    conflicts: list[dict[str, Any]]
+    conflict_mode: str
+    reports: dict[str, str]
+    params: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.version if self.version else None,
+            "path": self.version.path if self.version else None,
+            "parent": self.parent,
+            "dry_run": self.dry_run,
+            "hasher": self.hasher,
+            "active": self.active,
+            "hashed": self.hashed,
+            "hashes_cached": self.hashes_cached,
+            "pairs": self.pairs,
+            "pairs_by_kind": self.pairs_by_kind,
+            "groups": self.groups,
+            "rows_in_groups": self.rows_in_groups,
+            "largest_group": self.largest_group,
+            "removed": self.removed,
+            "leakage": self.leakage,
+            "conflicts": self.conflicts,
+            "conflict_mode": self.conflict_mode,
+            "reports": self.reports,
+            "params": self.params,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None = None) -> DedupResult:
+    """Find duplicate images in a version's active rows, group them and commit the resolved version.
+
+    Raises:
+        InputError: for an option out of its range.
+        WorkspaceError: no workspace or version (run ``fercurate scan`` first), or a busy workspace.
+    """
+    params.check()
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    workspace.require_versions()  # a clear "run fercurate scan first" before touching the disk
+    with workspace.lock("fercurate dedup"):
+        info, df = workspace.read(params.version)
+        act = df[df[Col.STATUS] == ACTIVE].reset_index()  # "index": the row's label in df
+        progress.start("Loading pixels", None)
+        pixels = load_pixels(workspace, info, act, params.image_size, progress)
+        hashes, hashed = _hashes(workspace, act, pixels, params, progress)
+        progress.start("Finding duplicates", None)
+        # scan marks flat images invalid, so a flat active row is a file that no longer decodes;
+        # matching it would make every such row a duplicate of the others
+        flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
+        readable = np.nonzero(~flat)[0]
+        pairs = find_duplicate_pairs(pixels[readable], params, hashes[readable])
+        pairs["i"], pairs["j"] = readable[pairs["i"].to_numpy()], readable[pairs["j"].to_numpy()]
+        groups = _group(act, pixels, pairs)
+        resolution, conflicts = _resolve(act, groups, params.conflicts)
+        out = _new_manifest(df, act, hashes, groups, resolution, params.hasher)
+        removed = int(len(resolution))
+        summary = {
+            "pairs": len(pairs),
+            "groups": int(groups[DUP_GROUP].nunique()) if len(groups) else 0,
+            "removed": removed,
+        }
+        version = None
+        if not params.dry_run:
+            version = workspace.commit(
+                out,
+                stage="dedup",
+                parent=info,
+                params={**asdict(params), "version": info.version},
+                extra=summary,
+            )
+    progress.start("Writing reports", None)
+    report_dir = workspace.report_dir(version.version) if version is not None else _dry_run_dir(workspace, info)
+    reports = _write_reports(report_dir, act, pixels, pairs, groups, resolution)
+    notes = []
+    if flat.any():
+        notes.append(f"{int(flat.sum())} active row(s) could not be read (flat pixels) and were left out")
+    if params.dry_run:
+        notes.append("dry run: no version written; rerun without --dry-run to apply")
+    return DedupResult(
+        version=version,
+        parent=info.version,
+        dry_run=params.dry_run,
+        hasher=params.hasher,
+        active=len(act),
+        hashed=hashed,
+        hashes_cached=len(act) - hashed,
+        pairs=len(pairs),
+        pairs_by_kind={k: int(v) for k, v in pairs["kind"].value_counts().sort_index().items()},
+        groups=summary["groups"],
+        rows_in_groups=len(groups),
+        largest_group=int(groups[DUP_GROUP_SIZE].max()) if len(groups) else 0,
+        removed=removed,
+        leakage=_leakage(act, groups),
+        conflicts=conflicts,
+        conflict_mode=params.conflicts,
+        reports=reports,
+        params={**asdict(params), "version": info.version},
+        notes=notes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# -- hashes ----------------------------------------------------------------------------------------
+def _hashes(
+    workspace: Workspace, act: pd.DataFrame, pixels: np.ndarray, params: DedupParams, progress: Progress
+) -> tuple[np.ndarray, int]:
+    """The hasher's hash of every active row, from the cache where it has them; and how many were new."""
+    cache = HashCache(workspace.cache_dir, params.hasher, params.image_size)
+    shas = act[Col.SHA256].astype(str).tolist()
+    hashes, missing = cache.get(shas)
+    if missing:
+        progress.start(f"Hashing ({params.hasher})", len(missing))
+        fresh = HASHERS[params.hasher]().hash(pixels[missing])
+        hashes[missing] = fresh
+        cache.add([shas[i] for i in missing], fresh)
+        progress.advance(len(missing))
+    return hashes, len(missing)
+
+
+# -- grouping --------------------------------------------------------------------------------------
+def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The grouped rows: position in ``act``, group id and size, kind, nearest duplicate, similarity.
+
+    Groups are the connected components of the duplicate pairs. A row's kind is ``exact`` when all
+    its links are exact, ``near`` when one of them is near, else ``mirror``; its nearest duplicate is
+    an identical image when it has one, else its most similar link (ties: the smaller image_id).
+    Identical images share every link of the one they are identical to.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    columns = ["pos", *DUP_COLUMNS]
+    n = len(act)
+    if pairs.empty:
+        return pd.DataFrame({c: [] for c in columns})
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    ids = act[Col.IMAGE_ID].astype(str).to_numpy()
+    sizes = np.bincount(component, minlength=n)
+    members = np.nonzero(sizes[component] > 1)[0]
+    frame = pd.DataFrame({"pos": members, "component": component[members], "image_id": ids[members]})
+    first_id = frame.groupby("component")["image_id"].transform("min")
+    frame[DUP_GROUP] = "g" + first_id
+    frame[DUP_GROUP_SIZE] = sizes[frame["component"].to_numpy()]
+
+    # identical images: their class is the first of them; the class's smallest image_id names it
+    first = exact_groups(pixels)
+    cls = pd.DataFrame({"pos": np.arange(n), "cls": first, "image_id": ids})
+    cls_min = cls.groupby("cls")["image_id"].min()
+    cls_size = cls.groupby("cls").size()
+    frame["cls"] = first[members]
+    frame["twins"] = cls_size.reindex(frame["cls"]).to_numpy() - 1
+    # the smallest image_id among a row's identical twins (itself excluded)
+    ranked = cls[cls["pos"].isin(members)].sort_values(["cls", "image_id"], kind="stable")
+    rank = ranked.groupby("cls").cumcount()
+    smallest = ranked[rank == 0].set_index("cls")["image_id"]
+    second = ranked[rank == 1].set_index("cls")["image_id"]
+    mine_first = smallest.reindex(frame["cls"]).to_numpy(dtype=object)
+    mine_second = second.reindex(frame["cls"]).to_numpy(dtype=object)
+    frame["twin"] = np.where(frame["image_id"].to_numpy(dtype=object) == mine_first, mine_second, mine_first)
+
+    # non-exact links, both directions, between classes
+    near = pairs[pairs["kind"] != KIND_EXACT]
+    links = pd.DataFrame(
+        {
+            "src": np.concatenate([first[near["i"]], first[near["j"]]]),
+            "dst": np.concatenate([first[near["j"]], first[near["i"]]]),
+            "similarity": np.tile(near["similarity"].to_numpy(), 2),
+            "kind": np.tile(near["kind"].to_numpy(), 2),
+        }
+    )
+    links["dst_id"] = cls_min.reindex(links["dst"]).to_numpy()
+    best = links.sort_values(["src", "similarity", "dst_id"], ascending=[True, False, True], kind="stable")
+    best = best.drop_duplicates("src").set_index("src")
+    has_near = links[links["kind"] == KIND_NEAR].groupby("src").size()
+    has_mirror = links[links["kind"] == KIND_MIRROR].groupby("src").size()
+
+    near_kind = np.where(
+        has_near.reindex(frame["cls"]).fillna(0).to_numpy() > 0,
+        KIND_NEAR,
+        np.where(has_mirror.reindex(frame["cls"]).fillna(0).to_numpy() > 0, KIND_MIRROR, KIND_EXACT),
+    )
+    frame[DUP_KIND] = near_kind
+    has_twin = frame["twins"].to_numpy() > 0
+    link = best.reindex(frame["cls"])
+    frame[DUP_NEAREST] = np.where(has_twin, frame["twin"].to_numpy(dtype=object), link["dst_id"].to_numpy(dtype=object))
+    frame[DUP_SIMILARITY] = np.where(has_twin, 1.0, link["similarity"].to_numpy(dtype=float))
+    return frame[columns].sort_values("pos").reset_index(drop=True)
+
+
+# -- resolution ------------------------------------------------------------------------------------
+def _resolve(act: pd.DataFrame, groups: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Which grouped rows to remove (``pos``, ``reason``) and the label-conflict groups.
+
+    The kept member of a group is the first by: its label is the group's strict-majority label, its
+    split (train, val, test), the larger original image, the path. Conflict groups (more than one
+    label) follow ``mode``; see :mod:`fercurate.dedup`.
+    """
+    if groups.empty:
+        return pd.DataFrame({"pos": [], "reason": []}), []
+    rows = act.iloc[groups["pos"].to_numpy()]
+    m = pd.DataFrame(
+        {
+            "pos": groups["pos"].to_numpy(),
+            "group": groups[DUP_GROUP].to_numpy(),
+            "size": groups[DUP_GROUP_SIZE].to_numpy(),
+            "image_id": rows[Col.IMAGE_ID].astype(str).to_numpy(),
+            "label": rows[Col.LABEL].astype(str).to_numpy(),
+            "split": rows[Col.SPLIT].astype(str).to_numpy(),
+            "split_rank": rows[Col.SPLIT].map(SPLIT_RANK).fillna(len(SPLITS)).to_numpy(),
+            "area": -(
+                rows[Col.WIDTH].astype("Float64").fillna(0) * rows[Col.HEIGHT].astype("Float64").fillna(0)
+            ).to_numpy(dtype=float),
+            "path": rows[Col.PATH].astype(str).to_numpy(),
+        }
+    )
+    counts = m.groupby(["group", "label"]).size().rename("n").reset_index()
+    counts["size"] = counts["group"].map(m.groupby("group").size())
+    n_labels = counts.groupby("group").size()
+    majority = counts[counts["n"] * 2 > counts["size"]].set_index("group")["label"]
+    top = counts["n"] == counts.groupby("group")["n"].transform("max")
+    plurality = counts[top].groupby("group")["label"].apply(set)
+
+    m["conflict"] = m["group"].map(n_labels).to_numpy() > 1
+    m["majority"] = m["group"].map(majority)
+    has_majority = m["majority"].notna()
+    preferred = np.where(
+        has_majority,
+        m["label"] == m["majority"],
+        [lbl in plurality.get(g, set()) for g, lbl in zip(m["group"], m["label"], strict=True)],
+    )
+    m["not_preferred"] = ~preferred
+    order = m.sort_values(["group", "not_preferred", "split_rank", "area", "path"], kind="stable")
+    keeper = order.drop_duplicates("group").set_index("group")["image_id"]
+    m["keeper"] = m["group"].map(keeper)
+
+    # what happens to each group
+    remove_all = m["conflict"] & ~has_majority & (mode == "remove-all")
+    keep_all = m["conflict"] & (mode == "keep-all")
+    removed = m[~keep_all & (remove_all | (m["image_id"] != m["keeper"]))].copy()
+    removed["reason"] = np.where(
+        remove_all[removed.index], "duplicate_conflict:" + removed["group"], "duplicate_of:" + removed["keeper"]
+    )
+
+    conflicts = []
+    for group, members in m[m["conflict"]].groupby("group", sort=True):
+        labels = members["label"].value_counts()
+        if mode == "keep-all":
+            action = "kept all"
+        elif remove_all[members.index].any():
+            action = "removed all (no majority label)"
+        else:
+            kept = members[members["image_id"] == members["keeper"]].iloc[0]
+            action = f"kept {kept['image_id']} ({kept['label']})"
+        conflicts.append(
+            {
+                "group": group,
+                "size": len(members),
+                "labels": {str(k): int(v) for k, v in sorted(labels.items())},
+                "splits": {str(k): int(v) for k, v in sorted(members["split"].value_counts().items())},
+                "members": sorted(members["image_id"].tolist())[:50],
+                "resolution": action,
+            }
+        )
+    return removed[["pos", "reason"]].reset_index(drop=True), conflicts
+
+
+def _new_manifest(
+    df: pd.DataFrame,
+    act: pd.DataFrame,
+    hashes: np.ndarray,
+    groups: pd.DataFrame,
+    resolution: pd.DataFrame,
+    hasher: str,
+) -> pd.DataFrame:
+    """The input manifest with the hash and dup columns set for active rows and duplicates removed."""
+    out = df.copy()
+    index = act["index"].to_numpy()
+    hex_col = pd.Series(out[hasher] if hasher in out.columns else None, index=out.index, dtype=object)
+    hex_col.loc[index] = to_hex(hashes)
+    out[hasher] = hex_col
+    for col in DUP_COLUMNS:
+        out[col] = None
+    if len(groups):
+        labels = index[groups["pos"].to_numpy()]
+        out.loc[labels, DUP_GROUP] = groups[DUP_GROUP].to_numpy()
+        out.loc[labels, DUP_KIND] = groups[DUP_KIND].to_numpy()
+        out.loc[labels, DUP_NEAREST] = groups[DUP_NEAREST].to_numpy()
+        size = pd.Series(pd.NA, index=out.index, dtype="Int32")
+        size.loc[labels] = groups[DUP_GROUP_SIZE].to_numpy()
+        out[DUP_GROUP_SIZE] = size
+        similarity = pd.Series(np.nan, index=out.index, dtype=float)
+        similarity.loc[labels] = groups[DUP_SIMILARITY].to_numpy(dtype=float)
+        out[DUP_SIMILARITY] = similarity
+    else:
+        out[DUP_GROUP_SIZE] = pd.Series(pd.NA, index=out.index, dtype="Int32")
+        out[DUP_SIMILARITY] = np.nan
+    for col in (DUP_GROUP, DUP_KIND, DUP_NEAREST):
+        out[col] = out[col].astype(object)
+    if len(resolution):
+        labels = index[resolution["pos"].to_numpy()]
+        out.loc[labels, Col.STATUS] = REMOVED
+        out.loc[labels, Col.REASON] = resolution["reason"].to_numpy()
+    return out
+
+
+# -- leakage ---------------------------------------------------------------------------------------
+def _leakage(act: pd.DataFrame, groups: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each pair of splits, the active images of each that have a duplicate in the other."""
+    out = []
+    if groups.empty:
+        return [{"splits": f"{a}-{b}", a: 0, b: 0, "groups": 0} for a, b in _split_pairs()]
+    member = pd.DataFrame(
+        {"group": groups[DUP_GROUP].to_numpy(), "split": act[Col.SPLIT].to_numpy()[groups["pos"].to_numpy()]}
+    )
+    present = member.groupby("group")["split"].apply(set)
+    member["present"] = member["group"].map(present)
+    for a, b in _split_pairs():
+        spans = present.map(lambda s, a=a, b=b: a in s and b in s)
+        in_a = int(((member["split"] == a) & member["present"].map(lambda s, b=b: b in s)).sum())
+        in_b = int(((member["split"] == b) & member["present"].map(lambda s, a=a: a in s)).sum())
+        out.append({"splits": f"{a}-{b}", a: in_a, b: in_b, "groups": int(spans.sum())})
+    return out
+
+
+def _split_pairs() -> list[tuple[str, str]]:
+    return [(a, b) for k, a in enumerate(SPLITS) for b in SPLITS[k + 1 :]]
+
+
+# -- reports ---------------------------------------------------------------------------------------
+def _dry_run_dir(workspace: Workspace, info: VersionInfo) -> Path:
+    path = workspace.reports_dir / "dry-run" / f"dedup-{info.version}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_reports(
+    folder: Path,
+    act: pd.DataFrame,
+    pixels: np.ndarray,
+    pairs: pd.DataFrame,
+    groups: pd.DataFrame,
+    resolution: pd.DataFrame,
+) -> dict[str, str]:
+    """The pairs table and the two contact sheets; returns their paths."""
+    from fercurate.manifest import atomic_write
+
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    col = lambda name, pos: act[name].astype(str).to_numpy()[pos]  # noqa: E731
+    table = pd.DataFrame(
+        {
+            "image_id_a": col(Col.IMAGE_ID, i),
+            "image_id_b": col(Col.IMAGE_ID, j),
+            "split_a": col(Col.SPLIT, i),
+            "split_b": col(Col.SPLIT, j),
+            "label_a": col(Col.LABEL, i),
+            "label_b": col(Col.LABEL, j),
+            "hamming": pairs["hamming"].to_numpy(dtype=np.int64),
+            "similarity": pairs["similarity"].to_numpy(dtype=float),
+            "kind": pairs["kind"].astype(str).to_numpy(),
+            "dy": pairs["dy"].to_numpy(dtype=np.int64),
+            "dx": pairs["dx"].to_numpy(dtype=np.int64),
+        }
+    )
+    paths = {
+        "pairs": folder / "dedup_pairs.parquet",
+        "cross_split": folder / "dedup_cross_split.png",
+        "groups": folder / "dedup_groups.png",
+    }
+    atomic_write(paths["pairs"], lambda tmp: table.to_parquet(tmp, index=False))
+    sheet = _cross_split_sheet(table, pixels, i, j)
+    atomic_write(paths["cross_split"], lambda tmp: sheet.save(tmp, format="PNG"))
+    sheet = _groups_sheet(act, pixels, groups, resolution)
+    atomic_write(paths["groups"], lambda tmp: sheet.save(tmp, format="PNG"))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _cross_split_sheet(table: pd.DataFrame, pixels: np.ndarray, i: np.ndarray, j: np.ndarray) -> Any:
+    """Cross-split pairs side by side, least similar first (the ones worth a look)."""
+    from fercurate.images import contact_sheet
+
+    cross = np.nonzero(table["split_a"].to_numpy() != table["split_b"].to_numpy())[0]
+    order = cross[np.argsort(table["similarity"].to_numpy()[cross], kind="stable")][:SHEET_PAIRS]
+    images, captions, frames = [], [], []
+    for k, p in enumerate(order):
+        row = table.iloc[p]
+        for pos, side in ((i[p], "a"), (j[p], "b")):
+            images.append(pixels[pos])
+            captions.append(f"{row[f'split_{side}']}/{row[f'label_{side}']} {row['similarity']:.3f}")
+            frames.append(k)
+    title = f"Cross-split duplicate pairs, least similar first: {len(order)} of {len(cross)}"
+    return contact_sheet(images, captions, columns=8, title=title, groups=frames or None)
+
+
+def _groups_sheet(act: pd.DataFrame, pixels: np.ndarray, groups: pd.DataFrame, resolution: pd.DataFrame) -> Any:
+    """The largest groups, one row each; the kept member's caption ends with '*'."""
+    from fercurate.images import contact_sheet
+
+    removed = set(resolution["pos"].tolist())
+    sizes = groups.groupby(DUP_GROUP)[DUP_GROUP_SIZE].first().sort_values(ascending=False, kind="stable")
+    chosen = sizes.index[:SHEET_GROUPS]
+    width = int(min(SHEET_GROUP_MEMBERS, sizes.max())) if len(sizes) else 1
+    images: list[np.ndarray] = []
+    captions: list[str] = []
+    frames: list[int] = []
+    for k, gid in enumerate(chosen):
+        members = groups[groups[DUP_GROUP] == gid]["pos"].to_numpy()[:width]
+        for pos in members:
+            images.append(pixels[pos])
+            mark = "" if pos in removed else " *"
+            captions.append(f"{act[Col.SPLIT].iloc[pos]}/{act[Col.LABEL].iloc[pos]}{mark}")
+            frames.append(k)
+        # blank tiles keep one group per row
+        pad = width - len(members)
+        images.extend([np.full(pixels.shape[1:], 255, np.uint8)] * pad)
+        captions.extend([""] * pad)
+        frames.extend([k] * pad)
+    title = f"Largest duplicate groups ({len(chosen)} of {len(sizes)}); * = kept"
+    return contact_sheet(images, captions, columns=width, title=title, groups=frames or None)

@@ -1,0 +1,548 @@
+"""fercurate dedup: hashes equal imagehash, planted copies found, negatives not, grouping, resolution, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import bad_files, jpeg_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+from fercurate.dedup import HASHERS, DedupParams, dedup, find_duplicate_pairs, hamming_pairs, match_against
+from fercurate.dedup.stage import _group
+from fercurate.errors import InputError, WorkspaceError
+from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
+from fercurate.scan import ScanParams, scan
+from fercurate.workspace import Workspace
+
+runner = CliRunner()
+CLASSES = ("happy", "neutral", "sad", "surprise")
+
+
+# -- generated face-like images --------------------------------------------------------------------
+def face(rng: np.random.Generator, size: int = 48, geometry: np.random.Generator | None = None) -> np.ndarray:
+    """A face-like smooth image: blurred-noise background, a face ellipse, eyes, brows and a mouth.
+
+    ``geometry`` draws the background and the shapes; a sibling image shares it and differs only in
+    expression and fine texture: a hard negative, the same person in the next frame.
+    """
+    g = geometry or rng
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = gaussian_filter(g.normal(0, 1, (size, size)), 5)
+    img = 120 + 40 * img / (img.std() + 1e-9) + 30 * (xx - 0.5) * g.uniform(-1, 1)
+
+    def blob(cy: float, cx: float, ry: float, rx: float, tone: float, soft: float = 0.15) -> None:
+        d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        w = np.clip((1 - d) / soft, 0, 1)
+        img[:] = img * (1 - w) + tone * w
+
+    cy, cx = 0.52 + g.uniform(-0.04, 0.04), 0.5 + g.uniform(-0.04, 0.04)
+    blob(cy, cx, g.uniform(0.36, 0.44), g.uniform(0.27, 0.33), g.uniform(150, 215))
+    eye_dx, eye_y = g.uniform(0.1, 0.14), cy - g.uniform(0.08, 0.14)
+    for side in (-1, 1):
+        blob(eye_y - 0.07 - rng.uniform(0, 0.03), cx + side * eye_dx, 0.02, 0.07, g.uniform(40, 90))  # brow
+        blob(eye_y, cx + side * eye_dx, rng.uniform(0.02, 0.045), 0.05, g.uniform(20, 60))  # eye
+    blob(cy + g.uniform(0.02, 0.06), cx, 0.06, 0.025, g.uniform(110, 150))  # nose
+    blob(
+        cy + 0.2 + rng.uniform(-0.02, 0.02),
+        cx + rng.uniform(-0.02, 0.02),
+        rng.uniform(0.02, 0.07),
+        rng.uniform(0.08, 0.15),
+        g.uniform(40, 100),
+    )
+    img += gaussian_filter(rng.normal(0, 6, (size, size)), 0.7)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def transform(data: bytes, kind: str) -> bytes:
+    """A planted copy of a JPEG file, as a scraper or an editor would make it."""
+    a = decode(data).astype(np.float64)
+    if kind == "exact":
+        return data
+    if kind == "reencode":
+        return jpeg_bytes(a.astype(np.uint8), quality=70)
+    if kind == "brightness":
+        a = a * 1.2
+    elif kind == "contrast":
+        a = (a - a.mean()) * 0.8 + a.mean()
+    elif kind == "resize":
+        im = Image.fromarray(a.astype(np.uint8)).resize((40, 40), Image.Resampling.BILINEAR)
+        a = np.asarray(im.resize((48, 48), Image.Resampling.BICUBIC), dtype=np.float64)
+    elif kind == "big64":
+        a = np.asarray(Image.fromarray(a.astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC), np.float64)
+    elif kind == "shift":
+        a = np.pad(a, 2, mode="edge")[2 + 1 : 2 + 1 + 48, 2 - 2 : 2 - 2 + 48]  # content moves up 1, right 2
+    elif kind == "mirror":
+        a = a[:, ::-1]
+    return jpeg_bytes(np.clip(a, 0, 255).round().astype(np.uint8), quality=90)
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A dataset tree with planted copies: (copy path, original path, transform) and hard negatives."""
+
+    root: Path
+    copies: list[tuple[str, str, str]]
+    siblings: list[tuple[str, str]]
+    invalid: dict[str, str]
+
+
+#: (transform, split of the copy, label of the copy: None for the original's, "*" for another one)
+PLAN: list[tuple[str, str, str | None]] = [
+    ("reencode", "val", None),
+    ("brightness", "test", None),
+    ("contrast", "val", None),
+    ("resize", "val", None),
+    ("big64", "train", None),  # same split as the original: the larger image is kept
+    ("shift", "test", None),
+    ("exact", "val", None),
+    ("exact", "train", None),  # same split, label and size: path order decides
+    ("mirror", "val", None),
+    ("reencode", "val", "*"),  # another label: a conflict without a majority
+]
+
+
+def write_planted(root: Path, seed: int = 0) -> Planted:
+    rng = np.random.default_rng(seed)
+    files: dict[str, bytes] = {}
+    originals: list[str] = []
+    for k in range(40):
+        split = "train" if k < 28 else ("val" if k < 36 else "test")
+        path = f"{split}/{CLASSES[k % 4]}/o{k:03d}.jpg"
+        files[path] = jpeg_bytes(face(rng), quality=90)
+        originals.append(path)
+    copies = []
+    for n, (kind, split, label) in enumerate(PLAN):
+        src = originals[n]  # train originals
+        own = src.split("/")[1]
+        label = CLASSES[(CLASSES.index(own) + 1) % 4] if label == "*" else (label or own)
+        ext = "png" if kind == "big64" else "jpg"
+        tag = "conflict" if label != own else kind
+        dst = f"{split}/{label}/c{n:03d}_{tag}.{ext}"
+        data = transform(files[src], kind)
+        files[dst] = png(decode(data)) if kind == "big64" else data
+        copies.append((dst, src, kind))
+    # a group of three with a majority label that is not the original's: the kept one is a val copy
+    src = originals[12]
+    for split, name in (("val", "m1"), ("test", "m2")):
+        dst = f"{split}/sad/{name}_reencode.jpg"
+        files[dst] = transform(files[src], "reencode")
+        copies.append((dst, src, "reencode"))
+    # hard negatives: the same "person" (face geometry) in another photo
+    siblings = []
+    for k in range(8):
+        geometry_seed = 1000 + k
+        a = face(np.random.default_rng(seed * 100 + k), geometry=np.random.default_rng(geometry_seed))
+        b = face(np.random.default_rng(seed * 100 + k + 50), geometry=np.random.default_rng(geometry_seed))
+        pa, pb = f"train/{CLASSES[k % 4]}/s{k}a.jpg", f"val/{CLASSES[k % 4]}/s{k}b.jpg"
+        files[pa], files[pb] = jpeg_bytes(a, 90), jpeg_bytes(b, 90)
+        siblings.append((pa, pb))
+    invalid = {}
+    for name, (data, reason) in bad_files(rng).items():
+        path = f"train/happy/{name}"
+        files[path] = data
+        invalid[path] = reason
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    return Planted(root, copies, siblings, invalid)
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
+    return write_planted(tmp_path_factory.mktemp("dedup") / "dataset")
+
+
+@pytest.fixture(scope="session")
+def scanned(planted: Planted, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding the scan of ``planted`` (copy it before writing to it)."""
+    ws = tmp_path_factory.mktemp("dedup-ws") / "ws"
+    scan(Workspace(ws), ScanParams(dataset=planted.root))
+    return ws
+
+
+@pytest.fixture
+def ws(scanned: Path, tmp_path: Path) -> Workspace:
+    dest = tmp_path / "ws"
+    shutil.copytree(scanned, dest)
+    return Workspace(dest)
+
+
+def run(ws: Workspace, **kw: object) -> tuple[object, pd.DataFrame]:
+    result = dedup(ws, DedupParams(**kw))  # type: ignore[arg-type]
+    _, df = ws.read()
+    return result, df.set_index(Col.PATH)
+
+
+def same_group(df: pd.DataFrame, a: str, b: str) -> bool:
+    ga, gb = df.at[a, "dup_group"], df.at[b, "dup_group"]
+    return isinstance(ga, str) and ga == gb
+
+
+# -- hashes ----------------------------------------------------------------------------------------
+def varied_images() -> list[np.ndarray]:
+    """Faces, noise, flat-ish, quantised (ties), mirror-symmetric, decoded JPEGs, and other sizes."""
+    rng = np.random.default_rng(7)
+    out = [face(rng) for _ in range(60)]
+    out += [rng.integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(20)]
+    out += [(face(rng) // 64 * 64).astype(np.uint8) for _ in range(20)]
+    half = [rng.integers(0, 256, (48, 24), dtype=np.uint8) for _ in range(20)]
+    out += [np.concatenate([h, h[:, ::-1]], axis=1) for h in half]
+    out += [decode(jpeg_bytes(face(rng), quality=q)) for q in (30, 60, 95) for _ in range(10)]
+    out += [np.full((48, 48), 128, np.uint8), np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1))]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(HASHERS))
+def test_hashes_equal_imagehash_bit_for_bit(name: str) -> None:
+    reference = {
+        "phash": imagehash.phash,
+        "dhash": imagehash.dhash,
+        "ahash": imagehash.average_hash,
+        "whash": imagehash.whash,
+    }[name]
+    images = varied_images()
+    ours = HASHERS[name]().hash(np.stack(images))
+    theirs = [str(reference(Image.fromarray(im))) for im in images]
+    mismatches = [k for k, (a, b) in enumerate(zip(ours, theirs, strict=True)) if f"{int(a):016x}" != b]
+    assert not mismatches, f"{name}: {len(mismatches)} of {len(images)} differ, e.g. image {mismatches[:3]}"
+
+
+@pytest.mark.parametrize("size", [17, 32, 40, 64, 100])
+def test_phash_other_sizes_and_files(size: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(size)
+    images = np.stack([rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(20)])
+    ours = HASHERS["phash"]().hash(images)
+    assert [f"{int(h):016x}" for h in ours] == [str(imagehash.phash(Image.fromarray(im))) for im in images]
+    # a 48x48 JPG file: hashing its decoded pixels equals hashing the file
+    path = tmp_path / "f.jpg"
+    path.write_bytes(jpeg_bytes(face(rng), quality=75))
+    with Image.open(path) as im:
+        expected = str(imagehash.phash(im))
+    assert f"{int(HASHERS['phash']().hash(decode(path.read_bytes())[None])[0]):016x}" == expected
+
+
+def test_hashes_stored_as_hex_and_cache_reused(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, df = run(ws, dry_run=True)
+    assert first.hashed == first.active and first.hashes_cached == 0  # type: ignore[attr-defined]
+    result, df = run(ws)
+    assert result.hashed == 0 and result.hashes_cached == result.active  # type: ignore[attr-defined]
+    active = df[df[Col.STATUS] == ACTIVE]
+    assert active["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
+
+    def boom(self: object, pixels: np.ndarray) -> np.ndarray:
+        raise AssertionError("hashed again although every hash is cached")
+
+    monkeypatch.setattr(HASHERS["phash"], "hash", boom)
+    again, _ = run(ws, version="v0000", dry_run=True)
+    assert again.hashed == 0  # type: ignore[attr-defined]
+
+
+# -- finding the planted copies ------------------------------------------------------------------
+def test_planted_copies_found_and_negatives_not(ws: Workspace, planted: Planted) -> None:
+    result, df = run(ws)
+    for copy, original, kind in planted.copies:
+        assert same_group(df, copy, original) == (kind != "mirror"), f"{kind} copy {copy} of {original}"
+    for a, b in planted.siblings:
+        assert not same_group(df, a, b), f"hard negative {a} ~ {b} grouped"
+    grouped = set(df.index[df["dup_group"].notna()])
+    planted_paths = {p for c in planted.copies if c[2] != "mirror" for p in c[:2]}
+    assert grouped == planted_paths, f"unexpected members: {sorted(grouped - planted_paths)}"
+
+
+def test_mirror_copies_need_mirror(ws: Workspace, planted: Planted) -> None:
+    result, df = run(ws, mirror=True, dry_run=True)
+    copy, original, _ = next(c for c in planted.copies if c[2] == "mirror")
+    pairs = pd.read_parquet(result.reports["pairs"])  # type: ignore[attr-defined]
+    ids = df[Col.IMAGE_ID]
+    row = pairs[
+        (pairs["image_id_a"].isin([ids[copy], ids[original]])) & (pairs["image_id_b"].isin([ids[copy], ids[original]]))
+    ]
+    assert row["kind"].tolist() == ["mirror"]
+    assert result.pairs_by_kind.get("mirror") == 1  # type: ignore[attr-defined]
+
+
+def test_group_ids_kinds_and_nearest(ws: Workspace, planted: Planted) -> None:
+    _, df = run(ws)
+    exact_copy, original, _ = next(c for c in planted.copies if c[2] == "exact")
+    for path in (exact_copy, original):
+        assert df.at[path, "dup_kind"] == "exact"
+        assert df.at[path, "dup_similarity"] == 1.0
+        assert df.at[path, "dup_group_size"] == 2
+    assert df.at[exact_copy, "dup_nearest"] == df.at[original, Col.IMAGE_ID]
+    assert df.at[exact_copy, "dup_group"] == "g" + min(df.at[exact_copy, Col.IMAGE_ID], df.at[original, Col.IMAGE_ID])
+    shifted, original, _ = next(c for c in planted.copies if c[2] == "shift")
+    assert df.at[shifted, "dup_kind"] == "near"
+    assert df.at[shifted, "dup_nearest"] == df.at[original, Col.IMAGE_ID]
+    assert 0.95 <= df.at[shifted, "dup_similarity"] < 1.0
+    # the three-member group is one group
+    members = [c for c in planted.copies if "/m" in c[0]]
+    assert df.at[members[0][0], "dup_group_size"] == 3
+    unique = df[(df[Col.STATUS] == ACTIVE) & df["dup_group"].isna()]
+    assert unique[["dup_group_size", "dup_kind", "dup_nearest"]].isna().all().all()
+
+
+# -- resolution ------------------------------------------------------------------------------------
+def test_resolution_rule(ws: Workspace, planted: Planted) -> None:
+    _, df = run(ws)
+    by_kind = {}
+    for copy, original, kind in planted.copies:
+        by_kind.setdefault(kind, []).append((copy, original))
+    removed = df[df[Col.STATUS] == REMOVED]
+    assert removed[Col.REASON].str.match(r"^duplicate_(of|conflict):").all()
+    # train over val/test: the copy in val or test goes, pointing at the original
+    copy, original = by_kind["reencode"][0]
+    assert df.at[original, Col.STATUS] == ACTIVE and df.at[copy, Col.STATUS] == REMOVED
+    assert df.at[copy, Col.REASON] == f"duplicate_of:{df.at[original, Col.IMAGE_ID]}"
+    # the larger original image wins within one split
+    copy, original = by_kind["big64"][0]
+    assert df.at[copy, Col.STATUS] == ACTIVE and df.at[original, Col.STATUS] == REMOVED
+    # same split, label, size: path order
+    copy, original = by_kind["exact"][1]
+    keep, drop = sorted([copy, original])
+    assert df.at[keep, Col.STATUS] == ACTIVE and df.at[drop, Col.STATUS] == REMOVED
+    # the majority label beats the split preference: a sad val copy is kept over the happy train original
+    (m1, src), (m2, _) = [(c, o) for c, o, _ in planted.copies if "/m" in c]
+    assert df.at[m1, Col.STATUS] == ACTIVE
+    assert df.at[src, Col.REASON] == df.at[m2, Col.REASON] == f"duplicate_of:{df.at[m1, Col.IMAGE_ID]}"
+
+
+def conflict_pair(planted: Planted) -> tuple[str, str]:
+    copy, original, _ = next(c for c in planted.copies if "_conflict" in c[0])
+    return copy, original
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("remove-all", (REMOVED, REMOVED)), ("keep-majority", (REMOVED, ACTIVE)), ("keep-all", (ACTIVE, ACTIVE))],
+)
+def test_conflict_modes(ws: Workspace, planted: Planted, mode: str, expected: tuple[str, str]) -> None:
+    result, df = run(ws, conflicts=mode)
+    copy, original = conflict_pair(planted)
+    assert (df.at[copy, Col.STATUS], df.at[original, Col.STATUS]) == expected
+    group = df.at[copy, "dup_group"]
+    listed = {c["group"]: c for c in result.conflicts}  # type: ignore[attr-defined]
+    assert listed[group]["labels"] == {copy.split("/")[1]: 1, original.split("/")[1]: 1}
+    if mode == "remove-all":
+        assert df.at[copy, Col.REASON] == f"duplicate_conflict:{group}"
+    # the 3-member group has a majority label: resolved the same way in every mode but keep-all
+    m1 = next(c for c, _, _ in planted.copies if "/m1_" in c)
+    assert df.at[m1, Col.STATUS] == ACTIVE
+
+
+def test_dry_run_writes_no_version(ws: Workspace) -> None:
+    before = [v.version for v in ws.versions()]
+    result, _ = run(ws, dry_run=True)
+    assert [v.version for v in ws.versions()] == before
+    assert result.version is None and result.removed > 0  # type: ignore[attr-defined]
+    for path in result.reports.values():  # type: ignore[attr-defined]
+        assert Path(path).is_file() and "dry-run" in path
+
+
+def test_invalid_rows_untouched(ws: Workspace, planted: Planted) -> None:
+    _, before = ws.read()
+    result, df = run(ws)
+    before = before.set_index(Col.PATH)
+    for path, reason in planted.invalid.items():
+        assert df.at[path, Col.STATUS] == INVALID and df.at[path, Col.REASON] == before.at[path, Col.REASON]
+        assert reason in df.at[path, Col.REASON]
+        assert pd.isna(df.at[path, "dup_group"]) and pd.isna(df.at[path, "dup_similarity"])
+    info = ws.resolve()
+    assert info.stage == "dedup" and info.parent == "v0000"
+    # re-running on the deduplicated version finds nothing left to remove
+    again, _ = run(ws)
+    assert again.removed == 0  # type: ignore[attr-defined]
+
+
+def test_leakage_and_reports(ws: Workspace) -> None:
+    result, _ = run(ws)
+    leak = {e["splits"]: e for e in result.leakage}  # type: ignore[attr-defined]
+    assert leak["train-val"]["train"] >= 5 and leak["train-val"]["val"] >= 5
+    assert leak["train-test"]["test"] >= 2
+    pairs = pd.read_parquet(result.reports["pairs"])  # type: ignore[attr-defined]
+    assert {
+        "image_id_a",
+        "image_id_b",
+        "split_a",
+        "split_b",
+        "label_a",
+        "label_b",
+        "hamming",
+        "similarity",
+        "kind",
+    } <= set(pairs.columns)
+    assert (pairs["similarity"] >= 0.95).all()
+    for name in ("cross_split", "groups"):
+        with Image.open(result.reports[name]) as im:  # type: ignore[attr-defined]
+            assert im.size[0] > 100 and im.size[1] > 100
+
+
+# -- the library API -------------------------------------------------------------------------------
+def test_find_duplicate_pairs_and_match_against() -> None:
+    rng = np.random.default_rng(3)
+    ref = np.stack([face(rng) for _ in range(30)])
+    data = jpeg_bytes(ref[4], 90)
+    queries = np.stack(
+        [decode(transform(data, "shift")), face(rng), decode(transform(data, "brightness")), ref[7], face(rng)]
+    )
+    found = match_against(queries, ref)
+    assert found["query"].tolist() == [0, 2, 3]
+    assert found["reference"].tolist() == [4, 4, 7]
+    assert found["kind"].tolist() == ["near", "near", "exact"]
+    pairs = find_duplicate_pairs(np.concatenate([ref, queries]))
+    assert set(zip(pairs["i"], pairs["j"], strict=True)) == {(4, 30), (4, 32), (30, 32), (7, 33)}
+    assert (pairs["i"] < pairs["j"]).all() and list(pairs.columns[:5]) == ["i", "j", "hamming", "similarity", "kind"]
+    assert match_against(queries[:0], ref).empty and find_duplicate_pairs(ref[:1]).empty
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 64), st.integers(0, 12))
+def test_hamming_search_strategies_agree(seed: int, n_near: int, radius: int) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**63, 300, dtype=np.uint64) * np.uint64(2)
+    near = base[rng.integers(0, 300, n_near)] ^ (np.uint64(1) << rng.integers(0, 64, n_near).astype(np.uint64))
+    hashes = np.concatenate([base, near])
+
+    def found(pairs: object) -> list[tuple[int, int, int]]:
+        return sorted(zip(pairs.query.tolist(), pairs.database.tolist(), pairs.distance.tolist(), strict=True))  # type: ignore[attr-defined]
+
+    assert found(hamming_pairs(hashes, radius, strategy="brute")) == found(
+        hamming_pairs(hashes, radius, strategy="mih")
+    )
+    assert found(hamming_pairs(near, radius, base, strategy="brute")) == found(
+        hamming_pairs(near, radius, base, strategy="mih")
+    )
+
+
+@pytest.fixture(scope="module")
+def pool() -> np.ndarray:
+    """Faces and copies of a few of them, so random subsets hold chains of duplicates."""
+    rng = np.random.default_rng(11)
+    faces = [face(rng) for _ in range(8)]
+    copies = []
+    for k in range(4):
+        data = jpeg_bytes(faces[k], 90)
+        copies += [decode(transform(data, t)) for t in ("reencode", "shift", "exact")]
+    return np.stack(faces + copies)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_grouping_is_transitive_and_order_free(pool: np.ndarray, data: st.DataObject) -> None:
+    chosen = data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=2, max_size=14, unique=True))
+    order = data.draw(st.permutations(range(len(chosen))))
+
+    def groups_of(positions: list[int]) -> set[frozenset[int]]:
+        pix = pool[positions]
+        act = pd.DataFrame({Col.IMAGE_ID: [f"{p:04d}" for p in positions]})
+        grouped = _group(act, pix, find_duplicate_pairs(pix))
+        pairs = find_duplicate_pairs(pix)
+        gid = dict(zip(grouped["pos"], grouped["dup_group"], strict=True))
+        # every pair's ends share a group; a group is the closure of its pairs
+        assert all(gid[i] == gid[j] for i, j in zip(pairs["i"], pairs["j"], strict=True))
+        return {frozenset(positions[p] for p in grouped["pos"][grouped["dup_group"] == g]) for g in set(gid.values())}
+
+    first = groups_of(chosen)
+    assert groups_of([chosen[k] for k in order]) == first
+    # a copy and its original, both chosen, always share a group
+    for k in range(4):
+        for c in range(8 + 3 * k, 11 + 3 * k):
+            if k in chosen and c in chosen:
+                assert any({k, c} <= g for g in first)
+
+
+# -- CLI and bad input -----------------------------------------------------------------------------
+def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
+    res = runner.invoke(app, ["dedup", "-w", str(ws.root), "--json", "--dry-run"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["version"] is None and data["pairs"] >= 10 and data["conflict_mode"] == "remove-all"
+    res = runner.invoke(app, ["dedup", "-w", str(ws.root), "--mirror"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert "v0001" in res.output and "Leakage" in res.output and "Label conflicts" in res.output
+    assert "dedup_pairs.parquet" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--radius", "40"], "--radius 40 is out of range; use a value from 0 to 32"),
+        (["--min-similarity", "1.5"], "--min-similarity 1.5 is out of range; use a value from 0 to 1"),
+        (["--max-shift", "9"], "--max-shift 9 is out of range; use a value from 0 to 4"),
+        (["--hasher", "md5"], "--hasher 'md5' is not one of: phash, dhash, whash, ahash"),
+        (["--conflicts", "maybe"], "--conflicts 'maybe' is not one of"),
+    ],
+)
+def test_cli_bad_options_are_one_line_errors(ws: Workspace, args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["dedup", "-w", str(ws.root), *args], env={"COLUMNS": "120"})
+    assert res.exit_code == 1
+    assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_no_workspace_says_scan_first(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["dedup", "-w", str(tmp_path / "none")], env={"COLUMNS": "120"})
+    assert res.exit_code == 1 and "run `fercurate scan" in res.output
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(WorkspaceError, match="fercurate scan"):
+        dedup(Workspace(tmp_path / "none"), DedupParams())
+    with pytest.raises(InputError, match="range"):
+        DedupParams(detail_radius=-1).check()
+
+
+def test_dedup_does_not_import_torch(ws: Workspace) -> None:
+    code = (
+        "import sys\n"
+        "from fercurate.cli import main\n"
+        f"sys.argv = ['fercurate', 'dedup', '-w', {str(ws.root)!r}, '--dry-run', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'dedup imported torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pairs"] > 0
+
+
+def test_rows_that_no_longer_decode_are_left_out(ws: Workspace, planted: Planted, tmp_path: Path) -> None:
+    # a dataset copy without the pixel cache, two of whose files have gone: they decode to nothing
+    root = tmp_path / "data"
+    shutil.copytree(planted.root, root)
+    shutil.rmtree(ws.cache_dir)
+    info = ws.resolve()
+    record = json.loads((ws.versions_dir / f"{info.version}.json").read_text())
+    record["dataset_root"] = str(root)
+    (ws.versions_dir / f"{info.version}.json").write_text(json.dumps(record))
+    gone = [c[0] for c in planted.copies[:2]]
+    for path in gone:
+        (root / path).unlink()
+    result, df = run(ws)
+    assert any("2 active row(s) could not be read" in n for n in result.notes)  # type: ignore[attr-defined]
+    for path in gone:  # not one group of two blank "identical" images
+        assert df.at[path, Col.STATUS] == ACTIVE and pd.isna(df.at[path, "dup_group"])
