@@ -197,7 +197,16 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
         for seed in range(params.seeds):
             config = _replace(base_config, seed=seed)
             model, val_acc, epochs = _trained_model(
-                workspace, config, config_hash(config), data_key, x_tr, y_tr, x_va, y_va, classes, progress,
+                workspace,
+                config,
+                config_hash(config),
+                data_key,
+                x_tr,
+                y_tr,
+                x_va,
+                y_va,
+                classes,
+                progress,
                 f"{info.version} seed {seed}",
             )
             gold_pred = _predict(model, gold_pixels, device)
@@ -439,7 +448,9 @@ def summary_rows(result: BenchmarkResult) -> list[dict[str, str]]:
                 "val acc": f"{v.val_acc_mean * 100:.1f}",
                 "train-val gap": f"{v.train_val_gap * 100:+.1f}",
                 "inflation": f"{v.leakage_inflation * 100:+.1f}",
-                "Δ gold vs prev (95% CI)": "-" if v.delta_vs_previous is None else f"{v.delta_vs_previous * 100:+.1f}{ci}",
+                "Δ gold vs prev (95% CI)": "-"
+                if v.delta_vs_previous is None
+                else f"{v.delta_vs_previous * 100:+.1f}{ci}",
             }
         )
     return rows
@@ -469,10 +480,16 @@ def render_markdown(result: BenchmarkResult) -> str:
     if held:
         lines.append("")
         lines.append(
-            "Gold images held out of older versions' train/val: "
-            + ", ".join(f"{v.version} {v.held_out}" for v in held)
+            "Gold images held out of older versions' train/val: " + ", ".join(f"{v.version} {v.held_out}" for v in held)
         )
-    lines += ["", "![accuracy](accuracy.png)", "", "![per-class F1](per_class_f1.png)", "", "![confusion](confusion.png)"]
+    lines += [
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "![per-class F1](per_class_f1.png)",
+        "",
+        "![confusion](confusion.png)",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -563,7 +580,9 @@ def _plot_confusions(result: BenchmarkResult) -> bytes:
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for (i, j), val in np.ndenumerate(norm):
-            ax.text(j, i, f"{val * 100:.0f}", ha="center", va="center", fontsize=7, color="black" if val < 0.6 else "white")
+            ax.text(
+                j, i, f"{val * 100:.0f}", ha="center", va="center", fontsize=7, color="black" if val < 0.6 else "white"
+            )
         ax.set_xticks(range(len(result.classes)), result.classes, rotation=45, fontsize=7)
         ax.set_yticks(range(len(result.classes)), result.classes, fontsize=7)
         ax.set_title(v.version, fontsize=9)

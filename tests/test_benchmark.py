@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_tree
 from typer.testing import CliRunner
 
-from conftest import write_tree
 from fercurate.benchmark import BenchmarkParams, benchmark, bootstrap_delta
 from fercurate.cli import app
 from fercurate.errors import DeviceError, InputError, WorkspaceError

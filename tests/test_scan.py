@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import blob_image, jpeg_bytes, write_tree
+
 from fercurate.errors import DatasetError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, normalise_split, scan
@@ -33,7 +33,9 @@ def test_every_file_becomes_a_row(scanned, tree) -> None:
     assert df[Col.IMAGE_ID].is_unique
 
 
-@pytest.mark.parametrize("name", ["empty.jpg", "truncated.jpg", "text.jpg", "uniform.png", "near_uniform.png", "tiny.png"])
+@pytest.mark.parametrize(
+    "name", ["empty.jpg", "truncated.jpg", "text.jpg", "uniform.png", "near_uniform.png", "tiny.png"]
+)
 def test_bad_files_are_invalid_with_reason(scanned, name: str) -> None:
     _, _, df, expected = scanned
     path = next(p for p in expected if p.endswith(name))
@@ -83,8 +85,16 @@ def test_sha256_is_of_the_file_bytes(scanned, tree) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, split", [("Training", "train"), ("VALID", "val"), ("dev", "val"), ("PublicTest", "val"),
-                    ("PrivateTest", "test"), ("testing", "test"), ("happy", None)],
+    "name, split",
+    [
+        ("Training", "train"),
+        ("VALID", "val"),
+        ("dev", "val"),
+        ("PublicTest", "val"),
+        ("PrivateTest", "test"),
+        ("testing", "test"),
+        ("happy", None),
+    ],
 )
 def test_split_names_normalise(name: str, split: str | None) -> None:
     assert normalise_split(name) == split

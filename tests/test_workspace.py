@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import write_tree
+
 from fercurate.errors import WorkspaceError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, scan
