@@ -812,7 +812,9 @@ def dedup_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to deduplicate (v0003, 3, -1); default: the latest.", show_default=False),
+        typer.Option(
+            "--version", help="Version to deduplicate (v0003, 3, -1); default: the latest.", show_default=False
+        ),
     ] = _DedupDefaults.version,
     hasher: Annotated[
         str, typer.Option(help=f"Perceptual hash stored and searched: {' | '.join(_HASHERS)}.")

@@ -216,7 +216,7 @@ def contact_sheet(
         r, c = divmod(i, cols)
         x, y = c * cell_w + pad, r * cell_h + pad + title_h
         tile = Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB")
-        tile = tile.resize((tile.width * side // max(tile.size), tile.height * side // max(tile.size)), Image.NEAREST)
+        tile = tile.resize((tile.width * side // max(tile.size), tile.height * side // max(tile.size)), Image.Resampling.NEAREST)
         sheet.paste(tile, (x, y))
         if groups is not None:
             draw.rectangle(

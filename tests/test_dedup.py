@@ -460,8 +460,8 @@ def test_grouping_is_transitive_and_order_free(pool: np.ndarray, data: st.DataOb
     def groups_of(positions: list[int]) -> set[frozenset[int]]:
         pix = pool[positions]
         act = pd.DataFrame({Col.IMAGE_ID: [f"{p:04d}" for p in positions]})
-        grouped = _group(act, pix, find_duplicate_pairs(pix))
         pairs = find_duplicate_pairs(pix)
+        grouped = _group(act, pix, pairs)
         gid = dict(zip(grouped["pos"], grouped["dup_group"], strict=True))
         # every pair's ends share a group; a group is the closure of its pairs
         assert all(gid[i] == gid[j] for i, j in zip(pairs["i"], pairs["j"], strict=True))

@@ -2,39 +2,40 @@
 
 The reusable part of dedup, for any stage holding grayscale pixels (``benchmark`` checks its gold
 test set against train/val with :func:`match_against`; ``merge-affectnet`` checks new faces against
-the dataset). Nothing here touches a workspace.
+the dataset and among themselves). Nothing here touches a workspace.
 
 How a pair is found:
 
-1. **Exact**: identical pixels, always found (grouped by the raw bytes).
+1. **Exact**: identical pixels, always found.
 2. **Candidates**, from two hash searches (:func:`fercurate.dedup.search.hamming_pairs`):
 
    * the plain hash (pHash by default) within the generous ``radius``;
-   * a *shift-compensated* DCT hash within the small ``shift_radius``: for every image, the pHash of
-     the image shifted by each offset up to ``max_shift`` is computed in closed form (resize, shift
-     and DCT are linear, so all offsets cost two matrix products per image), and searched against
-     the unshifted hashes. A shifted copy lands within a few bits of one of its original's shifted
-     hashes although its plain pHash distance is often 10-20. With ``mirror`` the flipped images'
-     hashes are searched too.
+   * a *shift-compensated* DCT hash within the small ``shift_radius``: for every image, the pHash-like
+     hash of its central window moved by each offset up to ``max_shift``, in closed form (resize,
+     window and DCT are linear, so all offsets cost two matrix products per image batch), searched
+     against the unmoved hashes. A shifted copy lands within a few bits of one of its original's
+     shifted hashes although its plain pHash distance is often 10-20. With ``mirror`` the flipped
+     images' hashes are searched too.
 
 3. **Detail filter**: each candidate's 255-bit DCT hash (the 16x16 low-frequency block, aligned at the
-   offset that found it) must be within ``detail_radius``; this removes ~99% of the candidates that are
-   different photos, for a few popcounts each.
-4. **Verification**: zero-mean normalised cross-correlation, best over every integer shift up to
-   ``max_shift``, of the central crops of the band-passed images (a light blur removes JPEG noise, a
-   wide one uneven lighting), computed with FFTs per pair chunk. ``similarity`` is that NCC;
-   pairs at or above ``min_similarity`` are duplicates.
+   offset that found it) must be within ``detail_radius``; this removes ~99.8% of the candidates of
+   the generous radius, which are different photos, for a few popcounts each.
+4. **Verification** on the pixels: the best zero-mean normalised cross-correlation over integer
+   shifts up to ``max_shift`` of the band-passed images (``similarity``, at least
+   ``min_similarity``), and the local residual of the aligned pair (at most ``max_residual``), which
+   rejects another frame of the same person whose mouth or eyes differ.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fercurate.dedup.hashers import HASHERS, bits_to_uint64, lanczos_matrix, median_rows
+from fercurate.dedup.hashers import HASHERS, bits_to_uint64, in_threads, lanczos_matrix, median_rows
 from fercurate.dedup.params import DedupParams
 from fercurate.dedup.search import hamming_pairs
 
@@ -46,8 +47,8 @@ BAND_SIGMAS = (0.7, 8.0)
 WINDOW_FRACTION = 6
 #: Images per batch when computing the shift-compensated hashes (bounds memory to ~30 MB).
 _FEATURE_BATCH = 1024
-#: Candidate pairs verified per FFT chunk.
-_VERIFY_CHUNK = 2048
+#: Candidate pairs verified per chunk (chunks run in parallel threads).
+_VERIFY_CHUNK = 512
 
 KIND_EXACT, KIND_NEAR, KIND_MIRROR = "exact", "near", "mirror"
 PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
@@ -117,29 +118,29 @@ def compute_features(
     n, size, _ = pixels.shape
     wanted = offsets(max_shift) if which is None else list(which)
     k = DETAIL_SIDE
-    if wanted == [(0, 0)]:
-        op = _dct_operator(size, max_shift)[max_shift * k : (max_shift + 1) * k]
-        shift_range, picks = 0, np.zeros(1, dtype=np.int64)
-    else:
-        op = _dct_operator(size, max_shift)
-        shift_range = max_shift
-        span_all = 2 * max_shift + 1
-        picks = np.array([(dy + max_shift) * span_all + dx + max_shift for dy, dx in wanted], dtype=np.int64)
-    span = 2 * shift_range + 1
+    op = _dct_operator(size, max_shift)
+    # only the row and column operators of the offsets wanted: half of them for a self-join
+    dys = sorted({dy for dy, _ in wanted})
+    dxs = sorted({dx for _, dx in wanted})
+    rows_op = np.concatenate([op[(d + max_shift) * k : (d + max_shift + 1) * k] for d in dys])
+    cols_op = np.concatenate([op[(d + max_shift) * k : (d + max_shift + 1) * k] for d in dxs])
+    sy = np.array([dys.index(dy) for dy, _ in wanted])
+    sx = np.array([dxs.index(dx) for _, dx in wanted])
     aligned = np.empty((n, len(wanted)), dtype=np.uint64)
     detail = np.empty((n, len(wanted), 4), dtype=np.uint64)
-    for start in range(0, n, _FEATURE_BATCH):
+
+    def batch(start: int) -> None:
         x = pixels[start : start + _FEATURE_BATCH].astype(np.float32)
         if flip:
             x = x[:, :, ::-1]
         b = len(x)
-        # L @ X @ L.T for the whole batch as two large matrix products: first (L @ X).T per image ...
-        y = (x.transpose(0, 2, 1).reshape(-1, size) @ op.T).reshape(b, size, span * k)
-        # ... then (L @ X) @ L.T, whose entry ((sy, v), (sx, u)) is DCT coefficient (v, u) of the
-        # window shifted by (sy, sx)
-        z = (y.transpose(0, 2, 1).reshape(-1, size) @ op.T).reshape(b, span, k, span, k)
-        sy, sx = np.divmod(picks, span)
-        blocks = z[:, sy, :, sx, :].transpose(1, 0, 2, 3).reshape(-1, k, k)  # (b * picks, k, k)
+        # L_rows @ X @ L_cols.T for the whole batch as two large matrix products: first
+        # (L_rows @ X).T per image ...
+        y = (x.transpose(0, 2, 1).reshape(-1, size) @ rows_op.T).reshape(b, size, len(dys) * k)
+        # ... then (L_rows @ X) @ L_cols.T, whose entry ((dy, v), (dx, u)) is DCT coefficient (v, u)
+        # of the window moved by (dy, dx)
+        z = (y.transpose(0, 2, 1).reshape(-1, size) @ cols_op.T).reshape(b, len(dys), k, len(dxs), k)
+        blocks = z[:, sy, :, sx, :].transpose(1, 0, 2, 3).reshape(-1, k, k)  # (b * offsets, k, k)
         low = blocks[:, :8, :8].reshape(-1, 64)
         aligned[start : start + b] = bits_to_uint64(low > median_rows(low)[:, None]).reshape(b, -1)
         flat = blocks.reshape(-1, k * k)
@@ -147,6 +148,8 @@ def compute_features(
         bits = np.zeros(flat.shape, dtype=bool)
         bits[:, 1:] = ac > median_rows(ac)[:, None]
         detail[start : start + b] = np.packbits(bits, axis=1).view(np.uint64).reshape(b, len(wanted), 4)
+
+    in_threads(batch, range(0, n, _FEATURE_BATCH))
     return Features(aligned, detail, wanted)
 
 
@@ -232,8 +235,8 @@ def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.nd
     crop /= np.sqrt((crop * crop).sum(axis=(1, 2), keepdims=True)) + 1e-9
     bb = np.asarray(b, dtype=np.float32)
     # circular cross-correlation; the crop's zero margin keeps every wanted shift from wrapping
-    spec = np.conj(scipy.fft.rfft2(padded, workers=-1)) * scipy.fft.rfft2(bb, workers=-1)
-    corr = scipy.fft.irfft2(spec, s=(size, size), workers=-1)
+    spec = np.conj(scipy.fft.rfft2(padded)) * scipy.fft.rfft2(bb)
+    corr = scipy.fft.irfft2(spec, s=(size, size))
     span = np.arange(-m, m + 1)
     corr = corr[:, span[:, None] % size, span[None, :] % size]  # (P, 2m+1, 2m+1)
     # mean and energy of every shifted window of b (band-passed values are small: float32 is enough)
@@ -313,7 +316,8 @@ def _verify(
     residual = np.empty(len(a), dtype=np.float64)
     dy = np.empty(len(a), dtype=np.int64)
     dx = np.empty(len(a), dtype=np.int64)
-    for s in range(0, len(a), _VERIFY_CHUNK):
+
+    def chunk(s: int) -> None:
         sl = slice(s, s + _VERIFY_CHUNK)
         f = flip[sl]
         # blur each image of the chunk once; the blurs commute with a left-right flip
@@ -325,12 +329,21 @@ def _verify(
         pb, fb, bb = right[ub][ib], fine_b[ib], band_b[ib]
         sim[sl], dy[sl], dx[sl] = ncc_over_shifts(ba, bb, max_shift)
         residual[sl] = tile_residual(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
+
+    in_threads(chunk, range(0, len(a), _VERIFY_CHUNK))
     return sim, dy, dx, residual
 
 
 # -- candidate search ------------------------------------------------------------------------------
 def _popcount4(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x ^ y).sum(axis=-1, dtype=np.int64)
+
+
+def _detail_distance(
+    query: np.ndarray, reference: np.ndarray, a: np.ndarray, k: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """Detail-hash distances of query images ``a`` at offsets ``k`` to reference images ``b``."""
+    return _popcount4(query[a, k], reference[b])
 
 
 def half_offsets(max_shift: int, mirror: bool) -> list[tuple[int, int]]:
@@ -352,47 +365,89 @@ def _candidates(
     flipped_q: Features | None,
     params: DedupParams,
 ) -> pd.DataFrame:
-    """Candidate pairs (a in queries, b in reference, flip) with their best detail distance.
+    """Candidate pairs (a in queries, b in reference, flip) within ``detail_radius``, best distance each.
 
-    ``hashes_r`` / ``feats_r`` None means a self-join of the queries (each pair once, a < b for plain
-    hashes; aligned searches may give either order, normalised by the caller).
+    ``hashes_r`` / ``feats_r`` None means a self-join of the queries, each pair once with a < b.
     """
     self_join = hashes_r is None
-    ref_feats = feats_q if feats_r is None else feats_r
-    center, ref_center = feats_q.center, ref_feats.center
-    parts = []
-    # the plain hash within the generous radius
-    plain = hamming_pairs(hashes_q, params.radius, hashes_r)
-    if len(plain):
+    ref = feats_q if feats_r is None else feats_r
+    center, ref_center = feats_q.center, ref.center
+    parts = [
+        # the plain hash within the generous radius
+        (
+            *_search(
+                hashes_q,
+                params.radius,
+                hashes_r,
+                1,
+                functools.partial(_detail_distance, feats_q.detail[:, center : center + 1], ref.detail[:, ref_center]),
+                params.detail_radius,
+                drop_self=False,
+            ),
+            False,
+        )
+    ]
+    # the shift-compensated hashes within the small radius, as they are and (optionally) flipped
+    for feats, flip in [(feats_q, False)] + ([(flipped_q, True)] if flipped_q is not None else []):
+        assert feats is not None
         parts.append(
             (
-                plain.query,
-                plain.database,
-                np.zeros(len(plain), dtype=bool),
-                _popcount4(feats_q.detail[plain.query, center], ref_feats.detail[plain.database, ref_center]),
+                *_search(
+                    feats.aligned.ravel(),
+                    params.shift_radius,
+                    ref.aligned[:, ref_center],
+                    len(feats.offsets),
+                    functools.partial(_detail_distance, feats.detail, ref.detail[:, ref_center]),
+                    params.detail_radius,
+                    drop_self=self_join,
+                ),
+                flip,
             )
         )
-    # the shift-compensated hashes within the small radius, plain and (optionally) flipped
-    searches = [(feats_q, False)] + ([(flipped_q, True)] if flipped_q is not None else [])
-    for feats, flip in searches:
-        assert feats is not None
-        ks = len(feats.offsets)
-        found = hamming_pairs(feats.aligned.ravel(), params.shift_radius, ref_feats.aligned[:, ref_center])
-        a, k = np.divmod(found.query, ks)
-        b = found.database
-        keep = a != b if self_join else np.ones(len(a), dtype=bool)
-        a, k, b = a[keep], k[keep], b[keep]
-        detail = _popcount4(feats.detail[a, k], ref_feats.detail[b, ref_center])
-        parts.append((a, b, np.full(len(a), flip), detail))
-    if not parts:
-        return pd.DataFrame({"a": [], "b": [], "flip": [], "detail": []}).astype(
-            {"a": np.int64, "b": np.int64, "flip": bool, "detail": np.int64}
-        )
-    left, right, flips, details = (np.concatenate(x) for x in zip(*parts, strict=True))
+    left = np.concatenate([p[0] for p in parts])
+    right = np.concatenate([p[1] for p in parts])
     if self_join:
         left, right = np.minimum(left, right), np.maximum(left, right)
-    frame = pd.DataFrame({"a": left, "b": right, "flip": flips, "detail": details})
+    frame = pd.DataFrame(
+        {
+            "a": left,
+            "b": right,
+            "flip": np.concatenate([np.full(len(p[0]), p[3]) for p in parts]).astype(bool),
+            "detail": np.concatenate([p[2] for p in parts]).astype(np.int64),
+        }
+    )
     return frame.groupby(["a", "b", "flip"], as_index=False, sort=True)["detail"].min()
+
+
+def _search(
+    queries: np.ndarray,
+    radius: int,
+    database: np.ndarray | None,
+    stride: int,
+    detail_of: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    detail_radius: int,
+    *,
+    drop_self: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hash pairs within ``radius`` whose detail distance is within ``detail_radius``.
+
+    Query position ``q`` stands for image ``q // stride`` at offset ``q % stride``; ``detail_of(a, k,
+    b)`` gives the detail distances. The detail filter runs on each block of pairs as the search finds
+    it: most candidates of a generous radius are different photos, and memory keeps only survivors.
+
+    Returns:
+        Image positions (query side, database side) and their detail distances.
+    """
+
+    def detail(qi: np.ndarray, dj: np.ndarray) -> np.ndarray:
+        return detail_of(qi // stride, qi % stride, dj)
+
+    def keep(qi: np.ndarray, dj: np.ndarray) -> np.ndarray:
+        ok = detail(qi, dj) <= detail_radius
+        return ok & (qi // stride != dj) if drop_self else ok
+
+    found = hamming_pairs(queries, radius, database, keep=keep)
+    return found.query // stride, found.database, detail(found.query, found.database)
 
 
 def _hash(pixels: np.ndarray, hasher: str) -> np.ndarray:
@@ -414,7 +469,7 @@ def find_duplicate_pairs(
     Args:
         pixels: the images (48x48 in fercurate; other square sizes work).
         params: thresholds (``hasher``, ``radius``, ``shift_radius``, ``detail_radius``,
-            ``min_similarity``, ``max_shift``, ``mirror``); defaults when None.
+            ``min_similarity``, ``max_residual``, ``max_shift``, ``mirror``); defaults when None.
         hashes: the ``params.hasher`` hashes of ``pixels`` if already known (from the hash cache).
 
     Returns:
@@ -466,8 +521,7 @@ def find_duplicate_pairs(
             "dx": near["dx"].to_numpy(),
         }
     )
-    out = pd.concat([exact, near], ignore_index=True) if len(exact) else near
-    return out.sort_values(["i", "j"], kind="stable")[PAIR_COLUMNS].reset_index(drop=True)
+    return _concat(exact, near).sort_values(["i", "j"], kind="stable")[PAIR_COLUMNS].reset_index(drop=True)
 
 
 def match_against(query: np.ndarray, reference: np.ndarray, params: DedupParams | None = None) -> pd.DataFrame:
@@ -522,16 +576,14 @@ def match_against(query: np.ndarray, reference: np.ndarray, params: DedupParams 
                     "dx": found["dx"].to_numpy(),
                 }
             )
-    out = pd.concat([exact, near], ignore_index=True) if len(near) and len(exact) else (near if len(near) else exact)
-    out = out.astype(
+    out = _concat(exact, near).astype(
         {"query": np.int64, "reference": np.int64, "similarity": np.float64, "dy": np.int64, "dx": np.int64}
     )
     return out.sort_values("query", kind="stable")[MATCH_COLUMNS].reset_index(drop=True)
 
 
 def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: DedupParams) -> pd.DataFrame:
-    """The candidates that pass the detail filter and the NCC check, with similarity and kind."""
-    cands = cands[cands["detail"] <= params.detail_radius]
+    """The candidates that pass the pixel-level checks, with similarity, kind and aligning shift."""
     if cands.empty:
         return pd.DataFrame(
             {
@@ -558,6 +610,15 @@ def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: 
             "dx": dx[ok],
         }
     )
+
+
+def _concat(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Both frames' rows (an empty frame would muddle the column types)."""
+    if first.empty:
+        return second
+    if second.empty:
+        return first
+    return pd.concat([first, second], ignore_index=True)
 
 
 def _prefer_near(found: pd.DataFrame, key: list[str]) -> pd.DataFrame:

@@ -12,7 +12,9 @@ Two exact strategies, picked by an estimate of their cost:
   Every pair found in a bucket is then checked on all 64 bits. Cost grows with the number of probes
   and with how full the probed buckets are, so it is sub-quadratic for a radius small next to 64.
 
-Both return the same pairs. Memory stays bounded: queries go through in slabs.
+Both return the same pairs. Memory stays bounded: queries go through in blocks or slabs, spread
+over one thread per CPU (numpy releases the GIL), and an optional ``keep`` filter drops pairs block
+by block, so only the survivors of a cheap second test are ever held.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +32,8 @@ import numpy as np
 _BRUTE_BLOCK_BYTES = 4 << 20
 #: Probe keys generated at once by multi-index hashing (bounds its scratch memory).
 _PROBE_SLAB = 1 << 21
-#: Largest chunk for a direct-address table (2**24 int64 entries = 128 MB).
-_MAX_CHUNK_BITS = 24
+#: Largest chunk for a direct-address table (2**22 buckets: 48 MB of counts and starts).
+_MAX_CHUNK_BITS = 22
 #: Relative costs per pair checked by brute force and per probe or bucket hit (measured in numpy).
 _COST_BRUTE = 1.0
 _COST_PROBE = 4.0
@@ -40,6 +43,10 @@ _PLAN_SAMPLE = 256
 _PLAN_DB_SAMPLE = 20_000
 #: Below this many pair checks brute force is cheap enough not to plan anything else.
 _BRUTE_ALWAYS = 2e7
+
+
+#: A filter on found pairs: (query positions, database positions) -> boolean mask of those to keep.
+Keep = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ def hamming_pairs(
     database: np.ndarray | None = None,
     *,
     strategy: str = "auto",
+    keep: Keep | None = None,
 ) -> HammingPairs:
     """Every pair of hashes within Hamming distance ``radius``.
 
@@ -69,6 +77,9 @@ def hamming_pairs(
         database: ``(M,)`` uint64 hashes to search; None searches ``queries`` against themselves and
             returns each unordered pair once, with ``query < database``.
         strategy: ``auto``, ``brute`` or ``mih``.
+        keep: a further filter ``keep(query_positions, database_positions) -> bool mask``, applied to
+            each block of pairs as it is found, so memory holds only the pairs it keeps (a generous
+            radius over a large set can find far more pairs than survive a cheap second test).
 
     Returns:
         The pairs as positions into ``queries`` and ``database`` (or ``queries`` again).
@@ -84,15 +95,15 @@ def hamming_pairs(
         plan = plan_mih(q, db, radius, budget=brute) if brute > _BRUTE_ALWAYS else None
         strategy = "mih" if plan is not None else "brute"
     if strategy == "brute":
-        return _brute(q, db, radius, self_join)
+        return _brute(q, db, radius, self_join, keep)
     if strategy == "mih":
         plan = plan_mih(q, db, radius) or _fallback_plan(radius)
-        return _mih(q, db, radius, self_join, plan)
+        return _mih(q, db, radius, self_join, plan, keep)
     raise ValueError(f"unknown strategy {strategy!r}; use auto, brute or mih")
 
 
 # -- brute force -----------------------------------------------------------------------------------
-def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool) -> HammingPairs:
+def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, keep: Keep | None) -> HammingPairs:
     """Blocks of query rows against the database, spread over threads (numpy releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -111,8 +122,11 @@ def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool) -> Hammi
         del x
         qi, dj = np.nonzero(c <= radius)
         if self_join:
-            keep = dj + first > qi + start
-            qi, dj = qi[keep], dj[keep]
+            right = dj + first > qi + start
+            qi, dj = qi[right], dj[right]
+        if keep is not None:
+            wanted = keep(qi + start, dj + first)
+            qi, dj = qi[wanted], dj[wanted]
         return qi + start, dj + first, c[qi, dj]
 
     if workers > 1:
@@ -222,39 +236,71 @@ def _masks(bits: int, radius: int) -> np.ndarray:
     return out
 
 
-def _mih(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, plan: MihPlan) -> HammingPairs:
-    found_q, found_d = [], []
+@dataclass(frozen=True)
+class _ChunkIndex:
+    """One chunk's direct-address table: bucket ``k`` holds ``order[starts[k] : starts[k] + counts[k]]``."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    q_keys: np.ndarray
+    masks: np.ndarray
+    slab: int
+
+
+def _mih(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, plan: MihPlan, keep: Keep | None) -> HammingPairs:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fercurate.images import default_workers
+
+    found_q: list[np.ndarray] = [np.zeros(0, np.int64)]
+    found_d: list[np.ndarray] = [np.zeros(0, np.int64)]
     start_bit = 0
     for width, sub_radius in zip(plan.widths, plan.radii, strict=True):
+        db_keys = _chunk(db, start_bit, width)
+        counts = np.bincount(db_keys, minlength=1 << width).astype(np.int32)
+        masks = _masks(width, sub_radius).astype(np.int32)
+        index = _ChunkIndex(
+            order=np.argsort(db_keys, kind="stable"),
+            starts=np.cumsum(counts, dtype=np.int64) - counts,
+            counts=counts,
+            q_keys=_chunk(q, start_bit, width).astype(np.int32),
+            masks=masks,
+            slab=max(1, _PROBE_SLAB // len(masks)),
+        )
         start_bit += width
-        db_keys = _chunk(db, start_bit - width, width)
-        order = np.argsort(db_keys, kind="stable")
-        # bucket k holds order[starts[k]:starts[k + 1]]
-        starts = np.zeros((1 << width) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(db_keys, minlength=1 << width), out=starts[1:])
-        q_keys = _chunk(q, start_bit - width, width)
-        masks = _masks(width, sub_radius)
-        slab = max(1, _PROBE_SLAB // len(masks))
-        for s in range(0, len(q), slab):
-            probes = (q_keys[s : s + slab, None] ^ masks[None, :]).ravel()
-            lo, hi = starts[probes], starts[probes + 1]
-            n = hi - lo
-            total = int(n.sum())
-            if total == 0:
-                continue
-            qi = np.repeat(np.arange(s, s + len(q_keys[s : s + slab])).repeat(len(masks)), n)
-            offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-            dj = order[np.repeat(lo, n) + offset]
-            keep = np.bitwise_count(q[qi] ^ db[dj]) <= radius
-            if self_join:
-                keep &= dj > qi
-            found_q.append(qi[keep])
-            found_d.append(dj[keep])
-    if not found_q:
-        empty = np.zeros(0, dtype=np.int64)
-        return HammingPairs(empty, empty.copy(), np.zeros(0, dtype=np.uint8))
-    qi, dj = np.concatenate(found_q), np.concatenate(found_d)
+        slabs = range(0, len(q), index.slab)
+        probe = functools.partial(_probe, index, q, db, radius, self_join, keep)
+        with ThreadPoolExecutor(max_workers=max(1, min(default_workers(), len(slabs)))) as pool:
+            for qi, dj in pool.map(probe, slabs):
+                found_q.append(qi)
+                found_d.append(dj)
+    qi, dj = np.concatenate(found_q).astype(np.int64), np.concatenate(found_d).astype(np.int64)
     # a pair close on several chunks was found once per chunk
     key = np.unique(qi * len(db) + dj)
     qi, dj = key // len(db), key % len(db)
     return HammingPairs(qi, dj, np.bitwise_count(q[qi] ^ db[dj]).astype(np.uint8))
+
+
+def _probe(
+    index: _ChunkIndex, q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, keep: Keep | None, s: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs one slab of queries finds through one chunk's table."""
+    probes = (index.q_keys[s : s + index.slab, None] ^ index.masks[None, :]).ravel()
+    n = index.counts[probes]
+    hit = np.flatnonzero(n)  # most probes find an empty bucket: drop them first
+    n = n[hit]
+    total = int(n.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    qi = np.repeat(s + hit // len(index.masks), n)
+    offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    dj = index.order[np.repeat(index.starts[probes[hit]], n) + offset]
+    near = np.bitwise_count(q[qi] ^ db[dj]) <= radius
+    if self_join:
+        near &= dj > qi
+    qi, dj = qi[near], dj[near]
+    if keep is not None:
+        wanted = keep(qi, dj)
+        qi, dj = qi[wanted], dj[wanted]
+    return qi, dj
