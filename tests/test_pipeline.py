@@ -1,0 +1,71 @@
+"""`fercurate demo --run` end to end on a small demo with the tiny trainer preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+from fercurate.demo import DemoParams
+from fercurate.errors import InputError
+from fercurate.pipeline import DemoRunParams, run_demo
+from fercurate.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    dest = tmp_path_factory.mktemp("demo")
+    params = DemoRunParams(
+        dest=dest,
+        demo=DemoParams(n_images=400, n_affectnet=240, n_invalid=8),
+        preset="tiny",
+        train_overrides=(("epochs", 2),),
+        folds=2,
+        device="cpu",
+    )
+    return run_demo(Workspace(dest / "workspace"), params)
+
+
+def test_every_stage_runs_and_writes_a_version(report) -> None:
+    stages = [s.stage for s in report.stages]
+    assert stages == ["demo", "scan", "dedup", "relabel-review", "split", "merge-affectnet", "benchmark"]
+    versions = [v.version for v in Workspace(report.workspace).versions()]
+    assert versions == [f"v000{i}" for i in range(6)]
+
+
+def test_stages_are_scored_against_the_truth(report) -> None:
+    by = {s.stage: s for s in report.stages}
+    assert by["scan"].score["invalid precision"] == 1.0
+    found, planted = map(int, by["scan"].score["invalid found"].split("/"))
+    assert found == planted == 8
+    assert by["dedup"].score["pair recall"] >= 0.95 and by["dedup"].score["group precision"] >= 0.98
+    assert by["dedup"].score["planted copies still active beside original"] == 0
+    assert by["split"].score["dup groups spanning splits"] == 0
+    assert by["split"].score["planted duplicate pairs across splits"] == 0
+    assert by["merge-affectnet"].score["rarest class share after (%)"] > by["merge-affectnet"].score[
+        "rarest class share before (%)"
+    ]
+    bench = by["benchmark"]
+    assert bench.summary["gold images"] > 0 and Path(bench.score["report"]).exists()
+
+
+def test_report_serialises(report) -> None:
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["stages"][1]["version"] == "v0000"
+
+
+def test_a_used_workspace_needs_overwrite(report) -> None:
+    with pytest.raises(InputError, match="--overwrite"):
+        run_demo(Workspace(report.workspace), DemoRunParams(dest=report.dest, demo=DemoParams(n_images=400)))
+
+
+def test_demo_command_writes_the_dataset(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["demo", str(tmp_path / "d"), "--n-images", "200", "--json"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.stdout)["counts"]
+    assert counts["images"] >= 200 and (tmp_path / "d" / "truth.parquet").exists()
+    res = CliRunner().invoke(app, ["demo", str(tmp_path / "d"), "--n-images", "200"])
+    assert res.exit_code == 1 and "--overwrite" in res.output
