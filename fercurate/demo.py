@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fercurate.affectnet import CSV_COLUMNS
 from fercurate.errors import InputError
 
 #: Expressions the renderer can draw. The demo dataset uses a subset (``DemoParams.classes``);
@@ -52,18 +53,8 @@ EXPRESSIONS: tuple[str, ...] = (
 #: The official AffectNet expression codes, in code order (0-10).
 AFFECTNET_CODES: tuple[str, ...] = EXPRESSIONS + ("none", "uncertain", "no-face")
 
-#: The official AffectNet ``training.csv`` columns, in order.
-AFFECTNET_COLUMNS: tuple[str, ...] = (
-    "subDirectory_filePath",
-    "face_x",
-    "face_y",
-    "face_width",
-    "face_height",
-    "facial_landmarks",
-    "expression",
-    "valence",
-    "arousal",
-)
+#: The official AffectNet ``training.csv`` columns, in order (defined once, by merge-affectnet).
+AFFECTNET_COLUMNS: tuple[str, ...] = CSV_COLUMNS
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.75, "validation": 0.245, "test": 0.005}
