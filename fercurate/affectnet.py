@@ -252,24 +252,6 @@ def parse_target(target: str | int) -> int | None:
     raise InputError(f"--target '{target}' is not 'equal' or a positive whole number of rows per class (e.g. 4000)")
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """Parse ``80,10,10`` into train/val/test proportions.
-
-    Raises:
-        InputError: for anything but three non-negative numbers with a positive sum.
-    """
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
-        raise InputError(
-            f"--ratios '{text}' must be three non-negative train,val,test proportions with a positive sum, "
-            "e.g. 80,10,10"
-        )
-    return values[0], values[1], values[2]
-
-
 def _check_params(params: MergeParams) -> int | None:
     target = parse_target(params.target)
     if params.target_fraction is not None:

@@ -497,7 +497,7 @@ def merge_affectnet_cmd(
     ] = None,
     ratios: Annotated[
         str | None,
-        typer.Option(help="train,val,test proportions for --splits stratified (default: 80,10,10).",
+        typer.Option(help="train/val/test percentages for --splits stratified, e.g. 80/10/10 (default: 80/10/10).",
                      show_default=False),
     ] = None,
     seed: Annotated[
@@ -523,7 +523,8 @@ def merge_affectnet_cmd(
 
     Example: fercurate merge-affectnet ~/data/AffectNet --target equal --splits train
     """
-    from fercurate.affectnet import MergeParams, merge_affectnet, parse_mapping, parse_ratios
+    from fercurate.affectnet import MergeParams, merge_affectnet, parse_mapping
+    from fercurate.split import parse_ratios  # one ratio syntax for every command
 
     given: dict[str, Any] = {
         "csv": csv,
