@@ -322,7 +322,7 @@ def _search_child(n: int, radius: int, seed: int) -> None:
     seconds = time.perf_counter() - t
     got = set(zip(found.query.tolist(), found.database.tolist(), strict=True))
     recall = np.mean([(min(a, b), max(a, b)) in got for a, b in zip(src, dst, strict=True)])
-    plan = plan_mih(hashes, hashes, radius)
+    plan = plan_mih(hashes, hashes, radius, self_join=True)
     print(
         json.dumps(
             {
@@ -358,7 +358,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-transform", type=int, default=300)
-    parser.add_argument("--radius", type=int, nargs="*", default=[4, 6, 8])
+    parser.add_argument("--radius", type=int, nargs="*", default=[4, 8, 10, 12])
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.part == "_search_child":

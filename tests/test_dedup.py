@@ -22,7 +22,8 @@ from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
 from fercurate.cli import app
-from fercurate.dedup import HASHERS, DedupParams, dedup, find_duplicate_pairs, hamming_pairs, match_against
+from fercurate.dedup import HASHERS, DedupParams, dedup, find_duplicate_pairs, hamming_pairs, match_against, search
+from fercurate.dedup.search import HammingPairs, MihPlan, chunking
 from fercurate.dedup.stage import _group
 from fercurate.errors import InputError, WorkspaceError
 from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
@@ -420,23 +421,48 @@ def test_find_duplicate_pairs_and_match_against() -> None:
     assert match_against(queries[:0], ref).empty and find_duplicate_pairs(ref[:1]).empty
 
 
+def _flip(rng: np.random.Generator, values: np.ndarray, max_bits: int) -> np.ndarray:
+    """Each value with a random set of 0..max_bits of its bits flipped."""
+    out = values.copy()
+    for k in range(len(out)):
+        for bit in rng.choice(64, int(rng.integers(0, max_bits + 1)), replace=False):
+            out[k] ^= np.uint64(1) << np.uint64(bit)
+    return out
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(0, 64), st.integers(0, 12))
-def test_hamming_search_strategies_agree(seed: int, n_near: int, radius: int) -> None:
+@given(st.integers(0, 2**32 - 1), st.integers(0, 64), st.integers(0, 12), st.booleans())
+def test_hamming_search_strategies_agree(seed: int, n_near: int, radius: int, clustered: bool) -> None:
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 2**63, 300, dtype=np.uint64) * np.uint64(2)
-    near = base[rng.integers(0, 300, n_near)] ^ (np.uint64(1) << rng.integers(0, 64, n_near).astype(np.uint64))
+    base = rng.integers(0, 2**64 - 1, 300, dtype=np.uint64, endpoint=True)
+    if clustered:  # like faces' hashes: most share a prefix, so buckets are crowded and chunks overlap
+        base = (base & np.uint64(0x0000_FFFF_FFFF_FFFF)) | np.uint64(0xA5C3 << 48)
+    near = _flip(rng, base[rng.integers(0, 300, n_near)], radius + 2)
     hashes = np.concatenate([base, near])
 
-    def found(pairs: object) -> list[tuple[int, int, int]]:
-        return sorted(zip(pairs.query.tolist(), pairs.database.tolist(), pairs.distance.tolist(), strict=True))  # type: ignore[attr-defined]
+    def found(pairs: HammingPairs) -> list[tuple[int, int, int]]:
+        return list(zip(pairs.query.tolist(), pairs.database.tolist(), pairs.distance.tolist(), strict=True))
 
-    assert found(hamming_pairs(hashes, radius, strategy="brute")) == found(
-        hamming_pairs(hashes, radius, strategy="mih")
-    )
-    assert found(hamming_pairs(near, radius, base, strategy="brute")) == found(
-        hamming_pairs(near, radius, base, strategy="mih")
-    )
+    brute = found(hamming_pairs(hashes, radius, strategy="brute"))
+    truth = [
+        (i, j, int(d))
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if (d := bin(int(hashes[i]) ^ int(hashes[j])).count("1")) <= radius
+    ]
+    assert brute == truth  # every pair once, in (query, database) order
+    assert found(hamming_pairs(hashes, radius, strategy="mih")) == truth
+    assert found(hamming_pairs(hashes, radius, strategy="mih-numpy")) == truth
+    for m in (3, 4, 5, 8, 16):  # every chunking finds the same pairs, each once
+        plan = MihPlan(*chunking(m, radius), cost=0)
+        assert found(search._mih_compiled(hashes, hashes, radius, True, plan, None)) == truth
+    cross = found(hamming_pairs(near, radius, base, strategy="brute"))
+    assert found(hamming_pairs(near, radius, base, strategy="mih")) == cross
+    assert found(hamming_pairs(near, radius, base, strategy="mih-numpy")) == cross
+    odd = lambda q, d: (q + d) % 2 == 1  # noqa: E731
+    assert found(hamming_pairs(near, radius, base, strategy="mih", keep=odd)) == [
+        p for p in cross if (p[0] + p[1]) % 2 == 1
+    ]
 
 
 @pytest.fixture(scope="module")
