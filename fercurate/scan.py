@@ -15,6 +15,7 @@ Every file becomes a row. Empty, truncated, non-image and degenerate files are r
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fercurate.errors import DatasetError, InputError
-from fercurate.images import encode_png, inspect_bytes, inspect_files, map_batches
+from fercurate.images import Inspected, apply_batches, encode_png, inspect_files, inspect_images
 from fercurate.manifest import (
     ACTIVE,
     FER2013_CLASSES,
@@ -147,13 +148,15 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
     if layout == "classes":
         notes.append("no split folders found: every row is in 'train'; run `fercurate split` to re-split")
     invalid = df[df[Col.STATUS] == INVALID]
+    active = df[df[Col.STATUS] == ACTIVE]
+    # counted from lists: iterating a column of Arrow strings costs a Python call per value
     return ScanResult(
         version=version,
         layout=layout,
         rows=len(df),
-        by_status=dict(Counter(df[Col.STATUS])),
-        by_split=dict(Counter(df.loc[df[Col.STATUS] == ACTIVE, Col.SPLIT])),
-        by_label=dict(Counter(df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL])),
+        by_status=dict(Counter(df[Col.STATUS].tolist())),
+        by_split=dict(Counter(active[Col.SPLIT].tolist())),
+        by_label=dict(Counter(active[Col.LABEL].tolist())),
         invalid_reasons=dict(Counter(_reason_kind(r) for r in invalid[Col.REASON])),
         notes=notes,
         seconds=time.perf_counter() - started,
@@ -173,10 +176,39 @@ def _parse_classes(classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return folded
 
 
+def _entries(folder: Path | str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` by name, without hidden ones (a leading dot) and OS or tool litter."""
+    with os.scandir(folder) as it:
+        entries = [e for e in it if not e.name.startswith(".") and e.name.lower() not in IGNORED_NAMES]
+    entries.sort(key=lambda e: e.name)
+    return entries
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
-    )
+    return [folder / e.name for e in _entries(folder) if e.is_dir()]
+
+
+def _has_files(folder: Path) -> bool:
+    return any(e.is_file() for e in _entries(folder))
+
+
+def _image_files(folder: Path | str, prefix: str) -> list[str]:
+    """``prefix`` + the ``/``-separated path of every visible file under ``folder``, in path order.
+
+    Files inside hidden or littered sub-folders are left out. Like ``Path.rglob``, this does not
+    follow symlinked sub-folders and skips sub-folders it may not read.
+    """
+    try:
+        entries = _entries(folder)
+    except PermissionError:
+        return []
+    files: list[str] = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            files.extend(_image_files(entry.path, f"{prefix}{entry.name}/"))
+        elif entry.is_file():
+            files.append(prefix + entry.name)
+    return files
 
 
 def _descend(root: Path) -> Path:
@@ -185,31 +217,21 @@ def _descend(root: Path) -> Path:
         dirs = _visible_dirs(root)
         names = {canonical_class(d.name) for d in dirs}
         is_data = any(normalise_split(d.name) for d in dirs) or names & set(KNOWN_CLASSES)
-        if len(dirs) == 1 and not is_data and not _image_files(root, recursive=False):
+        if len(dirs) == 1 and not is_data and not _has_files(root):
             root = dirs[0]
         else:
             break
     return root
 
 
-def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p
-        for p in it
-        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
-        and not any(part.lower() in IGNORED_NAMES or part.startswith(".") for part in p.relative_to(folder).parts[:-1])
-    )
-
-
 def _discover(
     root: Path, classes: tuple[str, ...] | None, ignore: set[str]
-) -> tuple[str, list[tuple[Path, str, str]], list[str]]:
-    """Find (file, split, label) triples and the layout name."""
+) -> tuple[str, list[tuple[str, str, str]], list[str]]:
+    """Find (path relative to ``root``, split, label) triples and the layout name."""
     notes: list[str] = []
     dirs = [d for d in _visible_dirs(root) if d.name.lower() not in ignore]
     split_dirs = [d for d in dirs if normalise_split(d.name)]
-    files: list[tuple[Path, str, str]] = []
+    files: list[tuple[str, str, str]] = []
     if split_dirs:
         others = [d for d in dirs if not normalise_split(d.name)]
         if others:
@@ -227,14 +249,15 @@ def _discover(
                     f"'{split}'; pass --ignore for one of them"
                 )
             seen_splits[split] = split_dir.name
-            stray = [p for p in _image_files(split_dir, recursive=False)]
+            stray = sum(e.is_file() for e in _entries(split_dir))
             if stray:
-                notes.append(f"{len(stray)} file(s) directly in {split_dir.name}/ have no class folder: skipped")
+                notes.append(f"{stray} file(s) directly in {split_dir.name}/ have no class folder: skipped")
             for class_dir in _visible_dirs(split_dir):
                 if class_dir.name.lower() in ignore:
                     continue
                 label = _check_class(class_dir, classes, f"{split_dir.name}/")
-                files.extend((f, split, label) for f in _image_files(class_dir))
+                prefix = f"{split_dir.name}/{class_dir.name}/"
+                files.extend((f, split, label) for f in _image_files(class_dir, prefix))
         return "splits", files, notes
     if not dirs:
         raise DatasetError(
@@ -243,7 +266,7 @@ def _discover(
         )
     for class_dir in dirs:
         label = _check_class(class_dir, classes, "")
-        files.extend((f, "train", label) for f in _image_files(class_dir))
+        files.extend((f, "train", label) for f in _image_files(class_dir, f"{class_dir.name}/"))
     return "classes", files, notes
 
 
@@ -263,40 +286,45 @@ def _check_class(folder: Path, classes: tuple[str, ...] | None, where: str) -> s
 def _scan_files(
     workspace: Workspace,
     root: Path,
-    files: list[tuple[Path, str, str]],
+    files: list[tuple[str, str, str]],
     params: ScanParams,
     progress: Progress,
 ) -> pd.DataFrame:
     progress.start("Decoding images", len(files))
-    records = map_batches(
+    paths = [path for path, _, _ in files]
+    base = os.path.join(root, "")
+    parts = apply_batches(
         functools.partial(inspect_files, size=params.image_size),
-        [str(f) for f, _, _ in files],
+        [base + path for path in paths],
         batch_size=256,
         workers=params.workers,
         progress=progress.advance,
     )
-    rel_paths = [f.relative_to(root).as_posix() for f, _, _ in files]
-    _cache_pixels(workspace, records, params.image_size)
+    _cache_pixels(workspace, parts, params.image_size)
     return _rows(
-        ids=[image_id_for(p) for p in rel_paths],
-        paths=rel_paths,
+        ids=[image_id_for(p) for p in paths],
+        paths=paths,
         splits=[s for _, s, _ in files],
         labels=[lbl for _, _, lbl in files],
-        records=records,
+        parts=parts,
     )
 
 
-def _cache_pixels(workspace: Workspace, records: list[dict[str, Any]], size: int) -> None:
-    shas = [r["sha256"] for r in records if r["pixels"] is not None]
-    if shas:
-        pixels = np.stack(
-            [np.frombuffer(r["pixels"], dtype=np.uint8).reshape(size, size) for r in records if r["pixels"] is not None]
-        )
-        PixelCache(workspace, size).add(shas, pixels)
+def _cache_pixels(workspace: Workspace, parts: list[Inspected], size: int) -> None:
+    """Cache the pixels of every decoded file, batch by batch: joining the batches would copy them all."""
+    batches = []
+    for part in parts:
+        decoded = part["decoded"]
+        if decoded.all():
+            batches.append((part["sha256"], part["pixels"]))
+        elif decoded.any():
+            shas = [sha for sha, ok in zip(part["sha256"], decoded, strict=True) if ok]
+            batches.append((shas, part["pixels"][decoded]))
+    PixelCache(workspace, size).add_batches(batches)
 
 
 def _rows(
-    *, ids: list[str], paths: list[str], splits: list[str], labels: list[str], records: list[dict[str, Any]]
+    *, ids: list[str], paths: list[str], splits: list[str], labels: list[str], parts: list[Inspected]
 ) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -307,12 +335,12 @@ def _rows(
             Col.SPLIT_ORIGINAL: splits,
             Col.LABEL_ORIGINAL: labels,
             Col.SOURCE: SOURCE_ORIGINAL,
-            Col.STATUS: [r["status"] for r in records],
-            Col.REASON: [r["reason"] for r in records],
-            Col.WIDTH: pd.array([r["width"] for r in records], dtype="Int32"),
-            Col.HEIGHT: pd.array([r["height"] for r in records], dtype="Int32"),
-            Col.MODE: [r["mode"] for r in records],
-            Col.SHA256: [r["sha256"] for r in records],
+            Col.STATUS: [v for part in parts for v in part["status"]],
+            Col.REASON: [v for part in parts for v in part["reason"]],
+            Col.WIDTH: pd.array([v for part in parts for v in part["width"]], dtype="Int32"),
+            Col.HEIGHT: pd.array([v for part in parts for v in part["height"]], dtype="Int32"),
+            Col.MODE: [v for part in parts for v in part["mode"]],
+            Col.SHA256: [v for part in parts for v in part["sha256"]],
         }
     )
 
@@ -337,8 +365,13 @@ def _scan_csv(
     if "usage" not in table.columns:
         notes.append("CSV has no Usage column: every row is in 'train'; run `fercurate split` to re-split")
     progress.start("Decoding CSV rows", len(table))
-    ids, paths, splits, labels, records = [], [], [], [], []
-    skipped = Counter()
+    ids: list[str] = []
+    paths: list[str] = []
+    splits: list[str] = []
+    labels: list[str] = []
+    parts: list[Inspected] = []
+    pending: list[bytes | str] = []  # rows not inspected yet: PNG bytes, or why the pixels are no image
+    skipped: Counter[str] = Counter()
     size = params.image_size
     for index, (code, pixels, use) in enumerate(zip(table["emotion"], table["pixels"], usage, strict=True)):
         code = code.strip()
@@ -353,36 +386,48 @@ def _scan_csv(
             skipped[label] += 1
             continue
         split = CSV_USAGE.get(re.sub(r"[^a-z]", "", use.lower())) or normalise_split(use) or "train"
-        record, png = _decode_pixel_string(pixels, size)
+        image = _parse_pixel_string(pixels)
         store_value, store_file = workspace.store_path(f"csv/{csv_path.stem}/{index:06d}.png")
-        if png is not None:
+        if isinstance(image, str):
+            pending.append(image)
+        else:
+            png = encode_png(image)
             atomic_write_bytes(store_file, png)
+            pending.append(png)
         ids.append(image_id_for(f"csv:{csv_path.name}:{index}"))
         paths.append(store_value)
         splits.append(split)
         labels.append(label)
-        records.append(record)
         if index % 512 == 511:
+            parts.append(_inspect_pending(pending, size))
+            pending = []
             progress.advance(512)
+    parts.append(_inspect_pending(pending, size))
     progress.advance(len(table) % 512)
     if skipped:
         notes.append(
             "rows of classes outside --classes skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
         )
-    _cache_pixels(workspace, records, size)
-    return _rows(ids=ids, paths=paths, splits=splits, labels=labels, records=records), notes
+    _cache_pixels(workspace, parts, size)
+    return _rows(ids=ids, paths=paths, splits=splits, labels=labels, parts=parts), notes
 
 
-def _decode_pixel_string(pixels: str, size: int) -> tuple[dict[str, Any], bytes | None]:
-    """Turn a space-separated pixel string into an inspected record and PNG bytes."""
+def _inspect_pending(pending: list[bytes | str], size: int) -> Inspected:
+    """Inspect the PNG bytes of CSV rows; a row whose pixels are no image is invalid for its reason."""
+    found = inspect_images([png if isinstance(png, bytes) else b"" for png in pending], size)
+    for k, png in enumerate(pending):
+        if isinstance(png, str):
+            found["reason"][k] = png
+    return found
+
+
+def _parse_pixel_string(pixels: str) -> np.ndarray | str:
+    """The square grayscale image a space-separated pixel string holds, or why it holds none."""
     try:
         values = np.array(pixels.split(), dtype=np.int64)
     except ValueError:
         values = np.array([], dtype=np.int64)
     side = int(round(np.sqrt(values.size)))
     if values.size == 0 or side * side != values.size or values.min() < 0 or values.max() > 255:
-        record = inspect_bytes(b"", size)
-        record["reason"] = f"bad_pixels_{values.size}_values"
-        return record, None
-    png = encode_png(values.astype(np.uint8).reshape(side, side))
-    return inspect_bytes(png, size), png
+        return f"bad_pixels_{values.size}_values"
+    return values.astype(np.uint8).reshape(side, side)

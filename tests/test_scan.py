@@ -213,3 +213,29 @@ def test_source_images_are_not_modified(tmp_path: Path) -> None:
     after = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     assert before == after
     shutil.rmtree(tmp_path / "ws")
+
+
+def test_discovery_skips_hidden_and_littered_files_in_path_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    data = tmp_path / "d"
+    happy = data / "train" / "happy"
+    wanted = ["X.jpg", "b.jpg", "sub/s.jpg", "x/y.jpg", "x-1.jpg"]  # path order: "x/y" before "x-1"
+    litter = [".DS_Store", "Thumbs.db", ".hid/h.jpg", "__MACOSX/m.jpg", "sub/.ipynb_checkpoints/c.jpg", "sub/.h.jpg"]
+    for name in wanted + litter:
+        (happy / name).parent.mkdir(parents=True, exist_ok=True)
+        (happy / name).write_bytes(jpeg_bytes(blob_image(rng, 0)))
+    (data / "train" / "sad").mkdir()
+    (data / "train" / "sad" / "1.jpg").write_bytes(jpeg_bytes(blob_image(rng, 2)))
+    (data / "train" / "stray.jpg").write_bytes(jpeg_bytes(blob_image(rng, 1)))
+    (data / "train" / ".hidden.jpg").write_bytes(b"")
+    (data / ".git").mkdir()  # a hidden folder beside the splits is not a stray folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.jpg").write_bytes(jpeg_bytes(blob_image(rng, 3)))
+    (happy / "linked").symlink_to(outside)  # a symlinked sub-folder is not followed
+    ws = Workspace(tmp_path / "ws")
+    result = scan(ws, ScanParams(dataset=data))
+    _, df = ws.read()
+    assert df[Col.PATH].tolist() == [f"train/happy/{n}" for n in wanted] + ["train/sad/1.jpg"]
+    assert result.notes == ["1 file(s) directly in train/ have no class folder: skipped"]
+    assert (df[Col.STATUS] == "active").all()

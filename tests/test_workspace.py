@@ -2,17 +2,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_tree
 
 from fercurate.errors import WorkspaceError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, scan
-from fercurate.workspace import Workspace
+from fercurate.workspace import PixelCache, Workspace, load_pixels
 
 
 @pytest.fixture()
@@ -101,3 +105,98 @@ def test_killing_a_scan_leaves_no_version_and_no_lock_blocking(tmp_path: Path) -
     assert all(Path(i.path).exists() for i in ws.versions())  # any version present is complete
     result = scan(ws, ScanParams(dataset=data))  # the stale lock does not block
     assert result.rows == 720
+
+
+# -- sha256-keyed caches ---------------------------------------------------------------------------
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8), dtype=np.uint8)
+
+
+def _chunks(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.parquet"))
+
+
+def test_pixel_cache_round_trip_in_the_fixed_size_format(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    pixels = _pixels(5)
+    PixelCache(ws, 8).add([f"s{i}" for i in range(5)], pixels)
+    (chunk,) = _chunks(ws.cache_dir / "pixels-8")
+    assert pq.read_schema(chunk).field("pixels").type == pa.binary(64)
+    column = pq.ParquetFile(chunk).metadata.row_group(0).column(1)
+    assert column.compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in column.encodings
+    got, missing = PixelCache(ws, 8).get(["s3", "nope", "s0", "s3"])  # a fresh instance reads the chunk
+    assert missing == [1]
+    assert np.array_equal(got[[0, 2, 3]], pixels[[3, 0, 3]]) and not got[1].any()
+    got[0] = 0  # the caller owns what get returns
+    assert np.array_equal(PixelCache(ws, 8).get(["s3"])[0][0], pixels[3])
+
+
+def test_pixel_cache_reads_chunks_of_the_old_binary_format(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    old, new = _pixels(3, seed=1), _pixels(2, seed=2)
+    folder = ws.cache_dir / "pixels-8"
+    folder.mkdir(parents=True)
+    # what PixelCache.add wrote before the fixed-size format: plain binary values, default options
+    table = pa.table({"sha256": ["a", "b", "c"], "pixels": [p.tobytes() for p in old]})
+    pq.write_table(table, folder / "1-1.parquet")
+    cache = PixelCache(ws, 8)
+    cache.add(["c", "d", "e"], np.concatenate([old[2:], new]))  # "c" is cached already
+    expected = np.stack([new[1], old[0], old[2], new[0], old[1]])
+    for reader in (cache, PixelCache(ws, 8)):  # what it read and added, and a fresh read of both chunks
+        got, missing = reader.get(["e", "a", "c", "d", "b"])
+        assert missing == [] and np.array_equal(got, expected)
+    assert pq.read_table(_chunks(folder)[-1]).column("sha256").to_pylist() == ["d", "e"]
+
+
+def test_cache_stores_each_sha_once(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    pixels = _pixels(6)
+    cache = PixelCache(ws, 8)
+    # the same file twice in one batch and across batches (exact duplicate files): the first is kept
+    cache.add_batches([(["a", "b", "a"], pixels[:3]), (["c", "b"], pixels[3:5])])
+    folder = ws.cache_dir / "pixels-8"
+    (chunk,) = _chunks(folder)
+    assert pq.read_table(chunk).column("sha256").to_pylist() == ["a", "b", "c"]
+    cache.add(["a", "c"], pixels[:2])  # nothing new: no chunk written
+    assert len(_chunks(folder)) == 1
+    cache.add(["f"], pixels[5:])
+    got, missing = cache.get(["a", "b", "c", "f"])  # the same instance sees what it added
+    assert missing == [] and np.array_equal(got, pixels[[0, 1, 3, 5]])
+    assert np.array_equal(PixelCache(ws, 8).get(["a", "b", "c", "f"])[0], got)
+
+
+def test_an_empty_cache_misses_everything(tmp_path: Path) -> None:
+    got, missing = PixelCache(Workspace(tmp_path / "ws"), 8).get(["a", "b"])
+    assert missing == [0, 1] and got.shape == (2, 8, 8) and not got.any()
+    assert not (tmp_path / "ws").exists()  # looking up writes nothing
+
+
+def test_hash_cache_shares_the_sha_keyed_cache(tmp_path: Path) -> None:
+    from fercurate.dedup.hashers import HashCache
+
+    folder = tmp_path / "cache" / "hashes-phash-48"
+    folder.mkdir(parents=True)
+    # a chunk written before HashCache shared the base class
+    old = pa.table({"sha256": ["a", "b"], "hash": pa.array([1, 2**64 - 1], type=pa.uint64())})
+    pq.write_table(old, folder / "1-1.parquet")
+    cache = HashCache(tmp_path / "cache", "phash", 48)
+    cache.add(["b", "c", "c"], np.array([7, 3, 4], dtype=np.uint64))
+    got, missing = HashCache(tmp_path / "cache", "phash", 48).get(["c", "x", "b", "a"])
+    assert missing == [1] and got.dtype == np.uint64
+    assert got.tolist() == [3, 0, 2**64 - 1, 1]
+
+
+def test_load_pixels_decodes_what_the_cache_lacks_once(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fercurate.images
+
+    info, df = ws.read()
+    rows = df[df[Col.STATUS] == "active"].reset_index(drop=True)
+    expected = load_pixels(ws, info, rows)
+    shutil.rmtree(ws.cache_dir)
+    assert np.array_equal(load_pixels(ws, info, rows), expected)  # decoded again, and cached
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded although every image is cached")
+
+    monkeypatch.setattr(fercurate.images, "load_gray_files", no_decoding)
+    assert np.array_equal(load_pixels(ws, info, rows), expected)

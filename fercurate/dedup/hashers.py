@@ -16,16 +16,14 @@ import contextlib
 import functools
 import math
 import os
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from fercurate.manifest import atomic_write
+from fercurate.workspace import ShaKeyedCache
 
 #: Pillow's fixed-point precision for 8-bit resampling (``PRECISION_BITS`` in Resample.c).
 _PRECISION_BITS = 32 - 8 - 2
@@ -256,48 +254,20 @@ class WHash(Hasher):
 HASHERS: dict[str, type[Hasher]] = {"phash": PHash, "dhash": DHash, "whash": WHash, "ahash": AHash}
 
 
-class HashCache:
+class HashCache(ShaKeyedCache):
     """64-bit hashes keyed by the file's sha256, one folder per hasher and image size.
 
-    Stored as Parquet chunks under ``cache/hashes-<hasher>-<size>/``; each writer adds a chunk
-    atomically (like :class:`fercurate.workspace.PixelCache`), so a killed run leaves it consistent.
+    Stored as Parquet chunks under ``cache/hashes-<hasher>-<size>/`` (a ``hash`` uint64 column), added
+    atomically like every :class:`fercurate.workspace.ShaKeyedCache`.
     """
 
+    column = "hash"
+
     def __init__(self, cache_dir: os.PathLike[str] | str, hasher: str, size: int) -> None:
-        self.dir = Path(cache_dir) / f"hashes-{hasher}-{size}"
-        self._loaded: dict[str, int] | None = None
+        super().__init__(Path(cache_dir) / f"hashes-{hasher}-{size}", (), np.uint64)
 
-    def _load(self) -> dict[str, int]:
-        if self._loaded is None:
-            self._loaded = {}
-            if self.dir.is_dir():
-                for chunk in sorted(self.dir.glob("*.parquet")):
-                    table = pq.read_table(chunk)
-                    shas = table.column("sha256").to_pylist()
-                    values = table.column("hash").to_numpy().astype(np.uint64)
-                    self._loaded.update(zip(shas, values.tolist(), strict=True))
-        return self._loaded
+    def to_arrow(self, values: np.ndarray) -> pa.Array:
+        return pa.array(values, type=pa.uint64())
 
-    def get(self, shas: list[str]) -> tuple[np.ndarray, list[int]]:
-        """Hashes for ``shas`` (zero where missing) and the positions that were missing."""
-        data = self._load()
-        out = np.zeros(len(shas), dtype=np.uint64)
-        missing = []
-        for i, sha in enumerate(shas):
-            value = data.get(sha)
-            if value is None:
-                missing.append(i)
-            else:
-                out[i] = value
-        return out, missing
-
-    def add(self, shas: list[str], hashes: np.ndarray) -> None:
-        """Store new hashes (ignoring ones already cached)."""
-        data = self._load()
-        fresh = {s: int(h) for s, h in zip(shas, hashes.tolist(), strict=True) if s not in data}
-        if not fresh:
-            return
-        table = pa.table({"sha256": list(fresh), "hash": pa.array(list(fresh.values()), type=pa.uint64())})
-        name = f"{time.time_ns()}-{os.getpid()}.parquet"
-        atomic_write(self.dir / name, lambda tmp: pq.write_table(table, tmp))
-        data.update(fresh)
+    def from_arrow(self, column: pa.ChunkedArray) -> np.ndarray:
+        return column.to_numpy().astype(np.uint64, copy=False)
