@@ -314,8 +314,10 @@ def _jsonable(value: Any) -> Any:
 class ShaKeyedCache:
     """Fixed-shape values (one numpy row each) keyed by a file's sha256: the workspace's caches.
 
-    Stored as Parquet chunks of a ``sha256`` string column and a value column in one folder; each
-    writer adds a chunk atomically, so a killed writer leaves the cache consistent (and two writers
+    Stored as chunks of a ``sha256`` string column and a value column in one folder, in Arrow's IPC
+    file format, uncompressed: read back through a memory map, a chunk of 20,000 faces' pixels (46
+    MB) takes milliseconds, where the same data as Parquet took 0.2-0.4 s to decode (Parquet chunks
+    written by earlier versions are still read). Each writer adds a chunk atomically, so a killed writer leaves the cache consistent (and two writers
     racing at worst store a value twice). An instance reads the keys of every chunk on first use and
     their values on the first lookup, once; a lookup joins the asked shas against the cached ones in
     Arrow, one vectorised call for the whole batch.
@@ -388,22 +390,23 @@ class ShaKeyedCache:
                 self.column: pa.chunked_array([self.to_arrow(v) for v in new_values]),
             }
         )
-        name = f"{time.time_ns()}-{os.getpid()}.parquet"
-        atomic_write(self.dir / name, lambda tmp: pq.write_table(table, tmp, **_CHUNK_WRITE_OPTIONS))
+        name = f"{time.time_ns()}-{os.getpid()}.arrow"
+        atomic_write(self.dir / name, lambda tmp: _write_ipc(table, tmp))
         self._cached_keys().extend(new_keys)
         self._values.extend(new_values)
 
     def _cached_keys(self) -> list[pa.Array]:
         if self._keys is None:
-            self._unread = sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
-            self._keys = [k for f in self._unread for k in pq.read_table(f, columns=["sha256"])["sha256"].chunks]
+            chunks = [*self.dir.glob("*.arrow"), *self.dir.glob("*.parquet")] if self.dir.is_dir() else []
+            self._unread = sorted(chunks, key=lambda f: f.name)  # time_ns names: the order they were written
+            self._keys = [k for f in self._unread for k in _read_chunk(f, "sha256").chunks]
         return self._keys
 
     def _cached_values(self) -> np.ndarray:
         """All cached values as one array, in the order of :meth:`_cached_keys`."""
         self._cached_keys()
         if self._unread:
-            on_disk = [self.from_arrow(pq.read_table(f, columns=[self.column])[self.column]) for f in self._unread]
+            on_disk = [self.from_arrow(_read_chunk(f, self.column)) for f in self._unread]
             self._values[:0] = on_disk
             self._unread = []
         if not self._values:
@@ -413,9 +416,17 @@ class ShaKeyedCache:
         return self._values[0]
 
 
-#: Chunks hold hex digests and dense numbers: dictionary pages, min/max statistics and
-#: compression cost time on every read and write and save (almost) nothing.
-_CHUNK_WRITE_OPTIONS: dict[str, Any] = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+def _write_ipc(table: pa.Table, path: Path) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_chunk(path: Path, column: str) -> pa.ChunkedArray:
+    """One column of a cache chunk: Arrow IPC through a memory map, or Parquet (earlier versions)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=[column])[column]
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()[column]
 
 
 def _rows_in(keys: pa.Array | pa.ChunkedArray, cached: list[pa.Array]) -> np.ndarray:

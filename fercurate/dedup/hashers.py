@@ -29,8 +29,9 @@ from fercurate.workspace import ShaKeyedCache
 _PRECISION_BITS = 32 - 8 - 2
 _HALF = float(1 << (_PRECISION_BITS - 1))
 _SCALE = float(1 << _PRECISION_BITS)
-#: Images per vectorised batch: bounds the float64 intermediates to a few MB (batches run in threads).
-_BATCH = 1024
+#: Images per vectorised batch (batches run in threads): 256 keeps the float64 intermediates (about
+#: 5 MB) in the CPU's caches; 1024 measured twice as slow.
+_BATCH = 256
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -80,12 +81,19 @@ def resize_like_pillow(pixels: np.ndarray, height: int, width: int) -> np.ndarra
     n, h, w = pixels.shape
     x = pixels.astype(np.float64)
     if w != width:
-        x = x.reshape(-1, w) @ lanczos_matrix(w, width).T
-        x = np.clip(np.floor((x + _HALF) / _SCALE), 0, 255).reshape(n, h, width)
+        x = _round_8bit(x.reshape(-1, w) @ lanczos_matrix(w, width).T).reshape(n, h, width)
     if h != height:
         x = x.transpose(0, 2, 1).reshape(-1, h) @ lanczos_matrix(h, height).T
-        x = np.clip(np.floor((x + _HALF) / _SCALE), 0, 255).reshape(n, width, height).transpose(0, 2, 1)
+        x = _round_8bit(x).reshape(n, width, height).transpose(0, 2, 1)
     return x
+
+
+def _round_8bit(x: np.ndarray) -> np.ndarray:
+    """Pillow's ``clip8((v + half) >> 22)`` in place on float64 sums (dividing by 2**22 is exact)."""
+    x += _HALF
+    x *= 1.0 / _SCALE
+    np.floor(x, out=x)
+    return np.clip(x, 0, 255, out=x)
 
 
 def _resize_with_pillow(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
