@@ -19,9 +19,9 @@ offline; nothing here measures it.
 Speed writes ``--n`` 48x48 JPGs (demo faces), then runs ``fercurate scan`` and ``fercurate dedup``
 (which writes version 1 and its reports) as separate processes of the installed console script,
 ``--runs`` times on a fresh workspace, and reports the median wall time of each and of their sum
-(and of a dry-run dedup again, its hashes cached); then imagededup's ``PHash().find_duplicates`` on the same files when it can
-be imported (``pip install --no-deps imagededup``; only its hashing module is loaded, with stubs for
-the parts that need torch).
+(and of a dry-run dedup again, its hashes cached); then imagededup's ``PHash().find_duplicates`` on
+the same files when it can be imported (``pip install --no-deps imagededup``; only its hashing module
+is loaded, with stubs for the parts that need torch).
 
 Search hashes ``--n`` random 64-bit values with 10,000 planted pairs at distances 0..radius, runs
 :func:`fercurate.dedup.search.hamming_pairs` at several radii in a child process each and reports

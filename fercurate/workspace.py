@@ -317,10 +317,11 @@ class ShaKeyedCache:
     Stored as chunks of a ``sha256`` string column and a value column in one folder, in Arrow's IPC
     file format, uncompressed: read back through a memory map, a chunk of 20,000 faces' pixels (46
     MB) takes milliseconds, where the same data as Parquet took 0.2-0.4 s to decode (Parquet chunks
-    written by earlier versions are still read). Each writer adds a chunk atomically, so a killed writer leaves the cache consistent (and two writers
-    racing at worst store a value twice). An instance reads the keys of every chunk on first use and
-    their values on the first lookup, once; a lookup joins the asked shas against the cached ones in
-    Arrow, one vectorised call for the whole batch.
+    written by earlier versions are still read). Each writer adds a chunk atomically, so a killed
+    writer leaves the cache consistent (and two writers racing at worst store a value twice). An
+    instance reads the keys of every chunk on first use and their values on the first lookup, once;
+    a lookup joins the asked shas against the cached ones in Arrow, one vectorised call for the
+    whole batch.
 
     Subclasses name the value column and convert values between Arrow and numpy.
     """

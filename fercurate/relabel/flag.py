@@ -56,10 +56,10 @@ class CrossFitPlan:
 
     Flagging trains ``folds`` models, so each gets a short schedule, sized by a budget of training
     images seen per model: ``epochs = clip(round(samples / training rows), min_epochs, preset's
-    epochs)`` (or the plan's ``max_epochs``). A 20K-image set then fits the time targets (10 minutes on 2 CPU cores with ``cpu``,
-    2 minutes on one GPU with ``bpp``), while a small set, which is cheap anyway, trains for more
-    epochs so its models still learn. A model that has not trained long also memorises few of the
-    wrong labels it is meant to disagree with.
+    epochs)`` (or the plan's ``max_epochs``). A 20K-image set then fits the time targets (10 minutes
+    on 2 CPU cores with ``cpu``, 2 minutes on one GPU with ``bpp``), while a small set, which is
+    cheap anyway, trains for more epochs so its models still learn. A model that has not trained
+    long also memorises few of the wrong labels it is meant to disagree with.
 
     Attributes:
         samples: training images each fold's model sees (epochs x rows).
