@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,15 @@ def test_help_and_light_commands_do_not_import_torch(tree, tmp_path: Path) -> No
 def test_module_entry_point_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "fercurate", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("fercurate ")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_applies_on_glibc() -> None:
+    import ctypes
+
+    from fercurate.cli import tune_allocator
+
+    assert tune_allocator() is True
+    # glibc's mallopt checks the values it is given: beyond its maximum mmap threshold (32 MB on
+    # 64-bit), it refuses, so the True above is glibc accepting the settings
+    assert ctypes.CDLL(None).mallopt(-3, 1 << 40) == 0
