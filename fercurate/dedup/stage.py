@@ -111,7 +111,8 @@ def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None =
         # matching it would make every such row a duplicate of the others
         flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
         readable = np.nonzero(~flat)[0]
-        pairs = find_duplicate_pairs(pixels[readable], params, hashes[readable])
+        every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
+        pairs = find_duplicate_pairs(pixels if every else pixels[readable], params, hashes[readable])
         pairs["i"], pairs["j"] = readable[pairs["i"].to_numpy()], readable[pairs["j"].to_numpy()]
         groups = _group(act, pixels, pairs)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
@@ -173,7 +174,7 @@ def _hashes(
     hashes, missing = cache.get(shas)
     if missing:
         progress.start(f"Hashing ({params.hasher})", len(missing))
-        fresh = HASHERS[params.hasher]().hash(pixels[missing])
+        fresh = HASHERS[params.hasher]().hash(pixels if len(missing) == len(pixels) else pixels[missing])
         hashes[missing] = fresh
         cache.add([shas[i] for i in missing], fresh)
         progress.advance(len(missing))
