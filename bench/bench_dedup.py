@@ -5,6 +5,7 @@ Usage (each part prints its numbers; docs/dedup.md quotes them)::
     python bench/bench_dedup.py quality [--n 8000] [--seed 1]   # precision/recall at the defaults
     python bench/bench_dedup.py speed [--n 20000] [--runs 3]    # scan + dedup wall time, vs imagededup
     python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
+    python bench/bench_dedup.py scale [--n 100000]              # scan + dedup of a large demo: time, memory
     python bench/bench_dedup.py all
 
 Quality has two parts. (1) The demo's own ground truth (``fercurate.demo``: copies re-encoded,
@@ -324,6 +325,39 @@ def speed(n: int, runs: int, seed: int) -> dict[str, object]:
     return out
 
 
+# -- scale -----------------------------------------------------------------------------------------
+def _wall_and_peak(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak memory (MB, max RSS) of one command, run from a fresh child."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t, int(proc.stdout.strip()) / 1024
+
+
+def scale(n: int, seed: int) -> dict[str, object]:
+    """``fercurate scan`` and ``fercurate dedup`` (which writes a version) on a demo of about ``n`` images."""
+    dataset = demo_dataset(WORK / f"demo-{n}-{seed}", int(n * 0.945), seed) / "dataset"
+    ws = WORK / "ws-scale"
+    shutil.rmtree(ws, ignore_errors=True)
+    fercurate = _console_script()
+    scan_s, scan_mb = _wall_and_peak([fercurate, "scan", str(dataset), "-w", str(ws)])
+    dedup_s, dedup_mb = _wall_and_peak([fercurate, "dedup", "-w", str(ws)])
+    record = json.loads((ws / "versions" / "v0001.json").read_text())
+    return {
+        "files": sum(1 for p in dataset.rglob("*") if p.is_file()),
+        "load average before": os.getloadavg()[0],
+        "scan s": round(scan_s, 2),
+        "scan peak MB": round(scan_mb),
+        "dedup s": round(dedup_s, 2),
+        "dedup peak MB": round(dedup_mb),
+        "dedup result": record.get("extra", {}),
+    }
+
+
 # -- search ----------------------------------------------------------------------------------------
 def _search_child(n: int, radius: int, seed: int) -> None:
     """Run in a child: time one search and report its peak memory as JSON on stdout."""
@@ -373,7 +407,7 @@ def search(n: int, radii: list[int], seed: int) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["quality", "speed", "search", "all", "_search_child"])
+    parser.add_argument("part", choices=["quality", "speed", "search", "scale", "all", "_search_child"])
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
@@ -391,6 +425,8 @@ def main() -> None:
         report["quality: planted transforms"] = quality_planted(n, args.seed, args.per_transform)
     if args.part in ("speed", "all"):
         report["speed"] = speed(args.n if args.part == "speed" and args.n else 20000, args.runs, args.seed + 1)
+    if args.part in ("scale", "all"):
+        report["scale"] = scale(args.n if args.part == "scale" and args.n else 100_000, args.seed + 2)
     if args.part in ("search", "all"):
         report["search"] = search(args.n if args.part == "search" and args.n else 1_000_000, args.radius, args.seed)
     print(json.dumps(report, indent=2))
