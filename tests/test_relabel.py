@@ -482,6 +482,12 @@ def test_property_apply_is_idempotent(oracle_root: Path, decisions: list[tuple[i
         log = DecisionLog(log_path(ws.root))
         for i, decision, label in decisions:
             log.append(Decision(image_id=ids[i], decision=decision, label=label if decision == "relabel" else None))
+        if not log.current() and auto is None:  # nothing to apply: an error, and no version written
+            before = len(ws.versions())
+            with pytest.raises(InputError, match="nothing to apply"):
+                apply(ws, ApplyParams())
+            assert len(ws.versions()) == before
+            return
         first = apply(ws, ApplyParams(auto_accept=auto))
         second = apply(ws, ApplyParams(auto_accept=auto))
         assert second.changed == 0
@@ -532,3 +538,12 @@ def test_cli_errors_are_one_red_line(ws: Workspace) -> None:
     assert result.exit_code == 1 and "probability" in result.output
     result = runner.invoke(app, ["relabel-review", "serve", "-w", str(ws.root), "--port", "70000"])
     assert result.exit_code == 1 and "--port 70000" in result.output
+
+
+def test_cli_apply_with_nothing_to_apply_fails_without_writing(ws: Workspace) -> None:
+    before = [v.version for v in ws.versions()]
+    result = runner.invoke(app, ["relabel-review", "apply", "-w", str(ws.root)])
+    assert result.exit_code == 1
+    assert "nothing to apply" in result.output and "--auto-accept" in result.output
+    assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
+    assert [v.version for v in ws.versions()] == before

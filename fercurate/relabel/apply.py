@@ -105,7 +105,8 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
     """Apply the decision log (and optionally the model's confident suggestions) as a new version.
 
     Raises:
-        InputError: for an ``auto_accept`` outside (0, 1], or one asked of a version without flags.
+        InputError: for an ``auto_accept`` outside (0, 1], or one asked of a version without flags, and
+            when there is nothing to apply (no decision in the log and no ``auto_accept``).
         WorkspaceError: for a missing workspace or an unknown version.
     """
     started = time.perf_counter()
@@ -129,6 +130,11 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         skipped: Counter[str] = Counter()
 
         decisions = log.current()
+        if not decisions and params.auto_accept is None:
+            raise InputError(
+                f"the decision log {log.path} holds no decisions, so there is nothing to apply; review the "
+                "flagged images with `fercurate relabel-review serve` first, or pass --auto-accept P"
+            )
         for image_id, dec in decisions.items():
             i = pos.get(image_id)
             if i is None:
@@ -177,9 +183,6 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
             params={"version": info.version, "auto_accept": params.auto_accept, "log": str(log.path)},
             extra={"changes": dict(changes), "counts": dict(counts), "skipped": dict(skipped)},
         )
-    notes = []
-    if not decisions and params.auto_accept is None:
-        notes.append(f"the decision log {log.path} holds no decisions yet; run `fercurate relabel-review serve`")
     return ApplyResult(
         version=version,
         parent=info.version,
@@ -193,7 +196,6 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         decisions=len(decisions),
         log=log.path,
         seconds=time.perf_counter() - started,
-        notes=notes,
     )
 
 
