@@ -572,3 +572,17 @@ def test_rows_that_no_longer_decode_are_left_out(ws: Workspace, planted: Planted
     assert any("2 active row(s) could not be read" in n for n in result.notes)  # type: ignore[attr-defined]
     for path in gone:  # not one group of two blank "identical" images
         assert df.at[path, Col.STATUS] == ACTIVE and pd.isna(df.at[path, "dup_group"])
+
+
+def test_hamming_search_without_numba_plans_numpy_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashes = np.random.default_rng(5).integers(0, 2**64 - 1, 200_000, dtype=np.uint64, endpoint=True)
+    assert search.plan_mih(hashes, hashes, 12, self_join=True).compiled  # a million-pair job: compiled wins
+    monkeypatch.setattr(search, "numba_available", lambda: False)
+    plan = search.plan_mih(hashes, hashes, 12, self_join=True)
+    assert plan is not None and not plan.compiled
+    # and a large search still runs, on numpy alone, and finds what was planted
+    monkeypatch.setattr(search, "_mih_compiled", lambda *a: pytest.fail("the compiled engine was used"))
+    hashes[1::1000] = hashes[0::1000] ^ np.uint64(0b1011)
+    found = hamming_pairs(hashes, 4)
+    planted = set(zip(range(0, 200_000, 1000), range(1, 200_000, 1000), strict=True))
+    assert planted <= set(zip(found.query.tolist(), found.database.tolist(), strict=True))

@@ -184,6 +184,14 @@ _COMPILED = _Engine(probe=8.0, hit=1.0, index=100.0, start=1e9, max_bits=16, com
 _ENGINES = (_NUMPY, _COMPILED)
 
 
+@functools.lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether the compiled engine can load (numba is a dependency, but a platform may lack its wheels)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def _volume(bits: int, radius: int) -> int:
     """Masks of ``bits`` bits with at most ``radius`` ones."""
     return sum(math.comb(bits, k) for k in range(min(radius, bits) + 1))
@@ -215,9 +223,10 @@ def plan_mih(
     sorted_keys: dict[tuple[int, int], np.ndarray] = {}
     counted: dict[tuple[int, int, int], int] = {}
     best: MihPlan | None = None
-    for m, engine in itertools.product(range(2, 9), _ENGINES):
+    engines = [e for e in _ENGINES if compiled in (None, e.compiled) and (not e.compiled or numba_available())]
+    for m, engine in itertools.product(range(2, 9), engines):
         widths, radii = chunking(m, radius)
-        if max(widths) > engine.max_bits or compiled not in (None, engine.compiled):
+        if max(widths) > engine.max_bits:
             continue
         half = 0.5 if self_join and engine.compiled else 1.0
         loaded = engine.compiled and "fercurate.dedup._mih" in sys.modules  # its start is paid
