@@ -19,7 +19,7 @@ from fercurate.demo import DemoParams, generate_demo
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
 from fercurate.progress import NullProgress, Progress
-from fercurate.workspace import Workspace
+from fercurate.workspace import VersionInfo, Workspace
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,11 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     # -- dedup ----------------------------------------------------------------------------------
     t = time.perf_counter()
     deduped = dedup(workspace, DedupParams(), progress)
-    _, v1 = workspace.read(deduped.version.version)
+    _, v1 = workspace.read(_written(deduped.version))
     report.stages.append(
         StageReport(
             "dedup",
-            deduped.version.version,
+            _written(deduped.version),
             {"removed": int((v1[Col.STATUS] == REMOVED).sum()), "groups": int(v1["dup_group"].nunique())},
             score_dedup(v1, truth),
             time.perf_counter() - t,
@@ -188,11 +188,11 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     merged = merge_affectnet(
         workspace, MergeParams(source=demo.affectnet_dir, splits="train", seed=params.demo.seed), progress
     )
-    _, v5 = workspace.read(merged.version.version)
+    _, v5 = workspace.read(_written(merged.version))
     report.stages.append(
         StageReport(
             "merge-affectnet",
-            merged.version.version,
+            _written(merged.version),
             {"added": int((v5[Col.SOURCE] == "affectnet").sum())},
             score_merge(v4, v5),
             time.perf_counter() - t,
@@ -203,7 +203,7 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     t = time.perf_counter()
     # the split version is left out of the comparison to keep the run short: its training data differ
     # from the merged version's only by the added AffectNet rows, and both are in the lineage report
-    compared = (scanned.version.version, deduped.version.version, applied.version.version, merged.version.version)
+    compared = (scanned.version.version, _written(deduped.version), applied.version.version, _written(merged.version))
     bench = benchmark(
         workspace,
         BenchmarkParams(
@@ -235,6 +235,12 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _written(version: VersionInfo | None) -> str:
+    """The id of the version a stage wrote (the pipeline never runs a stage as a dry run)."""
+    assert version is not None, "a pipeline stage ran as a dry run"
+    return version.version
 
 
 def _changed_labels(before: pd.DataFrame, after: pd.DataFrame) -> int:
