@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -1324,11 +1323,9 @@ def _write_affectnet(root: Path, p: DemoParams, workers: int) -> dict[str, int]:
 
 
 def _default_workers() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(8, available))
+    from fercurate.images import default_workers
+
+    return min(8, default_workers())
 
 
 def generate_demo(

@@ -7,11 +7,12 @@ so the same batch function can be mapped by a local pool today or by a distribut
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypedDict, TypeVar
 
 import numpy as np
@@ -226,6 +227,25 @@ def apply_batches(
             if progress:
                 progress(len(batch))
     return results
+
+
+def in_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` on one thread per CPU, results in order (numpy and BLAS release the GIL).
+
+    BLAS is held to one thread per worker meanwhile, so the workers do not fight over the cores.
+    """
+    todo = list(items)
+    workers = min(default_workers(), len(todo))
+    if workers <= 1:
+        return [fn(item) for item in todo]
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        limits: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(1)
+    with limits, ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, todo))
 
 
 def map_batches(

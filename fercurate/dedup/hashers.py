@@ -12,17 +12,16 @@ re-run of dedup or a later stage never hashes a file twice.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from fercurate.images import in_threads
 from fercurate.workspace import ShaKeyedCache
 
 #: Pillow's fixed-point precision for 8-bit resampling (``PRECISION_BITS`` in Resample.c).
@@ -128,32 +127,6 @@ def to_hex(hashes: np.ndarray) -> list[str]:
 
 def from_hex(values: list[str]) -> np.ndarray:
     return np.array([int(v, 16) for v in values], dtype=np.uint64)
-
-
-def in_threads(fn: Callable[[int], None], items: Iterable[int]) -> None:
-    """Run ``fn`` over ``items`` on one thread per CPU (numpy and BLAS release the GIL).
-
-    BLAS is held to one thread per worker meanwhile, so the workers do not fight over the cores.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fercurate.images import default_workers
-
-    todo = list(items)
-    workers = min(default_workers(), len(todo))
-    if workers <= 1:
-        for item in todo:
-            fn(item)
-        return
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:  # pragma: no cover
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(1)
-    with limits, ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(fn, todo):
-            pass
 
 
 class Hasher:

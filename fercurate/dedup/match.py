@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fercurate.dedup.hashers import HASHERS, bits_to_uint64, in_threads, lanczos_matrix, median_rows
+from fercurate.dedup.hashers import HASHERS, bits_to_uint64, lanczos_matrix, median_rows
 from fercurate.dedup.params import DedupParams
 from fercurate.dedup.search import hamming_pairs
+from fercurate.images import in_threads
 
 #: Side of the DCT block behind the detail hash (its top-left 8x8 is the pHash block).
 DETAIL_SIDE = 16

@@ -114,13 +114,9 @@ def hamming_pairs(
 # -- brute force -----------------------------------------------------------------------------------
 def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, keep: Keep | None) -> HammingPairs:
     """Blocks of query rows against the database, spread over threads (numpy releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fercurate.images import default_workers
+    from fercurate.images import in_threads
 
     rows = max(1, min(len(q), _BRUTE_BLOCK_BYTES // (8 * len(db))))
-    starts = list(range(0, len(q), rows))
-    workers = min(default_workers(), len(starts))
 
     def block(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stop = min(start + rows, len(q))
@@ -138,11 +134,7 @@ def _brute(q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, keep: Ke
             qi, dj = qi[wanted], dj[wanted]
         return qi + start, dj + first, c[qi, dj]
 
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(block, starts))
-    else:
-        parts = [block(s) for s in starts]
+    parts = in_threads(block, range(0, len(q), rows))
     return HammingPairs(
         np.concatenate([p[0] for p in parts]).astype(np.int64),
         np.concatenate([p[1] for p in parts]).astype(np.int64),
@@ -307,9 +299,7 @@ def _mih_numpy(
     q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, plan: MihPlan, keep: Keep | None
 ) -> HammingPairs:
     """Multi-index hashing in numpy: each slab of queries' probes and bucket hits as arrays."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fercurate.images import default_workers
+    from fercurate.images import in_threads
 
     found_q: list[np.ndarray] = [np.zeros(0, np.int64)]
     found_d: list[np.ndarray] = [np.zeros(0, np.int64)]
@@ -329,10 +319,9 @@ def _mih_numpy(
         start_bit += width
         slabs = range(0, len(q), index.slab)
         probe = functools.partial(_probe, index, q, db, radius, self_join, keep)
-        with ThreadPoolExecutor(max_workers=max(1, min(default_workers(), len(slabs)))) as pool:
-            for qi, dj in pool.map(probe, slabs):
-                found_q.append(qi)
-                found_d.append(dj)
+        for qi, dj in in_threads(probe, slabs):
+            found_q.append(qi)
+            found_d.append(dj)
     qi, dj = np.concatenate(found_q).astype(np.int64), np.concatenate(found_d).astype(np.int64)
     # a pair close on several chunks was found once per chunk
     key = np.unique(qi * len(db) + dj)
@@ -368,10 +357,8 @@ def _mih_compiled(
     q: np.ndarray, db: np.ndarray, radius: int, self_join: bool, plan: MihPlan, keep: Keep | None
 ) -> HammingPairs:
     """Multi-index hashing, the probing loop compiled (:mod:`fercurate.dedup._mih`), blocks in threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from fercurate.dedup._mih import probe_block
-    from fercurate.images import default_workers
+    from fercurate.images import in_threads
 
     m = len(plan.widths)
     ends = np.cumsum(plan.widths)
@@ -401,8 +388,7 @@ def _mih_compiled(
             qi, dj, dist = qi[wanted], dj[wanted], dist[wanted]
         return qi, dj, dist
 
-    with ThreadPoolExecutor(max_workers=max(1, min(default_workers(), len(tasks)))) as pool:
-        parts = list(pool.map(run, tasks))
+    parts = in_threads(run, tasks)
     qi = np.concatenate([p[0] for p in parts])
     dj = np.concatenate([p[1] for p in parts])
     dist = np.concatenate([p[2] for p in parts])
