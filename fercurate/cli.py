@@ -312,7 +312,7 @@ def demo_cmd(
 
     params = DemoParams(n_images=n_images, seed=seed)
     if run:
-        from fercurate.pipeline import DemoRunParams, run_demo
+        from fercurate.demo.run import DemoRunParams, run_demo
 
         ws = Workspace(workspace if workspace is not None else dest / "workspace")
         with progress_bar() as progress:

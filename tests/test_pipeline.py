@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from fercurate.cli import app
 from fercurate.demo import DemoParams
+from fercurate.demo.run import DemoRunParams, run_demo
 from fercurate.errors import InputError
-from fercurate.pipeline import DemoRunParams, run_demo
 from fercurate.workspace import Workspace
 
 
