@@ -315,10 +315,10 @@ def _gold_set(
         leaky[matches["query"].to_numpy(dtype=int)] = True
     # duplicates inside the gold set itself would double-count one photo: keep one per dup_group
     gold = candidates[~leaky]
-    if "dup_group" in gold.columns:
-        grouped = gold[gold["dup_group"].notna()]
-        keep = grouped.sort_values(Col.IMAGE_ID).drop_duplicates("dup_group").index
-        gold = gold[gold["dup_group"].isna() | gold.index.isin(keep)]
+    if Col.DUP_GROUP in gold.columns:
+        grouped = gold[gold[Col.DUP_GROUP].notna()]
+        keep = grouped.sort_values(Col.IMAGE_ID).drop_duplicates(Col.DUP_GROUP).index
+        gold = gold[gold[Col.DUP_GROUP].isna() | gold.index.isin(keep)]
     return gold.reset_index(drop=True), int(leaky.sum())
 
 

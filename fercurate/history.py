@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from fercurate.counts import class_by_split
 from fercurate.manifest import ACTIVE, Col
 from fercurate.workspace import VersionInfo, Workspace
 
@@ -86,15 +87,6 @@ def _transitions(frame: pd.DataFrame, col: str) -> dict[str, int]:
     changed = frame[frame[f"{col}_a"] != frame[f"{col}_b"]]
     counts = changed.groupby([f"{col}_a", f"{col}_b"]).size().sort_values(ascending=False)
     return {f"{x}->{y}": int(n) for (x, y), n in counts.items()}
-
-
-def class_by_split(df: pd.DataFrame) -> pd.DataFrame:
-    """Active rows counted by class (rows) and split (columns), with totals."""
-    act = df[df[Col.STATUS] == ACTIVE]
-    table = pd.crosstab(act[Col.LABEL], act[Col.SPLIT])
-    table = table.reindex(columns=[s for s in ("train", "val", "test") if s in table.columns], fill_value=0)
-    table["total"] = table.sum(axis=1)
-    return table
 
 
 def _nested(table: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -1,9 +1,15 @@
 """The manifest: one table, one row per image file, defined once here.
 
 A manifest version is an immutable Parquet file. Every stage reads one version and writes a new one;
-none edits an old one. The columns below are the ones every version has; later stages add their own
+none edits an old one. :data:`SCHEMA` holds the columns every version has; later stages add their own
 (for example ``phash``, ``dup_group`` or ``prob_<class>``), which are carried forward untouched by
 stages that do not know them.
+
+Every column any stage writes is declared once, in :data:`COLUMNS`, with its Arrow type and the stage
+that owns it; :func:`to_table` casts each declared column to its type when a version is written, and
+code names columns through :class:`Col`, never as string literals. To add a column: give it a name in
+:class:`Col` and a :class:`Column` line in :data:`COLUMNS` (a per-class family such as ``prob_<class>``
+is one line with ``family=True`` and the prefix as its name).
 
 Paths: for scanned files ``path`` is relative to the dataset root recorded in the version's metadata;
 for images the workspace itself holds (FER2013 CSV pixels, converted AffectNet faces) it starts with
@@ -16,6 +22,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +48,33 @@ class Col:
     HEIGHT = "height"
     MODE = "mode"
     SHA256 = "sha256"
+
+    # dedup (besides the hash column, named after the hasher: one of HASH_COLUMNS)
+    DUP_GROUP = "dup_group"
+    DUP_GROUP_SIZE = "dup_group_size"
+    DUP_KIND = "dup_kind"
+    DUP_NEAREST = "dup_nearest"
+    DUP_SIMILARITY = "dup_similarity"
+    HASH_COLUMNS = ("phash", "dhash", "whash", "ahash")
+
+    # relabel-review flag
+    PROB_PREFIX = "prob_"
+    MISLABEL_SCORE = "mislabel_score"
+    SUGGESTED_LABEL = "suggested_label"
+    FLAGGED = "flagged"
+
+    # merge-affectnet
+    SOURCE_PATH = "source_path"
+    SOURCE_LABEL = "source_label"
+    FACE_X = "face_x"
+    FACE_Y = "face_y"
+    FACE_WIDTH = "face_width"
+    FACE_HEIGHT = "face_height"
+
+    @staticmethod
+    def prob(cls: str) -> str:
+        """The column holding the out-of-fold probability of class ``cls``."""
+        return f"{Col.PROB_PREFIX}{cls}"
 
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -68,6 +102,76 @@ SCHEMA = pa.schema(
     ]
 )
 BASE_COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared manifest column: its name, Arrow type, the stage that writes it, and what it holds.
+
+    With ``family=True`` the name is a prefix and the declaration covers one column per class
+    (``prob_happy``, ``prob_sad``, ...).
+    """
+
+    name: str
+    type: pa.DataType
+    stage: str
+    doc: str
+    family: bool = False
+
+    def matches(self, column: str) -> bool:
+        """Whether ``column`` is this column (or, for a family, one of its members)."""
+        return column.startswith(self.name) and len(column) > len(self.name) if self.family else column == self.name
+
+
+_BASE_DOCS = {
+    Col.IMAGE_ID: "stable id of the image at its source",
+    Col.PATH: "file path (relative to the dataset root, or @store/... inside the workspace)",
+    Col.SPLIT: "train, val or test",
+    Col.LABEL: "the class",
+    Col.SPLIT_ORIGINAL: "the split the dataset itself gave",
+    Col.LABEL_ORIGINAL: "the label the dataset itself gave",
+    Col.SOURCE: "where the row came from: original, affectnet, ...",
+    Col.STATUS: "active, removed or invalid",
+    Col.REASON: "why a row is not active, or what changed it",
+    Col.WIDTH: "width of the original image in pixels",
+    Col.HEIGHT: "height of the original image in pixels",
+    Col.MODE: "PIL mode of the original image",
+    Col.SHA256: "sha256 of the file's bytes",
+}
+
+#: Every column any stage writes, with its type and owning stage: the base columns first.
+COLUMNS: tuple[Column, ...] = (
+    *(Column(f.name, f.type, "scan", _BASE_DOCS[f.name]) for f in SCHEMA),
+    # dedup
+    *(Column(h, pa.string(), "dedup", f"{h} of the image as 16 hex digits") for h in Col.HASH_COLUMNS),
+    Column(Col.DUP_GROUP, pa.string(), "dedup", "g + the smallest image_id of the duplicate group"),
+    Column(Col.DUP_GROUP_SIZE, pa.int32(), "dedup", "members in the duplicate group"),
+    Column(Col.DUP_KIND, pa.string(), "dedup", "exact, near or mirror"),
+    Column(Col.DUP_NEAREST, pa.string(), "dedup", "image_id of the most similar other member"),
+    Column(Col.DUP_SIMILARITY, pa.float64(), "dedup", "similarity to that member (1.0: identical pixels)"),
+    # relabel-review flag
+    Column(Col.PROB_PREFIX, pa.float64(), "relabel-review flag", "out-of-fold probability of a class", family=True),
+    Column(Col.MISLABEL_SCORE, pa.float64(), "relabel-review flag", "how likely the label is wrong"),
+    Column(Col.SUGGESTED_LABEL, pa.string(), "relabel-review flag", "the class the model suggests"),
+    Column(Col.FLAGGED, pa.bool_(), "relabel-review flag", "the row is in the review queue"),
+    # merge-affectnet
+    Column(Col.SOURCE_PATH, pa.string(), "merge-affectnet", "path inside the AffectNet source"),
+    Column(Col.SOURCE_LABEL, pa.string(), "merge-affectnet", "the class name the source gave"),
+    Column(Col.FACE_X, pa.int32(), "merge-affectnet", "face box left edge in the source image"),
+    Column(Col.FACE_Y, pa.int32(), "merge-affectnet", "face box top edge in the source image"),
+    Column(Col.FACE_WIDTH, pa.int32(), "merge-affectnet", "face box width"),
+    Column(Col.FACE_HEIGHT, pa.int32(), "merge-affectnet", "face box height"),
+)
+
+
+def declared(column: str) -> Column | None:
+    """The declaration of ``column``, or None for a column no stage writes (a user's own column)."""
+    return next((c for c in COLUMNS if c.matches(column)), None)
+
+
+def stage_columns(stage: str) -> tuple[Column, ...]:
+    """The columns ``stage`` owns, in declaration order."""
+    return tuple(c for c in COLUMNS if c.stage == stage)
 
 #: The seven FER2013 classes in their CSV emotion-code order (0-6).
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -106,7 +210,7 @@ def empty_manifest() -> pd.DataFrame:
 
 
 def to_table(df: pd.DataFrame) -> pa.Table:
-    """Convert a manifest frame to an Arrow table with the base schema enforced.
+    """Convert a manifest frame to an Arrow table, each declared column cast to its declared type.
 
     Raises:
         WorkspaceError: when a base column is missing or a value breaks the schema.
@@ -116,8 +220,11 @@ def to_table(df: pd.DataFrame) -> pa.Table:
     table = pa.Table.from_pandas(df[ordered], preserve_index=False)
     fields = []
     for name in ordered:
-        base = SCHEMA.field(name) if name in BASE_COLUMNS else None
-        fields.append(base if base is not None else table.schema.field(name))
+        if name in BASE_COLUMNS:
+            fields.append(SCHEMA.field(name))
+            continue
+        column = declared(name)
+        fields.append(pa.field(name, column.type) if column is not None else table.schema.field(name))
     try:
         return table.cast(pa.schema(fields))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -279,17 +280,17 @@ def test_refuses_a_non_empty_destination_unless_overwrite(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "params",
+    "changes",
     [
-        DemoParams(classes=("happy", "angry")),
-        DemoParams(n_images=5),
-        DemoParams(mislabel_rate=0.9),
-        DemoParams(classes=("happy",)),
+        {"classes": ("happy", "angry")},
+        {"n_images": 5},
+        {"mislabel_rate": 0.9},
+        {"classes": ("happy",)},
     ],
 )
-def test_bad_params_are_input_errors(tmp_path: Path, params: DemoParams) -> None:
+def test_bad_params_are_input_errors(tmp_path: Path, changes: dict[str, Any]) -> None:
     with pytest.raises(InputError):
-        generate_demo(tmp_path / "x", params)
+        generate_demo(tmp_path / "x", DemoParams(**changes))
     assert not (tmp_path / "x").exists()
 
 

@@ -18,11 +18,11 @@ from fercurate.progress import NullProgress, Progress
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
 #: Columns dedup writes (besides the hash column, named after the hasher).
-DUP_GROUP = "dup_group"
-DUP_GROUP_SIZE = "dup_group_size"
-DUP_KIND = "dup_kind"
-DUP_NEAREST = "dup_nearest"
-DUP_SIMILARITY = "dup_similarity"
+DUP_GROUP = Col.DUP_GROUP
+DUP_GROUP_SIZE = Col.DUP_GROUP_SIZE
+DUP_KIND = Col.DUP_KIND
+DUP_NEAREST = Col.DUP_NEAREST
+DUP_SIMILARITY = Col.DUP_SIMILARITY
 DUP_COLUMNS = (DUP_GROUP, DUP_GROUP_SIZE, DUP_KIND, DUP_NEAREST, DUP_SIMILARITY)
 
 #: Split preference of the resolution rule: a train copy is kept over a val one over a test one.

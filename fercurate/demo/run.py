@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from fercurate.affectnet.params import SOURCE_AFFECTNET
 from fercurate.demo import DemoParams, generate_demo
+from fercurate.demo.params import Truth
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
 from fercurate.progress import NullProgress, Progress
@@ -146,7 +148,7 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
         StageReport(
             "dedup",
             _written(deduped.version),
-            {"removed": int((v1[Col.STATUS] == REMOVED).sum()), "groups": int(v1["dup_group"].nunique())},
+            {"removed": int((v1[Col.STATUS] == REMOVED).sum()), "groups": int(v1[Col.DUP_GROUP].nunique())},
             score_dedup(v1, truth),
             time.perf_counter() - t,
         )
@@ -163,7 +165,10 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
         StageReport(
             "relabel-review",
             f"{flagged.version.version}, {applied.version.version}",
-            {"flagged": int(v2["flagged"].fillna(False).astype(bool).sum()), "auto-accepted": _changed_labels(v2, v3)},
+            {
+                "flagged": int(v2[Col.FLAGGED].fillna(False).astype(bool).sum()),
+                "auto-accepted": _changed_labels(v2, v3),
+            },
             score_relabel(v2, v3, truth),
             time.perf_counter() - t,
         )
@@ -193,7 +198,7 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
         StageReport(
             "merge-affectnet",
             _written(merged.version),
-            {"added": int((v5[Col.SOURCE] == "affectnet").sum())},
+            {"added": int((v5[Col.SOURCE] == SOURCE_AFFECTNET).sum())},
             score_merge(v4, v5),
             time.perf_counter() - t,
         )
@@ -259,7 +264,7 @@ def _fractions(df: pd.DataFrame) -> dict[str, str]:
 # -- scoring against the ground truth --------------------------------------------------------------
 def _with_truth(df: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     # the demo's truth calls the split folder "validation"; the manifest path keeps it as written
-    return df.merge(truth, left_on=Col.PATH, right_on="path", how="left", suffixes=("", "_truth"))
+    return df.merge(truth, left_on=Col.PATH, right_on=Truth.PATH, how="left", suffixes=("", "_truth"))
 
 
 def _pr(found: set[Any], real: set[Any]) -> dict[str, float]:
@@ -274,7 +279,7 @@ def score_scan(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     """Invalid files found vs planted."""
     joined = _with_truth(df, truth)
     found = set(joined.loc[joined[Col.STATUS] == INVALID, Col.PATH])
-    real = set(joined.loc[joined["invalid_reason"].notna(), Col.PATH])
+    real = set(joined.loc[joined[Truth.INVALID_REASON].notna(), Col.PATH])
     pr = _pr(found, real)
     return {"invalid found": f"{len(found & real)}/{len(real)}", "invalid precision": pr["precision"]}
 
@@ -282,13 +287,13 @@ def score_scan(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
 def score_dedup(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     """Planted duplicate pairs (copy, original) found in the same dup_group."""
     joined = _with_truth(df, truth)
-    group_of = dict(zip(joined[Col.PATH], joined["dup_group"], strict=True))
-    planted = joined[joined["dup_of"].notna() & joined["invalid_reason"].isna()]
-    real_pairs = {tuple(sorted((p, o))) for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True)}
+    group_of = dict(zip(joined[Col.PATH], joined[Col.DUP_GROUP], strict=True))
+    planted = joined[joined[Truth.DUP_OF].notna() & joined[Truth.INVALID_REASON].isna()]
+    real_pairs = {tuple(sorted((p, o))) for p, o in zip(planted[Col.PATH], planted[Truth.DUP_OF], strict=True)}
     hit = {pair for pair in real_pairs if _same_group(group_of, *pair)}
     # precision: every pair of members of a found group should be a planted (transitive) duplicate
     root = {}
-    for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True):
+    for p, o in zip(planted[Col.PATH], planted[Truth.DUP_OF], strict=True):
         root[p] = o
 
     def origin(p: str) -> str:
@@ -297,15 +302,15 @@ def score_dedup(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
             p, seen = root[p], seen + 1
         return p
 
-    grouped = joined[joined["dup_group"].notna()]
+    grouped = joined[joined[Col.DUP_GROUP].notna()]
     wrong = 0
     total = 0
-    for _, members in grouped.groupby("dup_group"):
+    for _, members in grouped.groupby(Col.DUP_GROUP):
         origins = [origin(p) for p in members[Col.PATH]]
         total += len(origins) - 1
         wrong += len(origins) - max(pd.Series(origins).value_counts())
-    leak_left = joined[(joined[Col.STATUS] == ACTIVE) & joined["dup_of"].notna()]
-    leak_left = leak_left[leak_left["dup_of"].map(lambda o: _active(joined, o))]
+    leak_left = joined[(joined[Col.STATUS] == ACTIVE) & joined[Truth.DUP_OF].notna()]
+    leak_left = leak_left[leak_left[Truth.DUP_OF].map(lambda o: _active(joined, o))]
     return {
         "pairs found": f"{len(hit)}/{len(real_pairs)}",
         "pair recall": len(hit) / max(1, len(real_pairs)),
@@ -327,17 +332,17 @@ def _active(joined: pd.DataFrame, path: str) -> bool:
 def score_relabel(flagged: pd.DataFrame, applied: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     """Flags vs planted mislabels, and label accuracy of active rows before and after applying."""
     jf = _with_truth(flagged, truth)
-    act = jf[(jf[Col.STATUS] == ACTIVE) & jf["true_label"].notna()]
-    found = set(act.loc[act["flagged"].fillna(False).astype(bool), Col.PATH])
-    real = set(act.loc[act["mislabeled"].fillna(False).astype(bool), Col.PATH])
+    act = jf[(jf[Col.STATUS] == ACTIVE) & jf[Truth.TRUE_LABEL].notna()]
+    found = set(act.loc[act[Col.FLAGGED].fillna(False).astype(bool), Col.PATH])
+    real = set(act.loc[act[Truth.MISLABELED].fillna(False).astype(bool), Col.PATH])
     pr = _pr(found, real)
     ja = _with_truth(applied, truth)
-    aa = ja[(ja[Col.STATUS] == ACTIVE) & ja["true_label"].notna()]
+    aa = ja[(ja[Col.STATUS] == ACTIVE) & ja[Truth.TRUE_LABEL].notna()]
     return {
         "flag precision": pr["precision"],
         "flag recall": pr["recall"],
-        "label accuracy before": float((act[Col.LABEL] == act["true_label"]).mean()),
-        "label accuracy after": float((aa[Col.LABEL] == aa["true_label"]).mean()),
+        "label accuracy before": float((act[Col.LABEL] == act[Truth.TRUE_LABEL]).mean()),
+        "label accuracy after": float((aa[Col.LABEL] == aa[Truth.TRUE_LABEL]).mean()),
     }
 
 
@@ -350,15 +355,15 @@ def score_split(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
         share = part[Col.LABEL].value_counts(normalize=True).reindex(whole.index, fill_value=0)
         worst = max(worst, float((share - whole).abs().max()) * 100)
     spanning = 0
-    if "dup_group" in df.columns:
-        g = df[df["dup_group"].notna() & (df[Col.STATUS] == ACTIVE)].groupby("dup_group")[Col.SPLIT].nunique()
+    if Col.DUP_GROUP in df.columns:
+        g = df[df[Col.DUP_GROUP].notna() & (df[Col.STATUS] == ACTIVE)].groupby(Col.DUP_GROUP)[Col.SPLIT].nunique()
         spanning = int((g > 1).sum())
     joined = _with_truth(act, truth)
-    planted = joined[joined["dup_of"].notna()]
+    planted = joined[joined[Truth.DUP_OF].notna()]
     split_of = dict(zip(joined[Col.PATH], joined[Col.SPLIT], strict=True))
     cross = sum(
         1
-        for p, o in zip(planted[Col.PATH], planted["dup_of"], strict=True)
+        for p, o in zip(planted[Col.PATH], planted[Truth.DUP_OF], strict=True)
         if o in split_of and split_of[o] != split_of[p]
     )
     return {

@@ -40,11 +40,11 @@ from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, score_label
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
 STAGE = "relabel-flag"
-PROB_PREFIX = "prob_"
-MISLABEL_SCORE = "mislabel_score"
-SUGGESTED_LABEL = "suggested_label"
-FLAGGED = "flagged"
-DUP_GROUP = "dup_group"
+PROB_PREFIX = Col.PROB_PREFIX
+MISLABEL_SCORE = Col.MISLABEL_SCORE
+SUGGESTED_LABEL = Col.SUGGESTED_LABEL
+FLAGGED = Col.FLAGGED
+DUP_GROUP = Col.DUP_GROUP
 QUEUE_FILE = "review_queue.parquet"
 HTML_FILE = "flagged.html"
 PNG_FILE = "flagged.png"

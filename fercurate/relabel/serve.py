@@ -106,8 +106,8 @@ class ReviewState:
             "path": rec[Col.PATH],
             "split": rec[Col.SPLIT],
             "given": rec[Col.LABEL],
-            "suggested": None if pd.isna(rec["suggested_label"]) else str(rec["suggested_label"]),
-            "score": round(float(rec["mislabel_score"]), 4),
+            "suggested": None if pd.isna(rec[Col.SUGGESTED_LABEL]) else str(rec[Col.SUGGESTED_LABEL]),
+            "score": round(float(rec[Col.MISLABEL_SCORE]), 4),
             "probs": {c: round(float(rec[prob_column(c)]), 4) for c in self.classes},
         }
 
