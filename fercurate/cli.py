@@ -1,8 +1,14 @@
 """The ``fercurate`` command line: a thin Typer layer over the library.
 
 Each command parses its options into the stage's params dataclass, calls one library function and
-renders the returned result with Rich. Errors the user can fix (:class:`FercurateError`) are printed
-in red without a traceback and exit with code 1.
+renders the returned result with Rich. Defaults and choices come from the params classes and the
+method registries (a test checks every option's default against its params field). Errors the user
+can fix (:class:`FercurateError`) are printed in red without a traceback and exit with code 1; the
+library names parameters, and :func:`command` shows them as this command's flags.
+
+This module is long because it holds one short function per command (parse, call, render) and
+nothing else; the commands share the option types, the error handling and the table helpers above
+them, which a package split by stage would have to import back from one place.
 """
 
 from __future__ import annotations
@@ -10,19 +16,38 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import re
 import sys
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fercurate import __version__
+from fercurate.affectnet.params import SPLIT_MODES, MergeParams
+from fercurate.benchmark import BenchmarkParams
+from fercurate.dedup.hashers import HASHERS
+from fercurate.dedup.params import CONFLICT_MODES, RANGES, DedupParams
+from fercurate.demo.params import DemoParams
+from fercurate.demo.run import DemoRunParams
 from fercurate.errors import FercurateError
+from fercurate.export import FORMATS, MODES, ExportParams
+from fercurate.manifest import SPLITS
+from fercurate.relabel.apply import ApplyParams
+from fercurate.relabel.flag import FlagParams
+from fercurate.relabel.scoring import FILTERS, RANKERS
+from fercurate.relabel.serve import ServeParams
+from fercurate.scan import ScanParams
+from fercurate.split.params import MIN_CLASS_ROWS, TOLERANCE_PP, SplitParams
+from fercurate.split.strategies import STRATEGIES
+from fercurate.train.config import PRESETS
 from fercurate.workspace import WORKSPACE_ENV, Workspace
 
 app = typer.Typer(
@@ -33,11 +58,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+relabel_app = typer.Typer(
+    help="Find likely wrong labels (flag), decide them in a local page (serve), apply the decisions (apply).\n\n"
+    "Example: fercurate relabel-review flag && fercurate relabel-review serve",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(relabel_app, name="relabel-review")
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The params classes each command builds (command path -> classes); the defaults test reads it.
+PARAMS_OF: dict[str, tuple[type, ...]] = {}
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -52,8 +87,11 @@ WorkspaceOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 
 
-def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-    """Register a command that turns :class:`FercurateError` into a red one-line message and exit 1."""
+def command(name: str, *params: type, group: typer.Typer = app) -> Callable[[F], F]:
+    """Register a command of ``group`` that builds ``params``; a :class:`FercurateError` becomes one red line.
+
+    The library names parameters (``exc.params``); the message shows them as this command's flags.
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -61,13 +99,54 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
             try:
                 return fn(*args, **kw)
             except FercurateError as exc:
-                err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+                message = with_flags(str(exc), exc.params, flags_of(fn))
+                err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
-        app.command(name, **kwargs)(wrapper)
+        group.command(name)(wrapper)
+        path = name if group is app else f"{_group_name(group)} {name}"
+        PARAMS_OF[path] = params
         return fn
 
     return decorate
+
+
+def flags_of(fn: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> how the user spells it: ``--top-per-class``, ``--filter``, ``DEST``."""
+    flags = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        info = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.ParameterInfo)), None)
+        if isinstance(info, typer.models.ArgumentInfo):
+            flags[name] = name.upper()
+        elif info is not None:
+            # in Annotated form Typer keeps the first declaration in ``default``
+            given = [info.default, *(info.param_decls or ())]
+            decls = [d for d in given if isinstance(d, str) and d.startswith("--")]
+            flags[name] = decls[0] if decls else "--" + name.replace("_", "-")
+    return flags
+
+
+def with_flags(message: str, params: Iterable[str], flags: dict[str, str]) -> str:
+    """``message`` with each named parameter shown as its flag (``top_per_class`` -> ``--top-per-class``)."""
+    for name in params:
+        if name in flags:
+            # the first mention, as a word of its own (not inside a path such as training.csv)
+            message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/])", flags[name], message, count=1)
+    return message
+
+
+def _group_name(group: typer.Typer) -> str:
+    return next(str(info.name) for info in app.registered_groups if info.typer_instance is group)
+
+
+def choices(names: Iterable[str]) -> str:
+    """``a | b | c``: the accepted values of an option, from its registry."""
+    return " | ".join(names)
+
+
+def ratio_text(ratios: Iterable[float]) -> str:
+    """Ratios as ``--ratios`` takes them (``80/10/10``)."""
+    return "/".join(f"{r:g}" for r in ratios)
 
 
 class RichProgress:
@@ -153,19 +232,21 @@ def _root(
 
 
 # -- scan ------------------------------------------------------------------------------------------
-@command("scan")
+@command("scan", ScanParams)
 def scan_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (split/class folders or class folders) or CSV.")],
     workspace: WorkspaceOpt = None,
     classes: Annotated[
         str | None,
         typer.Option(help="Comma-separated class names to accept (default: any known FER class)."),
-    ] = None,
+    ] = ",".join(ScanParams.classes) if ScanParams.classes else None,
     ignore: Annotated[
         list[str] | None, typer.Option(help="Folder name to skip (repeatable), e.g. --ignore extras.")
-    ] = None,
-    image_size: Annotated[int, typer.Option(help="Side of the grayscale images fercurate works on.")] = 48,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes [default: all CPUs].")] = None,
+    ] = list(ScanParams.ignore) or None,
+    image_size: Annotated[
+        int, typer.Option(help="Side of the grayscale images fercurate works on.")
+    ] = ScanParams.image_size,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes [default: all CPUs].")] = ScanParams.workers,
     as_json: JsonOpt = False,
 ) -> None:
     """Read a dataset into a new manifest version (v0000 in a new workspace).
@@ -174,7 +255,7 @@ def scan_cmd(
 
     Example: fercurate scan ~/data/Facial_emotion_images --workspace manifests
     """
-    from fercurate.scan import ScanParams, scan
+    from fercurate.scan import scan
 
     params = ScanParams(
         dataset=dataset,
@@ -260,25 +341,25 @@ def diff_cmd(
     out.print(frame_table(f"Active rows after ({d.b.version})", d.after, "class"))
 
 
-@command("export")
+@command("export", ExportParams)
 def export_cmd(
     version: Annotated[str, typer.Argument(help="Version to export (v0003, 3, latest).")],
     dest: Annotated[Path, typer.Argument(help="Destination folder.")],
     workspace: WorkspaceOpt = None,
-    mode: Annotated[str, typer.Option(help="copy | hardlink | symlink (folders format).")] = "copy",
-    fmt: Annotated[str, typer.Option("--format", help="folders | csv (FER2013-style emotion,pixels,Usage).")] = (
-        "folders"
-    ),
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty DEST.")] = False,
+    mode: Annotated[str, typer.Option(help=f"{choices(MODES)} (folders format).")] = ExportParams.mode,
+    format: Annotated[
+        str, typer.Option("--format", help=f"{choices(FORMATS)} (csv: FER2013-style emotion,pixels,Usage).")
+    ] = ExportParams.format,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty DEST.")] = ExportParams.overwrite,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a version's active rows as DEST/{train,val,test}/{label}/{file} or as a FER2013 CSV.
 
     Example: fercurate export latest cleaned/ --mode hardlink
     """
-    from fercurate.export import ExportParams, export
+    from fercurate.export import export
 
-    params = ExportParams(version=version, dest=dest, mode=mode, format=fmt, overwrite=overwrite)
+    params = ExportParams(version=version, dest=dest, mode=mode, format=format, overwrite=overwrite)
     with progress_bar() as progress:
         result = export(Workspace(workspace), params, progress)
     if as_json:
@@ -289,15 +370,15 @@ def export_cmd(
 
 
 # -- demo ------------------------------------------------------------------------------------------
-@command("demo")
+@command("demo", DemoParams, DemoRunParams)
 def demo_cmd(
     dest: Annotated[Path, typer.Argument(help="Folder to write the demo dataset into.")] = Path("demo"),
     run: Annotated[bool, typer.Option("--run", help="Also run the whole pipeline on it and score each stage.")] = (
         False
     ),
-    n_images: Annotated[int, typer.Option(help="Images in the FER-like dataset.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo in DEST.")] = False,
+    n_images: Annotated[int, typer.Option(help="Images in the FER-like dataset.")] = DemoParams.n_images,
+    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = DemoParams.seed,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo in DEST.")] = DemoRunParams.overwrite,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -308,11 +389,11 @@ def demo_cmd(
 
     Example: fercurate demo demo/ --run
     """
-    from fercurate.demo import DemoParams, generate_demo
+    from fercurate.demo import generate_demo
 
     params = DemoParams(n_images=n_images, seed=seed)
     if run:
-        from fercurate.demo.run import DemoRunParams, run_demo
+        from fercurate.demo.run import run_demo
 
         ws = Workspace(workspace if workspace is not None else dest / "workspace")
         with progress_bar() as progress:
@@ -332,20 +413,22 @@ def demo_cmd(
 
 
 # -- split -----------------------------------------------------------------------------------------
-@command("split")
+@command("split", SplitParams)
 def split_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
         typer.Option("--version", help="Version to re-split (v0003, 3, -1); default: the latest.", show_default=False),
-    ] = None,
+    ] = SplitParams.version,
     ratios: Annotated[
         str,
         typer.Option(
             help="train/val/test percentages summing to 100: 80/10/10, 80,10,10 or 0.8/0.1/0.1; val or test may be 0."
         ),
-    ] = "80/10/10",
-    seed: Annotated[int, typer.Option(help="Random seed: the same manifest and seed give the same splits.")] = 0,
+    ] = ratio_text(SplitParams.ratios),
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same manifest and seed give the same splits.")
+    ] = SplitParams.seed,
     group_by: Annotated[
         list[str] | None,
         typer.Option(
@@ -353,7 +436,7 @@ def split_cmd(
             help="Column whose shared values stay in one split (repeatable), e.g. --group-by subject_id; "
             "dup_group (from dedup) is always used when present.",
         ),
-    ] = None,
+    ] = list(SplitParams.group_by) or None,
     keep_test: Annotated[
         bool,
         typer.Option(
@@ -361,10 +444,10 @@ def split_cmd(
             help="Keep the current test rows (an official test set) in test, with every group touching them, "
             "and split the rest train/val in the train:val proportion of --ratios.",
         ),
-    ] = False,
+    ] = SplitParams.keep_test,
     strategy: Annotated[
-        str, typer.Option(help="stratified-group (class-stratified) | random-group (unstratified baseline).")
-    ] = "stratified-group",
+        str, typer.Option(help=f"{choices(STRATEGIES)} (the first is class-stratified; the second a baseline).")
+    ] = SplitParams.strategy,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-split the active rows into train/val/test, stratified by class, keeping duplicate groups together.
@@ -375,7 +458,7 @@ def split_cmd(
 
     Example: fercurate split --ratios 80/10/10 --seed 0
     """
-    from fercurate.split import SplitParams, parse_ratios, split
+    from fercurate.split import parse_ratios, split
 
     params = SplitParams(
         version=version,
@@ -398,7 +481,7 @@ def split_cmd(
     sizes = Table(title="Active rows by split", title_justify="left")
     for col in ("split", "before", "after", "target %"):
         sizes.add_column(col, justify="left" if col == "split" else "right")
-    for name, ratio in zip(("train", "val", "test"), result.ratios, strict=True):
+    for name, ratio in zip(SPLITS, result.ratios, strict=True):
         target = "kept" if result.keep_test and name == "test" else f"{ratio:.1f}"
         sizes.add_row(
             name,
@@ -429,7 +512,8 @@ def split_cmd(
     colour = "green" if result.within_tolerance else "yellow"
     out.print(
         f"largest class-share deviation: [{colour}]{result.max_deviation_pp:.2f} pp[/] "
-        f"(before {result.max_deviation_pp_before:.2f} pp; tolerance 1 pp for classes with 100+ images); "
+        f"(before {result.max_deviation_pp_before:.2f} pp; tolerance {TOLERANCE_PP:g} pp for classes with "
+        f"{MIN_CLASS_ROWS}+ images); "
         f"split sizes off target by {result.size_deviation_pp:.2f} pp"
     )
     if result.groups:
@@ -444,7 +528,7 @@ def split_cmd(
 
 
 # -- merge-affectnet -------------------------------------------------------------------------------
-@command("merge-affectnet")
+@command("merge-affectnet", MergeParams)
 def merge_affectnet_cmd(
     source: Annotated[
         Path, typer.Argument(help="AffectNet folder (official images + CSV, or class folders), or its CSV.")
@@ -456,29 +540,25 @@ def merge_affectnet_cmd(
             help="The official CSV (default: every CSV in SOURCE with the official columns, e.g. training.csv).",
             show_default=False,
         ),
-    ] = None,
+    ] = MergeParams.csv,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to merge into (v0003, 3, -1); default: the latest.",
-                     show_default=False),
-    ] = None,
-    target: Annotated[
-        str | None,
         typer.Option(
-            help="'equal' (every class up to the largest; the default) or N (every class up to N rows).",
-            show_default=False,
+            "--version", help="Version to merge into (v0003, 3, -1); default: the latest.", show_default=False
         ),
-    ] = None,
+    ] = MergeParams.version,
+    target: Annotated[
+        str, typer.Option(help="'equal' (every class up to the largest) or N (every class up to N rows).")
+    ] = MergeParams.target,
     target_fraction: Annotated[
         float | None,
-        typer.Option(help="Every class up to this fraction of the largest, e.g. 0.8 (instead of --target).",
-                     show_default=False),
-    ] = None,
+        typer.Option(
+            help="Every class up to this fraction of the largest, e.g. 0.8 (instead of --target).", show_default=False
+        ),
+    ] = MergeParams.target_fraction,
     margin: Annotated[
-        float | None,
-        typer.Option(help="Margin around the face box on each side, as a fraction of its side (default: 0.1).",
-                     show_default=False),
-    ] = None,
+        float, typer.Option(help="Margin around the face box on each side, as a fraction of its side.")
+    ] = MergeParams.margin,
     mapping: Annotated[
         str | None,
         typer.Option(
@@ -489,27 +569,25 @@ def merge_affectnet_cmd(
         ),
     ] = None,
     splits: Annotated[
-        str | None,
+        str,
         typer.Option(
-            help="stratified (new rows into train/val/test by --ratios, per class) | train (train only, "
-            "balancing the train split; val and test stay purely original) (default: stratified).",
-            show_default=False,
+            help=f"{choices(SPLIT_MODES)}: new rows into train/val/test by --ratios, per class; or train only, "
+            "balancing the train split (val and test stay purely original).",
         ),
-    ] = None,
+    ] = MergeParams.splits,
     ratios: Annotated[
-        str | None,
-        typer.Option(help="train/val/test percentages for --splits stratified, e.g. 80/10/10 (default: 80/10/10).",
-                     show_default=False),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Fixes which images are taken and where they go (default: 0).",
-                                 show_default=False)
-    ] = None,
+        str, typer.Option(help="train/val/test percentages for --splits stratified.")
+    ] = ratio_text(MergeParams.ratios),
+    seed: Annotated[int, typer.Option(help="Fixes which images are taken and where they go.")] = MergeParams.seed,
     image_size: Annotated[
         int | None, typer.Option(help="Side of the stored faces (default: the dataset's).", show_default=False)
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Conversion processes (default: all CPUs).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")] = False,
+    ] = MergeParams.image_size,
+    workers: Annotated[
+        int | None, typer.Option(help="Conversion processes (default: all CPUs).")
+    ] = MergeParams.workers,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")
+    ] = MergeParams.dry_run,
     as_json: JsonOpt = False,
 ) -> None:
     """Top up under-represented classes with faces converted from AffectNet (48x48 grayscale).
@@ -524,30 +602,30 @@ def merge_affectnet_cmd(
 
     Example: fercurate merge-affectnet ~/data/AffectNet --target equal --splits train
     """
-    from fercurate.affectnet import MergeParams, merge_affectnet, parse_mapping
+    from fercurate.affectnet import merge_affectnet, parse_mapping
     from fercurate.split import parse_ratios  # one ratio syntax for every command
 
-    given: dict[str, Any] = {
-        "csv": csv,
-        "version": version,
-        "target": target,
-        "target_fraction": target_fraction,
-        "margin": margin,
-        "mapping": parse_mapping(mapping) if mapping else None,
-        "splits": splits,
-        "ratios": parse_ratios(ratios) if ratios else None,
-        "seed": seed,
-        "image_size": image_size,
-        "workers": workers,
-    }
-    # options left out keep MergeParams' defaults (defined once, there)
-    params = MergeParams(source=source, dry_run=dry_run, **{k: v for k, v in given.items() if v is not None})
+    params = MergeParams(
+        source=source,
+        csv=csv,
+        version=version,
+        target=target,
+        target_fraction=target_fraction,
+        margin=margin,
+        mapping=parse_mapping(mapping) or MergeParams.mapping,
+        splits=splits,
+        ratios=parse_ratios(ratios),
+        seed=seed,
+        dry_run=dry_run,
+        image_size=image_size,
+        workers=workers,
+    )
     with progress_bar() as progress:
         result = merge_affectnet(Workspace(workspace), params, progress)
     if as_json:
         print_json(result.to_dict())
         return
-    by_split = "/".join(str(result.added_by_split.get(s, 0)) for s in ("train", "val", "test"))
+    by_split = "/".join(str(result.added_by_split.get(s, 0)) for s in SPLITS)
     if result.version is None:
         out.print(
             f"[bold yellow]dry run[/] merge-affectnet into {result.parent} ({result.layout} layout): "
@@ -579,16 +657,18 @@ def merge_affectnet_cmd(
 
 
 # -- benchmark -------------------------------------------------------------------------------------
-@command("benchmark")
+@command("benchmark", BenchmarkParams)
 def benchmark_cmd(
     versions: Annotated[
         list[str] | None, typer.Argument(help="Versions to compare [default: every version in the lineage].")
-    ] = None,
+    ] = list(BenchmarkParams.versions) or None,
     workspace: WorkspaceOpt = None,
-    seeds: Annotated[int, typer.Option(help="Models per version (different seeds).")] = 3,
-    preset: Annotated[str, typer.Option(help="Trainer preset: cpu | bpp (GPU) | tiny (tests).")] = "cpu",
+    seeds: Annotated[int, typer.Option(help="Models per version (different seeds).")] = BenchmarkParams.seeds,
+    preset: Annotated[
+        str, typer.Option(help=f"Trainer preset: {choices(PRESETS)} (cpu: 2 CPU cores; bpp: GPU; tiny: tests).")
+    ] = BenchmarkParams.preset,
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = BenchmarkParams.device,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the built-in CNN on each version and report what each curation step bought.
@@ -598,7 +678,7 @@ def benchmark_cmd(
 
     Example: fercurate benchmark v0000 v0004 --seeds 3 --preset cpu
     """
-    from fercurate.benchmark import BenchmarkParams, benchmark, summary_rows
+    from fercurate.benchmark import benchmark, summary_rows
 
     params = BenchmarkParams(
         versions=tuple(versions or ()),
@@ -626,57 +706,34 @@ def benchmark_cmd(
 
 
 # -- relabel-review --------------------------------------------------------------------------------
-relabel_app = typer.Typer(
-    help="Find likely wrong labels (flag), decide them in a local page (serve), apply the decisions (apply).\n\n"
-    "Example: fercurate relabel-review flag && fercurate relabel-review serve",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
-app.add_typer(relabel_app, name="relabel-review")
-
-
-def _relabel_command(name: str) -> Callable[[F], F]:
-    """Register a relabel-review subcommand with the same error handling as :func:`command`."""
-
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            try:
-                return fn(*args, **kw)
-            except FercurateError as exc:
-                err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-                raise typer.Exit(1) from None
-
-        relabel_app.command(name)(wrapper)
-        return fn
-
-    return decorate
-
-
-@_relabel_command("flag")
+@command("flag", FlagParams, group=relabel_app)
 def relabel_flag_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
         typer.Option("--version", help="Version to flag (v0003, 3, -1) [default: latest].", show_default=False),
-    ] = None,
-    folds: Annotated[int, typer.Option(help="Cross-fitting folds; duplicate groups stay in one fold.")] = 5,
-    preset: Annotated[str, typer.Option(help="Training preset: cpu (2 CPU cores), bpp (GPU recipe), tiny.")] = "cpu",
+    ] = FlagParams.version,
+    folds: Annotated[
+        int, typer.Option(help="Cross-fitting folds; duplicate groups stay in one fold.")
+    ] = FlagParams.folds,
+    preset: Annotated[
+        str, typer.Option(help=f"Training preset: {choices(PRESETS)} (cpu: 2 CPU cores; bpp: GPU recipe).")
+    ] = FlagParams.preset,
     epochs: Annotated[
         int | None, typer.Option(help="Override the preset's maximum epochs.", show_default=False)
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the folds and the models.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    method: Annotated[
-        str, typer.Option(help="Ranking of the flags: self_confidence | normalized_margin.")
-    ] = "self_confidence",
+    ] = FlagParams.epochs,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the models.")] = FlagParams.seed,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = FlagParams.device,
+    method: Annotated[str, typer.Option(help=f"Ranking of the flags: {choices(RANKERS)}.")] = FlagParams.method,
     filter_by: Annotated[
-        str, typer.Option("--filter", help="Which rows are flagged: prune_by_noise_rate | confident_learning.")
-    ] = "prune_by_noise_rate",
-    top_per_class: Annotated[int, typer.Option(help="Flagged images per class in flagged.html/png.")] = 24,
-    threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads [default: torch's].", show_default=False)
-    ] = None,
+        str, typer.Option("--filter", help=f"Which rows are flagged: {choices(FILTERS)}.")
+    ] = FlagParams.filter_by,
+    top_per_class: Annotated[
+        int, typer.Option(help="Flagged images per class in flagged.html/png.")
+    ] = FlagParams.top_per_class,
+    num_threads: Annotated[
+        int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].", show_default=False)
+    ] = FlagParams.num_threads,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every active row for a likely wrong label by k-fold cross-fitting of the built-in CNN.
@@ -687,7 +744,7 @@ def relabel_flag_cmd(
 
     Example: fercurate relabel-review flag --folds 5 --preset cpu
     """
-    from fercurate.relabel.flag import FlagParams, flag
+    from fercurate.relabel.flag import flag
 
     params = FlagParams(
         version=version,
@@ -699,7 +756,7 @@ def relabel_flag_cmd(
         method=method,
         filter_by=filter_by,
         top_per_class=top_per_class,
-        num_threads=threads,
+        num_threads=num_threads,
     )
     with progress_bar() as progress:
         result = flag(Workspace(workspace), params, progress)
@@ -721,7 +778,7 @@ def relabel_flag_cmd(
     out.print("next: fercurate relabel-review serve")
 
 
-@_relabel_command("serve")
+@command("serve", ServeParams, group=relabel_app)
 def relabel_serve_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
@@ -729,9 +786,11 @@ def relabel_serve_cmd(
         typer.Option(
             "--version", help="Flag version, or one descending from it [default: latest].", show_default=False
         ),
-    ] = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
-    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    ] = ServeParams.version,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = ServeParams.port,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default browser.")
+    ] = ServeParams.open_browser,
 ) -> None:
     """Serve a local page to decide each flagged image: 1-9 relabel, k keep, x remove, u undo, arrows move.
 
@@ -740,7 +799,7 @@ def relabel_serve_cmd(
 
     Example: fercurate relabel-review serve --port 8765 --open
     """
-    from fercurate.relabel.serve import ServeParams, serve
+    from fercurate.relabel.serve import serve
 
     def ready(server: Any) -> None:
         state = server.state
@@ -753,13 +812,13 @@ def relabel_serve_cmd(
     out.print("stopped; every decision is saved. next: fercurate relabel-review apply")
 
 
-@_relabel_command("apply")
+@command("apply", ApplyParams, group=relabel_app)
 def relabel_apply_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
         typer.Option("--version", help="Version to apply the decisions to [default: latest].", show_default=False),
-    ] = None,
+    ] = ApplyParams.version,
     auto_accept: Annotated[
         float | None,
         typer.Option(
@@ -767,7 +826,7 @@ def relabel_apply_cmd(
             "(recorded as decided by the model).",
             show_default=False,
         ),
-    ] = None,
+    ] = ApplyParams.auto_accept,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a new version with the review's decisions applied: relabels change label, removals set status.
@@ -777,7 +836,7 @@ def relabel_apply_cmd(
 
     Example: fercurate relabel-review apply --auto-accept 0.9
     """
-    from fercurate.relabel.apply import ApplyParams, apply
+    from fercurate.relabel.apply import apply
 
     result = apply(Workspace(workspace), ApplyParams(version=version, auto_accept=auto_accept))
     if as_json:
@@ -798,18 +857,12 @@ def relabel_apply_cmd(
 
 
 # -- dedup -----------------------------------------------------------------------------------------
-from fercurate.dedup.hashers import HASHERS as _HASHERS  # noqa: E402  (choices of --hasher)
-from fercurate.dedup.params import CONFLICT_MODES as _CONFLICT_MODES  # noqa: E402
-from fercurate.dedup.params import RANGES as _DEDUP_RANGES  # noqa: E402
-from fercurate.dedup.params import DedupParams as _DedupDefaults  # noqa: E402
-
-
 def _range(name: str) -> str:
-    lo, hi = _DEDUP_RANGES[name]
+    lo, hi = RANGES[name]
     return f"{lo:g}-{hi:g}"
 
 
-@command("dedup")
+@command("dedup", DedupParams)
 def dedup_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
@@ -817,41 +870,41 @@ def dedup_cmd(
         typer.Option(
             "--version", help="Version to deduplicate (v0003, 3, -1); default: the latest.", show_default=False
         ),
-    ] = _DedupDefaults.version,
+    ] = DedupParams.version,
     hasher: Annotated[
-        str, typer.Option(help=f"Perceptual hash stored and searched: {' | '.join(_HASHERS)}.")
-    ] = _DedupDefaults.hasher,
+        str, typer.Option(help=f"Perceptual hash stored and searched: {choices(HASHERS)}.")
+    ] = DedupParams.hasher,
     radius: Annotated[
         int, typer.Option(help=f"Hamming radius of the candidate search on that hash ({_range('radius')}).")
-    ] = _DedupDefaults.radius,
+    ] = DedupParams.radius,
     shift_radius: Annotated[
         int,
         typer.Option(help=f"Hamming radius of the shift-compensated DCT hash search ({_range('shift_radius')})."),
-    ] = _DedupDefaults.shift_radius,
+    ] = DedupParams.shift_radius,
     detail_radius: Annotated[
         int,
         typer.Option(
             help=f"Largest distance of the 255-bit DCT detail hashes of a candidate pair ({_range('detail_radius')})."
         ),
-    ] = _DedupDefaults.detail_radius,
+    ] = DedupParams.detail_radius,
     min_similarity: Annotated[
         float,
         typer.Option(
             help=f"Smallest normalised cross-correlation of a duplicate pair ({_range('min_similarity')})."
         ),
-    ] = _DedupDefaults.min_similarity,
+    ] = DedupParams.min_similarity,
     max_shift: Annotated[
         int, typer.Option(help=f"Largest shift in pixels a copy may have ({_range('max_shift')}).")
-    ] = _DedupDefaults.max_shift,
+    ] = DedupParams.max_shift,
     mirror: Annotated[
         bool, typer.Option("--mirror", help="Also find horizontally flipped copies (an augmentation leak).")
-    ] = _DedupDefaults.mirror,
+    ] = DedupParams.mirror,
     conflicts: Annotated[
         str,
-        typer.Option(help=f"Groups whose members carry different labels: {' | '.join(_CONFLICT_MODES)}."),
-    ] = _DedupDefaults.conflicts,
+        typer.Option(help=f"Groups whose members carry different labels: {choices(CONFLICT_MODES)}."),
+    ] = DedupParams.conflicts,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = (
-        _DedupDefaults.dry_run
+        DedupParams.dry_run
     ),
     as_json: JsonOpt = False,
 ) -> None:
@@ -865,7 +918,7 @@ def dedup_cmd(
 
     Example: fercurate dedup --mirror
     """
-    from fercurate.dedup import DedupParams, dedup
+    from fercurate.dedup import dedup
 
     params = DedupParams(
         version=version,
@@ -879,7 +932,6 @@ def dedup_cmd(
         conflicts=conflicts,
         dry_run=dry_run,
     )
-    params.check()  # before the progress bar, so a bad option is one red line
     with progress_bar() as progress:
         result = dedup(Workspace(workspace), params, progress)
     if as_json:
@@ -897,7 +949,7 @@ def dedup_cmd(
     for col in ("splits", "images in first", "images in second", "groups"):
         leak.add_column(col, justify="left" if col == "splits" else "right")
     for entry in result.leakage:
-        first, second = entry["splits"].split("-")
+        first, second = (k for k in entry if k in SPLITS)
         leak.add_row(entry["splits"], str(entry[first]), str(entry[second]), str(entry["groups"]))
     out.print(leak)
     if result.conflicts:

@@ -21,6 +21,7 @@ from fercurate.errors import InputError
 from fercurate.images import load_gray_files
 from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, active
 from fercurate.progress import NullProgress, Progress
+from fercurate.reports import to_dict
 from fercurate.workspace import PixelCache, Workspace
 
 MODES = ("copy", "hardlink", "symlink")
@@ -39,6 +40,13 @@ class ExportParams:
     overwrite: bool = False
     image_size: int = 48
 
+    def __post_init__(self) -> None:
+        """Raise :class:`InputError` naming the first value that is not accepted."""
+        if self.mode not in MODES:
+            raise InputError(f"mode '{self.mode}' is not one of: {', '.join(MODES)}", param="mode")
+        if self.format not in FORMATS:
+            raise InputError(f"format '{self.format}' is not one of: {', '.join(FORMATS)}", param="format")
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -49,13 +57,7 @@ class ExportResult:
     by_split: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "dest": str(self.dest),
-            "format": self.format,
-            "files": self.files,
-            "by_split": self.by_split,
-        }
+        return to_dict(self)
 
 
 def export(workspace: Workspace, params: ExportParams, progress: Progress | None = None) -> ExportResult:
@@ -66,15 +68,14 @@ def export(workspace: Workspace, params: ExportParams, progress: Progress | None
             class that has no FER2013 emotion code.
     """
     progress = progress or NullProgress()
-    if params.mode not in MODES:
-        raise InputError(f"--mode '{params.mode}' is not one of: {', '.join(MODES)}")
-    if params.format not in FORMATS:
-        raise InputError(f"--format '{params.format}' is not one of: {', '.join(FORMATS)}")
     dest = Path(params.dest)
     if dest.exists() and not dest.is_dir():
-        raise InputError(f"DEST {dest} exists and is not a folder; choose another path")
+        raise InputError(f"dest {dest} exists and is not a folder; choose another path", param="dest")
     if dest.is_dir() and any(dest.iterdir()) and not params.overwrite:
-        raise InputError(f"DEST {dest} is not empty; pass --overwrite to replace it or choose an empty folder")
+        raise InputError(
+            f"dest {dest} is not empty; pass overwrite to replace it or choose an empty folder",
+            param=("dest", "overwrite"),
+        )
     info, df = workspace.read(params.version)
     rows = active(df)
     root = workspace.dataset_root(info)
@@ -129,7 +130,9 @@ def _export_folders(
             try:
                 os.link(src, target)
             except OSError as exc:
-                raise InputError(f"cannot hardlink {src} into {out} ({exc.strerror}); use --mode copy") from exc
+                raise InputError(
+                    f"cannot hardlink {src} into {out} ({exc.strerror}); use mode copy", param="mode"
+                ) from exc
         else:
             os.symlink(src.resolve(), target)
         progress.advance(1)
@@ -142,7 +145,8 @@ def _export_csv(
     if unknown:
         raise InputError(
             f"class(es) {', '.join(unknown)} have no FER2013 emotion code (0-6 = {', '.join(FER2013_CLASSES)}); "
-            "use --format folders"
+            "use format folders",
+            param="format",
         )
     progress.start("Exporting CSV", len(rows))
     shas = rows[Col.SHA256].tolist()

@@ -9,6 +9,7 @@ import pandas as pd
 
 from fercurate.counts import class_by_split
 from fercurate.manifest import ACTIVE, Col
+from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace
 
 
@@ -50,17 +51,7 @@ class Diff:
     after: pd.DataFrame
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": self.a.version,
-            "b": self.b.version,
-            "added": self.added,
-            "removed": self.removed,
-            "status_changes": self.status_changes,
-            "relabels": self.relabels,
-            "split_moves": self.split_moves,
-            "class_by_split_before": _nested(self.before),
-            "class_by_split_after": _nested(self.after),
-        }
+        return to_dict(self, rename={"before": "class_by_split_before", "after": "class_by_split_after"})
 
 
 def diff(workspace: Workspace, a: str, b: str) -> Diff:
@@ -87,7 +78,3 @@ def _transitions(frame: pd.DataFrame, col: str) -> dict[str, int]:
     changed = frame[frame[f"{col}_a"] != frame[f"{col}_b"]]
     counts = changed.groupby([f"{col}_a", f"{col}_b"]).size().sort_values(ascending=False)
     return {f"{x}->{y}": int(n) for (x, y), n in counts.items()}
-
-
-def _nested(table: pd.DataFrame) -> dict[str, dict[str, int]]:
-    return {str(label): {str(k): int(v) for k, v in row.items()} for label, row in table.iterrows()}

@@ -57,7 +57,7 @@ class Col:
     DUP_SIMILARITY = "dup_similarity"
     HASH_COLUMNS = ("phash", "dhash", "whash", "ahash")
 
-    # relabel-review flag
+    # relabel-review flag (stage relabel-flag)
     PROB_PREFIX = "prob_"
     MISLABEL_SCORE = "mislabel_score"
     SUGGESTED_LABEL = "suggested_label"
@@ -149,11 +149,11 @@ COLUMNS: tuple[Column, ...] = (
     Column(Col.DUP_KIND, pa.string(), "dedup", "exact, near or mirror"),
     Column(Col.DUP_NEAREST, pa.string(), "dedup", "image_id of the most similar other member"),
     Column(Col.DUP_SIMILARITY, pa.float64(), "dedup", "similarity to that member (1.0: identical pixels)"),
-    # relabel-review flag
-    Column(Col.PROB_PREFIX, pa.float64(), "relabel-review flag", "out-of-fold probability of a class", family=True),
-    Column(Col.MISLABEL_SCORE, pa.float64(), "relabel-review flag", "how likely the label is wrong"),
-    Column(Col.SUGGESTED_LABEL, pa.string(), "relabel-review flag", "the class the model suggests"),
-    Column(Col.FLAGGED, pa.bool_(), "relabel-review flag", "the row is in the review queue"),
+    # relabel-review flag (stage relabel-flag)
+    Column(Col.PROB_PREFIX, pa.float64(), "relabel-flag", "out-of-fold probability of a class", family=True),
+    Column(Col.MISLABEL_SCORE, pa.float64(), "relabel-flag", "how likely the label is wrong"),
+    Column(Col.SUGGESTED_LABEL, pa.string(), "relabel-flag", "the class the model suggests"),
+    Column(Col.FLAGGED, pa.bool_(), "relabel-flag", "the row is in the review queue"),
     # merge-affectnet
     Column(Col.SOURCE_PATH, pa.string(), "merge-affectnet", "path inside the AffectNet source"),
     Column(Col.SOURCE_LABEL, pa.string(), "merge-affectnet", "the class name the source gave"),

@@ -116,8 +116,8 @@ def to_dict(
     """A result dataclass as the plain dict ``--json`` prints.
 
     The fields in order (``dataclasses.fields``), each made JSON-safe by :func:`json_safe`, with these
-    conventions: a field ``version`` holding a version record (or None, on a dry run) becomes
-    ``version`` (its name) and ``path``; ``seconds`` is rounded to ``seconds_digits``.
+    conventions: a field ``version`` holding a version record (or None where it is typed as one: a dry
+    run) becomes ``version`` (its name) and ``path``; ``seconds`` is rounded to ``seconds_digits``.
 
     Args:
         result: a dataclass instance.
@@ -133,7 +133,7 @@ def to_dict(
         if f.name in drop:
             continue
         value = getattr(result, f.name)
-        if f.name == "version" and (value is None or _is_version(value)):
+        if f.name == "version" and (_is_version(value) or (value is None and "VersionInfo" in str(f.type))):
             out["version"] = value.version if value is not None else None
             out["path"] = value.path if value is not None else None
         elif f.name == "seconds" and isinstance(value, float):

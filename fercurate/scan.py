@@ -40,6 +40,7 @@ from fercurate.manifest import (
     image_id_for,
 )
 from fercurate.progress import NullProgress, Progress
+from fercurate.reports import to_dict
 from fercurate.workspace import PixelCache, VersionInfo, Workspace
 
 SPLIT_ALIASES: dict[str, str] = {
@@ -85,18 +86,7 @@ class ScanResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version.version,
-            "path": self.version.path,
-            "layout": self.layout,
-            "rows": self.rows,
-            "by_status": self.by_status,
-            "by_split": self.by_split,
-            "by_label": self.by_label,
-            "invalid_reasons": self.invalid_reasons,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
+        return to_dict(self)
 
 
 def normalise_split(name: str) -> str | None:
@@ -118,7 +108,7 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
     if not dataset.exists():
         raise DatasetError(f"dataset path {dataset} does not exist; pass a folder or a FER2013-style CSV")
     if params.image_size < 8:
-        raise InputError(f"--image-size {params.image_size} is too small; use 8 or more (48 for FER)")
+        raise InputError(f"image_size {params.image_size} is too small; use 8 or more (48 for FER)", param="image_size")
     classes = _parse_classes(params.classes)
     with workspace.lock("fercurate scan"):
         if dataset.is_file():
@@ -172,7 +162,7 @@ def _parse_classes(classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return None
     folded = tuple(dict.fromkeys(canonical_class(c) for c in classes if c.strip()))
     if not folded:
-        raise InputError("--classes is empty; pass names like happy,neutral,sad,surprise")
+        raise InputError("classes is empty; pass names like happy,neutral,sad,surprise", param="classes")
     return folded
 
 
@@ -237,7 +227,8 @@ def _discover(
         if others:
             raise DatasetError(
                 f"folder '{others[0].name}' in {root} is not a split folder (train/val/test and synonyms) "
-                f"beside {', '.join(d.name for d in split_dirs)}; pass --ignore {others[0].name} to skip it"
+                f"beside {', '.join(d.name for d in split_dirs)}; pass ignore {others[0].name} to skip it",
+                param="ignore",
             )
         seen_splits: dict[str, str] = {}
         for split_dir in split_dirs:
@@ -246,7 +237,8 @@ def _discover(
             if split in seen_splits:
                 raise DatasetError(
                     f"split folders '{seen_splits[split]}' and '{split_dir.name}' in {root} both mean "
-                    f"'{split}'; pass --ignore for one of them"
+                    f"'{split}'; pass ignore for one of them",
+                    param="ignore",
                 )
             seen_splits[split] = split_dir.name
             stray = sum(e.is_file() for e in _entries(split_dir))
@@ -275,10 +267,11 @@ def _check_class(folder: Path, classes: tuple[str, ...] | None, where: str) -> s
     allowed = classes if classes else KNOWN_CLASSES
     if label not in allowed:
         hint = (
-            "pass --classes to set them" if classes is None else "add it to --classes"
-        ) + f", or --ignore {folder.name} to skip it"
+            "pass classes to set them" if classes is None else "add it to classes"
+        ) + f", or ignore {folder.name} to skip it"
         raise DatasetError(
-            f"label folder '{folder.name}' in {where or './'} is not one of: {', '.join(allowed)}; {hint}"
+            f"label folder '{folder.name}' in {where or './'} is not one of: {', '.join(allowed)}; {hint}",
+            param=("classes", "ignore"),
         )
     return label
 

@@ -113,3 +113,69 @@ def test_allocator_tuning_keeps_freed_blocks_for_reuse() -> None:
         for mode in ("default", "tuned")
     }
     assert faults["default"] > 50_000 and faults["tuned"] < 10_000, faults
+
+
+#: Options that are not a field of the command's params classes: the shared ones, switches that pick
+#: what runs, and overrides that go into a nested config.
+NOT_PARAMS = {"workspace", "as_json", "version_flag"}
+CLI_ONLY = {"demo": {"run", "dest"}, "benchmark": {"epochs"}}
+
+
+def _as_params(value: object, default: object) -> object:
+    """A CLI default in the type of its params field (text lists and ratios are parsed as the command does)."""
+    from fercurate.affectnet import parse_mapping
+    from fercurate.split import parse_ratios
+
+    if isinstance(default, tuple) and isinstance(value, str):
+        return parse_ratios(value) if "/" in value else tuple(value.split(","))
+    if isinstance(default, tuple) and value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, dict) or (value is not None and isinstance(value, str) and "=" in value):
+        return parse_mapping(value) or None
+    return value
+
+
+def test_every_option_default_is_its_params_default() -> None:
+    import dataclasses
+
+    from fercurate.cli import PARAMS_OF
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for path, classes in PARAMS_OF.items():
+        if not classes:  # log and diff read; they have no options to default
+            continue
+        cmd = root
+        for part in path.split():
+            cmd = cmd.commands[part]  # type: ignore[attr-defined]
+        fields = {f.name: f for cls in classes for f in dataclasses.fields(cls)}
+        for param in cmd.params:  # type: ignore[attr-defined]
+            if param.name in NOT_PARAMS or param.name in CLI_ONLY.get(path, set()):
+                continue
+            assert param.name in fields, f"{path}: option {param.name} is not a field of {classes}"
+            field = fields[param.name]
+            if field.default is dataclasses.MISSING:
+                assert param.required, f"{path}: {param.name} has a CLI default but its params field has none"
+                continue
+            assert _as_params(param.default, field.default) == field.default, (path, param.name, param.default)
+            checked += 1
+    assert checked >= 40  # every command with a params class took part
+
+
+def test_library_errors_name_values_and_the_cli_names_flags(tmp_path: Path) -> None:
+    from conftest import write_tree
+
+    from fercurate.errors import DatasetError
+    from fercurate.scan import ScanParams, scan
+    from fercurate.workspace import Workspace
+
+    write_tree(tmp_path / "d", splits={"train": 1}, with_bad=False)
+    (tmp_path / "d" / "train" / "happpy").mkdir()
+    with pytest.raises(DatasetError) as caught:
+        scan(Workspace(tmp_path / "lib"), ScanParams(dataset=tmp_path / "d"))
+    assert "--" not in str(caught.value) and caught.value.params == ("classes", "ignore")
+    res = runner.invoke(app, ["scan", str(tmp_path / "d"), "-w", str(tmp_path / "ws")], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "pass --classes to set them, or --ignore happpy to skip it" in " ".join(res.output.split())

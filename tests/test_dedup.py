@@ -537,7 +537,7 @@ def test_no_workspace_says_scan_first(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="fercurate scan"):
         dedup(Workspace(tmp_path / "none"), DedupParams())
     with pytest.raises(InputError, match="range"):
-        DedupParams(detail_radius=-1).check()
+        DedupParams(detail_radius=-1)
 
 
 def test_dedup_does_not_import_torch(ws: Workspace) -> None:

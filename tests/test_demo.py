@@ -271,7 +271,7 @@ def test_refuses_a_non_empty_destination_unless_overwrite(tmp_path: Path) -> Non
     dest = tmp_path / "busy"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(InputError, match="overwrite"):
         generate_demo(dest, small)
     assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
     generate_demo(dest, small, overwrite=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,8 +14,10 @@ from fercurate.manifest import (
     Col,
     canonical_class,
     content_hash,
+    empty_manifest,
     image_id_for,
     read_manifest,
+    to_table,
     write_manifest,
 )
 
@@ -129,3 +132,20 @@ def test_image_id_is_stable_and_distinct() -> None:
     assert image_id_for("train/happy/1.jpg") == image_id_for("train/happy/1.jpg")
     assert image_id_for("train/happy/1.jpg") != image_id_for("train/happy/2.jpg")
     assert len(image_id_for("x")) == 16
+
+
+def test_the_schema_declares_every_hasher_column_and_casts_declared_columns() -> None:
+    from fercurate.dedup import HASHERS
+    from fercurate.manifest import COLUMNS, declared
+
+    for name in HASHERS:
+        assert declared(name) is not None and declared(name).stage == "dedup"  # type: ignore[union-attr]
+    assert declared("prob_happy") is not None and declared("prob_") is None
+    assert declared("subject_id") is None  # a user's own column is carried, not declared
+    assert len({c.name for c in COLUMNS}) == len(COLUMNS)
+    df = empty_manifest()
+    df["dup_group_size"] = pd.Series([], dtype="int64")
+    df["subject_id"] = pd.Series([], dtype="int64")
+    table = to_table(df)
+    assert table.schema.field("dup_group_size").type == pa.int32()  # cast to the declared type
+    assert table.schema.field("subject_id").type == pa.int64()  # undeclared: as written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -12,6 +13,7 @@ from fercurate.cli import app
 from fercurate.demo import DemoParams
 from fercurate.demo.run import DemoRunParams, run_demo
 from fercurate.errors import InputError
+from fercurate.manifest import declared
 from fercurate.workspace import Workspace
 
 
@@ -36,6 +38,23 @@ def test_every_stage_runs_and_writes_a_version(report) -> None:
     assert versions == [f"v000{i}" for i in range(6)]
 
 
+def test_every_column_a_stage_writes_is_declared_in_the_schema(report) -> None:
+    """Each version the pipeline wrote (scan, dedup, flag, apply, split, merge) holds only declared
+    columns, stored with the declared Arrow type and written by the stage that owns them or before it."""
+    written: dict[str, str] = {}
+    for info in Workspace(report.workspace).versions():
+        schema = pq.read_schema(info.path)
+        for field in schema:
+            column = declared(field.name)
+            assert column is not None, f"{info.stage} wrote column '{field.name}', which the schema does not declare"
+            assert field.type == column.type, f"{field.name}: stored as {field.type}, declared {column.type}"
+            written.setdefault(field.name, info.stage)
+    # the first version holding a column was written by the stage the schema names as its owner
+    for name, stage in written.items():
+        assert stage == declared(name).stage, (name, stage)  # type: ignore[union-attr]
+    assert {"phash", "dup_group", "prob_sad", "flagged", "source_path", "face_x"} <= set(written)
+
+
 def test_stages_are_scored_against_the_truth(report) -> None:
     by = {s.stage: s for s in report.stages}
     assert by["scan"].score["invalid precision"] == 1.0
@@ -58,7 +77,7 @@ def test_report_serialises(report) -> None:
 
 
 def test_a_used_workspace_needs_overwrite(report) -> None:
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(InputError, match="overwrite"):
         run_demo(Workspace(report.workspace), DemoRunParams(dest=report.dest, demo=DemoParams(n_images=400)))
 
 

@@ -226,7 +226,7 @@ def test_duplicate_groups_stay_in_one_fold_and_folds_are_stratified(
 
 
 def test_assign_folds_rejects_fewer_groups_than_folds() -> None:
-    with pytest.raises(InputError, match="fewer than --folds 5"):
+    with pytest.raises(InputError, match="fewer than folds 5"):
         assign_folds(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "c"]), 5, 0)
 
 
@@ -243,7 +243,7 @@ def test_flag_finds_the_planted_flips_with_an_oracle_model(
 
 
 def test_flag_rejects_bad_options_with_a_clear_message(ws: Workspace) -> None:
-    with pytest.raises(InputError, match="--folds 1"):
+    with pytest.raises(InputError, match="folds 1"):
         flag(ws, FlagParams(folds=1))
     with pytest.raises(InputError, match="self_confidence"):
         flag(ws, FlagParams(method="entropy"))

@@ -123,7 +123,7 @@ def test_unknown_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     write_tree(tmp_path / "d", splits={"train": 1}, with_bad=False)
     (tmp_path / "d" / "train" / "happpy").mkdir()
     ws = Workspace(tmp_path / "ws")
-    with pytest.raises(DatasetError, match=r"'happpy' in train/ is not one of: .*--classes.*--ignore happpy"):
+    with pytest.raises(DatasetError, match=r"'happpy' in train/ is not one of: .*classes.*ignore happpy"):
         scan(ws, ScanParams(dataset=tmp_path / "d"))
     assert ws.versions() == []  # nothing half-written
     result = scan(ws, ScanParams(dataset=tmp_path / "d", ignore=("happpy",)))
@@ -142,7 +142,7 @@ def test_classes_option_restricts_and_admits(tmp_path: Path) -> None:
 def test_stray_folder_beside_splits_is_an_error(tmp_path: Path) -> None:
     write_tree(tmp_path / "d", splits={"train": 1}, with_bad=False)
     (tmp_path / "d" / "extras").mkdir()
-    with pytest.raises(DatasetError, match="--ignore extras"):
+    with pytest.raises(DatasetError, match="ignore extras"):
         scan(Workspace(tmp_path / "ws"), ScanParams(dataset=tmp_path / "d"))
 
 

@@ -437,7 +437,7 @@ def test_split_keep_test_leaves_the_test_split(scanned: Workspace) -> None:
 def test_split_of_an_unknown_version_or_group_column_is_an_error(scanned: Workspace) -> None:
     with pytest.raises(Exception, match="unknown version 'v0042'"):
         split(scanned, SplitParams(version="v0042"))
-    with pytest.raises(InputError, match="--group-by column 'subject'"):
+    with pytest.raises(InputError, match="group_by column 'subject'"):
         split(scanned, SplitParams(group_by=("subject",)))
     assert [v.version for v in scanned.versions()] == ["v0000"]
 

@@ -176,7 +176,7 @@ def test_an_empty_cache_misses_everything(tmp_path: Path) -> None:
 
 
 def test_hash_cache_shares_the_sha_keyed_cache(tmp_path: Path) -> None:
-    from fercurate.dedup.hashers import HashCache
+    from fercurate.dedup.cache import HashCache
 
     folder = tmp_path / "cache" / "hashes-phash-48"
     folder.mkdir(parents=True)

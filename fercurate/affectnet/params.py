@@ -93,22 +93,30 @@ class MergeParams:
         target = parse_target(self.target)
         if self.target_fraction is not None:
             if target is not None:
-                raise InputError("pass either --target N or --target-fraction, not both")
+                raise InputError(
+                    "pass either target N or target_fraction, not both", param=("target", "target_fraction")
+                )
             if not self.target_fraction > 0:
                 raise InputError(
-                    f"--target-fraction {self.target_fraction} must be above 0 (1.0 = up to the largest class)"
+                    f"target_fraction {self.target_fraction} must be above 0 (1.0 = up to the largest class)",
+                    param="target_fraction",
                 )
         if self.splits not in SPLIT_MODES:
-            raise InputError(f"--splits '{self.splits}' is not one of: {', '.join(SPLIT_MODES)}")
+            raise InputError(f"splits '{self.splits}' is not one of: {', '.join(SPLIT_MODES)}", param="splits")
         if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
             raise InputError(
-                f"--ratios {','.join(map(str, self.ratios))} must be three non-negative train,val,test "
-                "proportions with a positive sum, e.g. 80,10,10"
+                f"ratios {','.join(map(str, self.ratios))} must be three non-negative train,val,test "
+                "proportions with a positive sum, e.g. 80,10,10",
+                param="ratios",
             )
         if not 0 <= self.margin <= 2:
-            raise InputError(f"--margin {self.margin} must be between 0 and 2 (a fraction of the face box side)")
+            raise InputError(
+                f"margin {self.margin} must be between 0 and 2 (a fraction of the face box side)", param="margin"
+            )
         if self.image_size is not None and self.image_size < 8:
-            raise InputError(f"--image-size {self.image_size} is too small; use 8 or more (48 for FER)")
+            raise InputError(
+                f"image_size {self.image_size} is too small; use 8 or more (48 for FER)", param="image_size"
+            )
 
 
 def parse_target(target: str | int) -> int | None:
@@ -122,7 +130,9 @@ def parse_target(target: str | int) -> int | None:
         return None
     if text.isdigit() and int(text) > 0:
         return int(text)
-    raise InputError(f"--target '{target}' is not 'equal' or a positive whole number of rows per class (e.g. 4000)")
+    raise InputError(
+        f"target '{target}' is not 'equal' or a positive whole number of rows per class (e.g. 4000)", param="target"
+    )
 
 
 #: Names of all eleven expression codes, for the skipped-rows list.

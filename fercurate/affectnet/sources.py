@@ -47,11 +47,14 @@ def parse_mapping(text: str | None) -> dict[str, str]:
         parts = [p.strip() for p in entry.split("=")]
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise InputError(
-                f"--map entry '{entry.strip()}' is not SOURCE=CLASS; use e.g. --map surprised=surprise,anger=angry"
+                f"mapping entry '{entry.strip()}' is not SOURCE=CLASS; use e.g. surprised=surprise,anger=angry",
+                param="mapping",
             )
         key = parts[0].lower()
         if key in out:
-            raise InputError(f"--map names source class '{parts[0]}' twice; give each source class once")
+            raise InputError(
+                f"mapping names source class '{parts[0]}' twice; give each source class once", param="mapping"
+            )
         out[key] = parts[1]
     return out
 
@@ -96,7 +99,9 @@ def read_source(source: Path, csv: Path | None = None) -> Source:
         if not csv.is_file() and (source / csv).is_file():
             csv = source / csv
         if not csv.is_file():
-            raise DatasetError(f"--csv {csv} does not exist; pass the official training.csv or validation.csv")
+            raise DatasetError(
+                f"csv {csv} does not exist; pass the official training.csv or validation.csv", param="csv"
+            )
         return _read_official(source, [csv])
     found = _official_csvs(source)
     if found:
@@ -244,7 +249,8 @@ def _read_folders(source: Path) -> Source:
     if not dirs:
         raise DatasetError(
             f"AffectNet source {source} holds neither an official CSV (with {', '.join(REQUIRED_CSV_COLUMNS)}) "
-            "nor class folders; pass --csv or point SOURCE at the class folders"
+            "nor class folders; pass csv or point source at the class folders",
+            param=("csv", "source"),
         )
     notes: list[str] = []
     split_dirs = [d for d in dirs if normalise_split(d.name)]
@@ -316,12 +322,14 @@ def resolve_mapping(
         v = canonical_class(value)
         if v not in classes:
             raise InputError(
-                f"--map {key}={value}: '{value}' is not a class of the dataset; use one of: {', '.join(classes)}"
+                f"mapping {key}={value}: '{value}' is not a class of the dataset; use one of: {', '.join(classes)}",
+                param="mapping",
             )
         if k not in known and canonical_class(k) not in known:
             raise InputError(
-                f"--map {key}={value}: '{key}' is not a class of the source; its classes are: "
-                f"{', '.join(present) or '(none)'}"
+                f"mapping {key}={value}: '{key}' is not a class of the source; its classes are: "
+                f"{', '.join(present) or '(none)'}",
+                param="mapping",
             )
         over[k] = v
     out: dict[str, str | None] = {}

@@ -127,8 +127,9 @@ def merge_affectnet(workspace: Workspace, params: MergeParams, progress: Progres
             found = ", ".join(sorted(mapping)) or "(none)"
             raise DatasetError(
                 f"AffectNet source {source.root} has classes {found}, none of which is a dataset class "
-                f"({', '.join(classes)}); pass --map to say which source class is which, e.g. "
-                f"--map {next(iter(sorted(mapping)), 'surprised')}={classes[0] if classes else 'surprise'}"
+                f"({', '.join(classes)}); pass mapping to say which source class is which, e.g. "
+                f"{next(iter(sorted(mapping)), 'surprised')}={classes[0] if classes else 'surprise'}",
+                param="mapping",
             )
         plan = plan_merge(df, source, mapping, params, goal)
         notes = list(source.notes)

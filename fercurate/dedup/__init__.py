@@ -35,7 +35,8 @@ carry different labels (label conflicts) follow ``--conflicts``:
 Invalid and already removed rows are never touched.
 """
 
-from fercurate.dedup.hashers import HASHERS, HashCache, Hasher
+from fercurate.dedup.cache import HashCache
+from fercurate.dedup.hashers import HASHERS, Hasher
 from fercurate.dedup.match import find_duplicate_pairs, match_against
 from fercurate.dedup.params import CONFLICT_MODES, RANGES, DedupParams
 from fercurate.dedup.search import hamming_pairs

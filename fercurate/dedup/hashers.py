@@ -6,7 +6,8 @@ vectorised over the batch: Pillow's 8-bit Lanczos resize is reproduced exactly a
 with Pillow's own fixed-point coefficients (``resize_like_pillow``), so for square images the pHash equals
 ``imagehash.phash`` bit for bit; non-square images go through Pillow one at a time.
 
-Hashes are cached per workspace, keyed by ``(hasher, image size, sha256)`` (:class:`HashCache`), so a
+Hashes are cached per workspace by the stage, keyed by ``(hasher, image size, sha256)``
+(:class:`fercurate.dedup.cache.HashCache`), so a
 re-run of dedup or a later stage never hashes a file twice.
 """
 
@@ -14,15 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pyarrow as pa
 
 from fercurate.images import in_threads
-from fercurate.workspace import ShaKeyedCache
 
 #: Pillow's fixed-point precision for 8-bit resampling (``PRECISION_BITS`` in Resample.c).
 _PRECISION_BITS = 32 - 8 - 2
@@ -233,22 +230,3 @@ class WHash(Hasher):
 
 #: The hashers ``fercurate dedup --hasher`` offers (its choices are these keys).
 HASHERS: dict[str, type[Hasher]] = {"phash": PHash, "dhash": DHash, "whash": WHash, "ahash": AHash}
-
-
-class HashCache(ShaKeyedCache):
-    """64-bit hashes keyed by the file's sha256, one folder per hasher and image size.
-
-    Stored as Parquet chunks under ``cache/hashes-<hasher>-<size>/`` (a ``hash`` uint64 column), added
-    atomically like every :class:`fercurate.workspace.ShaKeyedCache`.
-    """
-
-    column = "hash"
-
-    def __init__(self, cache_dir: os.PathLike[str] | str, hasher: str, size: int) -> None:
-        super().__init__(Path(cache_dir) / f"hashes-{hasher}-{size}", (), np.uint64)
-
-    def to_arrow(self, values: np.ndarray) -> pa.Array:
-        return pa.array(values, type=pa.uint64())
-
-    def from_arrow(self, column: pa.ChunkedArray) -> np.ndarray:
-        return column.to_numpy().astype(np.uint64, copy=False)

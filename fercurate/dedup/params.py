@@ -9,7 +9,7 @@ from fercurate.errors import InputError
 #: What ``--conflicts`` accepts (see :mod:`fercurate.dedup` for what each does).
 CONFLICT_MODES: tuple[str, ...] = ("remove-all", "keep-majority", "keep-all")
 
-#: Inclusive ranges of the numeric options, checked by :meth:`DedupParams.check`.
+#: Inclusive ranges of the numeric options, checked when :class:`DedupParams` is made.
 RANGES: dict[str, tuple[float, float]] = {
     "radius": (0, 32),
     "shift_radius": (0, 16),
@@ -60,20 +60,25 @@ class DedupParams:
     dry_run: bool = False
     image_size: int = 48
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """Raise :class:`InputError` naming the first option out of its range."""
         from fercurate.dedup.hashers import HASHERS
 
         if self.hasher not in HASHERS:
-            raise InputError(f"--hasher '{self.hasher}' is not one of: {', '.join(HASHERS)}")
+            raise InputError(f"hasher '{self.hasher}' is not one of: {', '.join(HASHERS)}", param="hasher")
         if self.conflicts not in CONFLICT_MODES:
-            raise InputError(f"--conflicts '{self.conflicts}' is not one of: {', '.join(CONFLICT_MODES)}")
+            raise InputError(
+                f"conflicts '{self.conflicts}' is not one of: {', '.join(CONFLICT_MODES)}", param="conflicts"
+            )
         for name, (lo, hi) in RANGES.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
-                option = "--" + name.replace("_", "-")
-                raise InputError(f"{option} {value} is out of range; use a value from {lo:g} to {hi:g}")
+                raise InputError(f"{name} {value} is out of range; use a value from {lo:g} to {hi:g}", param=name)
         if self.image_size < 16:
-            raise InputError(f"--image-size {self.image_size} is too small; use 16 or more (48 for FER)")
+            raise InputError(
+                f"image_size {self.image_size} is too small; use 16 or more (48 for FER)", param="image_size"
+            )
         if self.image_size - 2 * self.max_shift < 8:
-            raise InputError(f"--max-shift {self.max_shift} is too large for {self.image_size}-pixel images")
+            raise InputError(
+                f"max_shift {self.max_shift} is too large for {self.image_size}-pixel images", param="max_shift"
+            )

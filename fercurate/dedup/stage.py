@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fercurate.dedup.hashers import HASHERS, HashCache, to_hex
+from fercurate.dedup.cache import HashCache
+from fercurate.dedup.hashers import HASHERS, to_hex
 from fercurate.dedup.match import KIND_EXACT, KIND_MIRROR, KIND_NEAR, exact_groups, find_duplicate_pairs
 from fercurate.dedup.params import DedupParams
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
+from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
 #: Columns dedup writes (besides the hash column, named after the hasher).
@@ -64,29 +66,7 @@ class DedupResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version.version if self.version else None,
-            "path": self.version.path if self.version else None,
-            "parent": self.parent,
-            "dry_run": self.dry_run,
-            "hasher": self.hasher,
-            "active": self.active,
-            "hashed": self.hashed,
-            "hashes_cached": self.hashes_cached,
-            "pairs": self.pairs,
-            "pairs_by_kind": self.pairs_by_kind,
-            "groups": self.groups,
-            "rows_in_groups": self.rows_in_groups,
-            "largest_group": self.largest_group,
-            "removed": self.removed,
-            "leakage": self.leakage,
-            "conflicts": self.conflicts,
-            "conflict_mode": self.conflict_mode,
-            "reports": self.reports,
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
+        return to_dict(self)
 
 
 def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None = None) -> DedupResult:
@@ -96,7 +76,6 @@ def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None =
         InputError: for an option out of its range.
         WorkspaceError: no workspace or version (run ``fercurate scan`` first), or a busy workspace.
     """
-    params.check()
     progress = progress or NullProgress()
     started = time.perf_counter()
     workspace.require_versions()  # a clear "run fercurate scan first" before touching the disk

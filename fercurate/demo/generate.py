@@ -114,7 +114,9 @@ def _check_dest(dest: Path, overwrite: bool) -> None:
     if dest.exists() and not dest.is_dir():
         raise InputError(f"demo destination {dest} is a file; choose a folder")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise InputError(f"demo destination {dest} is not empty; pass --overwrite or choose an empty folder")
+        raise InputError(
+            f"demo destination {dest} is not empty; pass overwrite or choose an empty folder", param="overwrite"
+        )
 
 
 def _truth_table(rows: list[Row]) -> Any:

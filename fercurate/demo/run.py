@@ -21,6 +21,7 @@ from fercurate.demo.params import Truth
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
 from fercurate.progress import NullProgress, Progress
+from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace
 
 
@@ -62,21 +63,7 @@ class DemoReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dest": str(self.dest),
-            "workspace": str(self.workspace),
-            "seconds": round(self.seconds, 1),
-            "stages": [
-                {
-                    "stage": s.stage,
-                    "version": s.version,
-                    "summary": s.summary,
-                    "score": s.score,
-                    "seconds": round(s.seconds, 1),
-                }
-                for s in self.stages
-            ],
-        }
+        return to_dict(self, seconds_digits=1, stages=[to_dict(s, seconds_digits=1) for s in self.stages])
 
     def render(self, console: Any) -> None:
         console.print(f"[bold]fercurate demo --run[/]: {self.seconds:.0f} s, workspace {self.workspace}")
@@ -113,8 +100,9 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     dest = Path(params.dest)
     if workspace.versions() and not params.overwrite:
         raise InputError(
-            f"workspace {workspace.root} already holds versions; pass --overwrite to start the demo afresh "
-            "or choose another --workspace"
+            f"workspace {workspace.root} already holds versions; pass overwrite to start the demo afresh "
+            "or choose another workspace",
+            param=("overwrite", "workspace"),
         )
     if params.overwrite and workspace.root.exists() and (workspace.root / "versions").exists():
         shutil.rmtree(workspace.root)

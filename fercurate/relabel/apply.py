@@ -34,6 +34,7 @@ from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, REMOVED, Col
 from fercurate.relabel.decisions import KEEP, RELABEL, REMOVE, DecisionLog, log_path
 from fercurate.relabel.flag import FLAGGED, SUGGESTED_LABEL, classes_of, prob_column
+from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace
 
 STAGE = "relabel-apply"
@@ -76,23 +77,7 @@ class ApplyResult:
         return self.relabeled_by_human + self.relabeled_by_model + self.removed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version.version,
-            "parent": self.parent,
-            "path": self.version.path,
-            "changed": self.changed,
-            "relabeled_by_human": self.relabeled_by_human,
-            "relabeled_by_model": self.relabeled_by_model,
-            "removed": self.removed,
-            "kept": self.kept,
-            "already_applied": self.already_applied,
-            "changes": self.changes,
-            "skipped": self.skipped,
-            "decisions": self.decisions,
-            "log": str(self.log),
-            "seconds": round(self.seconds, 3),
-            "notes": self.notes,
-        }
+        return to_dict(self, changed=self.changed)
 
 
 def _with_reason(existing: Any, new: str) -> str:
@@ -111,14 +96,17 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
     """
     started = time.perf_counter()
     if params.auto_accept is not None and not 0.0 < params.auto_accept <= 1.0:
-        raise InputError(f"--auto-accept {params.auto_accept} must be a probability in (0, 1], e.g. 0.9")
+        raise InputError(
+            f"auto_accept {params.auto_accept} must be a probability in (0, 1], e.g. 0.9", param="auto_accept"
+        )
     log = DecisionLog(log_path(workspace.root))
     with workspace.lock("fercurate relabel-review apply"):
         info, df = workspace.read(params.version)
         if params.auto_accept is not None and SUGGESTED_LABEL not in df.columns:
             raise InputError(
-                f"version {info.version} has no suggested labels for --auto-accept; run "
-                "`fercurate relabel-review flag` first (or apply a version that descends from a flag)"
+                f"version {info.version} has no suggested labels for auto_accept; run "
+                "`fercurate relabel-review flag` first (or apply a version that descends from a flag)",
+                param="auto_accept",
             )
         out = df.copy()
         pos = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())
@@ -133,7 +121,8 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         if not decisions and params.auto_accept is None:
             raise InputError(
                 f"the decision log {log.path} holds no decisions, so there is nothing to apply; review the "
-                "flagged images with `fercurate relabel-review serve` first, or pass --auto-accept P"
+                "flagged images with `fercurate relabel-review serve` first, or pass auto_accept P",
+                param="auto_accept",
             )
         for image_id, dec in decisions.items():
             i = pos.get(image_id)

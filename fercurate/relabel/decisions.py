@@ -26,12 +26,13 @@ import fcntl
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fercurate.errors import InputError
+from fercurate.reports import to_dict
 
 RELABEL, KEEP, REMOVE, UNDO = "relabel", "keep", "remove", "undo"
 #: Decisions that stand (undo is not one: it takes one back).
@@ -64,7 +65,7 @@ class Decision:
             raise InputError(f"decided by '{self.by}' is not one of: {', '.join(BY)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
 
 def now() -> str:

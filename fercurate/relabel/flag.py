@@ -37,6 +37,7 @@ from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, Col, atomic_write, atomic_write_text
 from fercurate.progress import NullProgress, Progress
 from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, score_labels
+from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
 STAGE = "relabel-flag"
@@ -166,26 +167,12 @@ class FlagResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version.version,
-            "parent": self.parent,
-            "path": self.version.path,
-            "rows": self.rows,
-            "flagged": self.flagged,
-            "classes": self.classes,
-            "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
-            "oof_accuracy": round(self.oof_accuracy, 4),
-            "by_pair": self.by_pair,
-            "folds_trained": self.folds_trained,
-            "folds_cached": self.folds_cached,
-            "queue": str(self.queue_path),
-            "html": str(self.html_path),
-            "png": str(self.png_path),
-            "config_hash": self.config_hash,
-            "cache_key": self.cache_key,
-            "seconds": round(self.seconds, 3),
-            "notes": self.notes,
-        }
+        return to_dict(
+            self,
+            rename={"queue_path": "queue", "html_path": "html", "png_path": "png"},
+            thresholds={k: round(v, 4) for k, v in self.thresholds.items()},
+            oof_accuracy=round(self.oof_accuracy, 4),
+        )
 
 
 def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = None) -> FlagResult:
@@ -284,15 +271,17 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
 # -- inputs ----------------------------------------------------------------------------------------
 def _check_params(params: FlagParams) -> None:
     if params.folds < 2:
-        raise InputError(f"--folds {params.folds} is too small; cross-fitting needs at least 2 (default 5)")
+        raise InputError(
+            f"folds {params.folds} is too small; cross-fitting needs at least 2 (default 5)", param="folds"
+        )
     if params.method not in RANKERS:
-        raise InputError(f"--method '{params.method}' is not one of: {', '.join(RANKERS)}")
+        raise InputError(f"method '{params.method}' is not one of: {', '.join(RANKERS)}", param="method")
     if params.filter_by not in FILTERS:
-        raise InputError(f"--filter '{params.filter_by}' is not one of: {', '.join(FILTERS)}")
+        raise InputError(f"filter_by '{params.filter_by}' is not one of: {', '.join(FILTERS)}", param="filter_by")
     if not 0.0 < params.val_fraction < 0.5:
         raise InputError(f"val_fraction {params.val_fraction} must be between 0 and 0.5 (default 0.1)")
     if params.top_per_class < 0:
-        raise InputError(f"--top-per-class {params.top_per_class} must be 0 or more")
+        raise InputError(f"top_per_class {params.top_per_class} must be 0 or more", param="top_per_class")
 
 
 def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -312,7 +301,8 @@ def _check_rows(rows: pd.DataFrame, classes: list[str], params: FlagParams) -> N
     if small:
         raise InputError(
             f"class(es) {', '.join(small)} have fewer than {need} active rows, too few for "
-            f"--folds {params.folds}; pass a smaller --folds or add images of them"
+            f"folds {params.folds}; pass smaller folds or add images of them",
+            param="folds",
         )
 
 
@@ -354,7 +344,9 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
 
     n_groups = len(np.unique(groups))
     if n_groups < folds:
-        raise InputError(f"only {n_groups} distinct images or duplicate groups, fewer than --folds {folds}")
+        raise InputError(
+            f"only {n_groups} distinct images or duplicate groups, fewer than folds {folds}", param="folds"
+        )
     out = np.full(len(labels), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):

@@ -295,12 +295,14 @@ def make_server(workspace: Workspace, params: ServeParams) -> ReviewServer:
         InputError: when the port is out of range or taken.
     """
     if not 0 <= params.port <= 65535:
-        raise InputError(f"--port {params.port} is not a TCP port (0-65535; 0 picks a free one)")
+        raise InputError(f"port {params.port} is not a TCP port (0-65535; 0 picks a free one)", param="port")
     state = ReviewState(workspace, params.version)
     try:
         return ReviewServer(state, params.port)
     except OSError as exc:
-        raise InputError(f"cannot listen on {HOST}:{params.port}: {exc.strerror}; pass another --port or 0") from exc
+        raise InputError(
+            f"cannot listen on {HOST}:{params.port}: {exc.strerror}; pass another port or 0", param="port"
+        ) from exc
 
 
 def serve(

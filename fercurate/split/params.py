@@ -60,7 +60,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise InputError(f"--ratios '{text}' {RATIOS_HINT}") from None
+        raise InputError(f"ratios '{text}' {RATIOS_HINT}", param="ratios") from None
     return normalise_ratios(values, text)
 
 
@@ -75,20 +75,23 @@ def normalise_ratios(values: tuple[float, ...], shown: str | None = None) -> tup
     """
     shown = shown if shown is not None else "/".join(f"{v:g}" for v in values)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise InputError(f"--ratios '{shown}' {RATIOS_HINT}")
+        raise InputError(f"ratios '{shown}' {RATIOS_HINT}", param="ratios")
     if any(v < 0 for v in values):
-        raise InputError(f"--ratios '{shown}' has a negative value; it {RATIOS_HINT}")
+        raise InputError(f"ratios '{shown}' has a negative value; it {RATIOS_HINT}", param="ratios")
     total = sum(values)
     if abs(total - 1.0) <= 1e-4:
         scale = 100.0 / total
     elif abs(total - 100.0) <= 1e-2:
         scale = 100.0 / total
     else:
-        raise InputError(f"--ratios '{shown}' sums to {total:g}; it {RATIOS_HINT} (or fractions summing to 1)")
+        raise InputError(
+            f"ratios '{shown}' sums to {total:g}; it {RATIOS_HINT} (or fractions summing to 1)", param="ratios"
+        )
     if values[0] <= 0:
         raise InputError(
-            f"--ratios '{shown}' leaves train empty; train must be above 0 and val or test may be 0, "
-            "e.g. 80/10/10 or 90/10/0"
+            f"ratios '{shown}' leaves train empty; train must be above 0 and val or test may be 0, "
+            "e.g. 80/10/10 or 90/10/0",
+            param="ratios",
         )
     train, val, test = (v * scale for v in values)
     return (train, val, test)

@@ -28,7 +28,8 @@ def group_columns(df: pd.DataFrame, group_by: tuple[str, ...] | list[str] = ()) 
     missing = [c for c in group_by if c not in df.columns]
     if missing:
         raise InputError(
-            f"--group-by column '{missing[0]}' is not in the manifest; columns: {', '.join(map(str, df.columns))}"
+            f"group_by column '{missing[0]}' is not in the manifest; columns: {', '.join(map(str, df.columns))}",
+            param="group_by",
         )
     cols = [Col.DUP_GROUP] if Col.DUP_GROUP in df.columns else []
     return list(dict.fromkeys([*cols, *group_by]))
@@ -252,7 +253,7 @@ def assign(
     """
     pct = normalise_ratios(tuple(ratios))
     if strategy not in STRATEGIES:
-        raise InputError(f"--strategy '{strategy}' is not one of: {', '.join(STRATEGIES)}")
+        raise InputError(f"strategy '{strategy}' is not one of: {', '.join(STRATEGIES)}", param="strategy")
     cols = group_columns(df, tuple(group_cols))
     new = df[Col.SPLIT].copy()
     # work in image_id order so the answer does not depend on the row order of the file

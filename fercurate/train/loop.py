@@ -37,7 +37,6 @@ import copy
 import math
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercurate.errors import DeviceError, InputError
+from fercurate.manifest import atomic_write
 from fercurate.train.config import TrainConfig, config_from_dict, config_hash
 from fercurate.train.data import (
     ArraySplit,
@@ -588,19 +588,15 @@ def save_checkpoint(result: TrainResult, path: str | os.PathLike[str]) -> None:
         "device": result.device,
         "torch": str(torch.__version__),  # TorchVersion would need an unpickling allowlist
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # A reader sees the old file or the new one, never half of one.
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # A reader sees the old file or the new one, never half of one (one atomic write for every file).
+    atomic_write(Path(path), lambda tmp: _write_synced(payload, tmp))
+
+
+def _write_synced(payload: dict[str, Any], tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TrainResult:

@@ -8,12 +8,13 @@ inside :func:`classification_metrics` to keep ``import fercurate.train`` fast.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fercurate.errors import InputError
+from fercurate.reports import to_dict
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (builtin floats, ints, lists)."""
-        return asdict(self)
+        return to_dict(self)
 
 
 def _labels(y: Any, name: str) -> np.ndarray:
