@@ -247,6 +247,9 @@ def scan_cmd(
         int, typer.Option(help="Side of the grayscale images fercurate works on.")
     ] = ScanParams.image_size,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [default: all CPUs].")] = ScanParams.workers,
+    max_pixels: Annotated[
+        int, typer.Option(help="Images of more pixels are invalid, judged from the header (default 4096x4096).")
+    ] = ScanParams.max_pixels,
     as_json: JsonOpt = False,
 ) -> None:
     """Read a dataset into a new manifest version (v0000 in a new workspace).
@@ -263,6 +266,7 @@ def scan_cmd(
         ignore=tuple(ignore or ()),
         image_size=image_size,
         workers=workers,
+        max_pixels=max_pixels,
     )
     with progress_bar() as progress:
         result = scan(Workspace(workspace), params, progress)
@@ -298,8 +302,13 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     table = Table(title=f"Versions in {Workspace(workspace).root}", title_justify="left")
     for col in ("version", "stage", "parent", "created", "rows", "active", "train/val/test"):
         table.add_column(col)
+    table.add_column("state")
     for e in entries:
+        if "stage" not in e:  # a damaged record: nothing but its number is known
+            table.add_row(e["version"], *["?"] * 6, "[red]damaged[/]")
+            continue
         split = e["by_split"]
+        state = f"[red]{e['state']}[/]" if e["state"] == "damaged" else e["state"]
         table.add_row(
             e["version"],
             e["stage"],
@@ -308,8 +317,40 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
             str(e["rows"]),
             str(e["active"]),
             f"{split.get('train', 0)}/{split.get('val', 0)}/{split.get('test', 0)}",
+            state + (" (report incomplete)" if e["report_incomplete"] else ""),
         )
     out.print(table)
+    for e in entries:
+        if e["problem"]:
+            out.print(f"[red]{e['version']} damaged:[/] {e['problem']}", soft_wrap=True)
+
+
+@command("check")
+def check_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Verify every version (record and Parquet file hash), report folder and cache entry.
+
+    Exits 1 when anything is damaged, naming each damaged file.
+
+    Example: fercurate check --workspace manifests --json
+    """
+    from fercurate.check import check
+
+    result = check(Workspace(workspace))
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table = Table(title=f"Check of {result.workspace}", title_justify="left")
+        for col in ("kind", "name", "state", "problem"):
+            table.add_column(col, overflow="fold")
+        shown = [f for f in result.findings if f.kind != "cache" or f.state != "ok"]
+        for f in shown:
+            state = f"[red]{f.state}[/]" if f.state == "damaged" else f.state
+            table.add_row(f.kind, f.name, state, f.problem or "")
+        out.print(table)
+        cached = sum(f.kind == "cache" and f.state == "ok" for f in result.findings)
+        out.print(f"{cached} cache entries ok; {len(result.damaged)} damaged")
+    if result.damaged:
+        raise typer.Exit(1)
 
 
 @command("diff")

@@ -14,9 +14,17 @@ from fercurate.workspace import VersionInfo, Workspace
 
 
 def log(workspace: Workspace) -> list[dict[str, Any]]:
-    """Every version, oldest first, as JSON-ready dicts."""
-    out = []
-    for info in workspace.require_versions():
+    """Every version, oldest first, as JSON-ready dicts.
+
+    ``state`` is ``ok``, ``unverified`` (recorded before fercurate kept the Parquet file's sha256)
+    or ``damaged``, with the ``problem`` in one line: a record that is not readable JSON is listed
+    by its number alone, and a Parquet file that is not the recorded one (or not Parquet) is marked.
+    ``report_incomplete`` says a command was killed while writing the version's report folder.
+    """
+    workspace.require_versions()
+    out: list[dict[str, Any]] = []
+    for info in workspace.versions():
+        problem = workspace.verify(info)
         out.append(
             {
                 "version": info.version,
@@ -31,9 +39,22 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
                 "params": info.params,
                 "content_hash": info.content_hash,
                 "fercurate_version": info.fercurate_version,
+                "state": "damaged" if problem else ("unverified" if info.file_sha256 is None else "ok"),
+                "problem": problem,
+                "report_incomplete": workspace.report_incomplete(info.version),
             }
         )
-    return out
+    for bad in workspace.damaged():
+        out.append(
+            {
+                "version": bad.version,
+                "path": bad.file,
+                "state": "damaged",
+                "problem": f"{bad.file} is {bad.problem}",
+                "report_incomplete": workspace.report_incomplete(bad.version),
+            }
+        )
+    return sorted(out, key=lambda e: str(e["version"]))
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,13 @@ so the same batch function can be mapped by a local pool today or by a distribut
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypedDict, TypeVar
@@ -27,6 +31,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 NEAR_UNIFORM_STD = 3.0
 #: Images smaller than this on either side cannot hold a usable face.
 MIN_SIDE = 16
+#: Images of more pixels than this are judged from their header and never decoded: a face crop needs
+#: far less, and a 13000x13000 PNG takes seconds and 300 MB to decode (Pillow's own cap is 89M).
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 #: Bytes per read() of an image file: most FER images fit in one.
 _READ_CHUNK = 1 << 16
@@ -74,13 +81,15 @@ class Inspected(TypedDict):
     decoded: np.ndarray
 
 
-def inspect_images(blobs: Sequence[bytes], size: int = 48) -> Inspected:
+def inspect_images(blobs: Sequence[bytes], size: int = 48, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspected:
     """Validate a batch of image files' bytes and decode them to grayscale pixels.
 
     A file is ``active`` when it decodes to an image at least :data:`MIN_SIDE` on each side that is
     not flat; otherwise ``invalid`` with a ``reason``: ``empty_file``, ``not_an_image``,
-    ``truncated``, ``decode_error: ...``, ``too_small_WxH``, ``uniform`` or ``near_uniform_std_S``.
-    Flat and near-flat images keep their pixels: they are valid files, and a reviewer may look.
+    ``truncated``, ``decode_error: ...``, ``too_small_WxH``, ``too_large_WxH: ...`` (more than
+    ``max_pixels`` pixels, judged from the header without decoding), ``uniform`` or
+    ``near_uniform_std_S``. Flat and near-flat images keep their pixels: they are valid files, and a
+    reviewer may look.
     """
     n = len(blobs)
     widths: list[int | None] = [None] * n
@@ -89,30 +98,39 @@ def inspect_images(blobs: Sequence[bytes], size: int = 48) -> Inspected:
     reasons: list[str | None] = [None] * n
     pixels = np.zeros((n, size, size), dtype=np.uint8)
     decoded = np.zeros(n, dtype=bool)
-    for k, data in enumerate(blobs):
-        if not data:
-            reasons[k] = "empty_file"
-            continue
-        try:
-            img = Image.open(io.BytesIO(data))
-            widths[k], heights[k] = img.size
-            modes[k] = img.mode
-            img.load()
-        except UnidentifiedImageError:
-            reasons[k] = "not_an_image"
-            continue
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            reasons[k] = "truncated" if "truncated" in str(exc) else f"decode_error: {str(exc)[:80]}"
-            continue
-        if min(img.size) < MIN_SIDE:
-            reasons[k] = f"too_small_{img.size[0]}x{img.size[1]}"
-            continue
-        try:
-            pixels[k] = to_gray(img, size)
-        except (OSError, ValueError) as exc:
-            reasons[k] = f"decode_error: {str(exc)[:80]}"
-            continue
-        decoded[k] = True
+    with warnings.catch_warnings():
+        # Pillow warns at open() above its own cap; max_pixels, far lower, has judged those files already
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for k, data in enumerate(blobs):
+            if not data:
+                reasons[k] = "empty_file"
+                continue
+            try:
+                img = Image.open(io.BytesIO(data))  # reads the header only
+                widths[k], heights[k] = img.size
+                modes[k] = img.mode
+                if img.size[0] * img.size[1] > max_pixels:
+                    reasons[k] = f"too_large_{img.size[0]}x{img.size[1]}: over the {max_pixels} pixel cap"
+                    continue
+                img.load()
+            except UnidentifiedImageError:
+                reasons[k] = "not_an_image"
+                continue
+            except Image.DecompressionBombError as exc:  # over twice Pillow's own cap: refused by open()
+                reasons[k] = f"too_large: {str(exc).split(',')[0]}"
+                continue
+            except (OSError, SyntaxError, ValueError) as exc:
+                reasons[k] = "truncated" if "truncated" in str(exc) else f"decode_error: {str(exc)[:80]}"
+                continue
+            if min(img.size) < MIN_SIDE:
+                reasons[k] = f"too_small_{img.size[0]}x{img.size[1]}"
+                continue
+            try:
+                pixels[k] = to_gray(img, size)
+            except (OSError, ValueError) as exc:
+                reasons[k] = f"decode_error: {str(exc)[:80]}"
+                continue
+            decoded[k] = True
     statuses = ["invalid"] * n
     # flatness is judged for the whole batch at once: per image, the numpy calls cost more than the maths
     flat = pixels.reshape(n, size * size)
@@ -161,8 +179,12 @@ def read_file(path: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def inspect_files(paths: Sequence[str], size: int = 48) -> Inspected:
-    """:func:`inspect_images` over a batch of files; an unreadable file becomes an invalid row."""
+def inspect_files(paths: Sequence[str], size: int = 48, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inspected:
+    """:func:`inspect_images` over a batch of files; an unreadable file becomes an invalid row.
+
+    A symlink loop is ``symlink_loop``, a link to nothing ``dangling_symlink``, anything else
+    that cannot be read ``unreadable: <why>``.
+    """
     blobs: list[bytes] = []
     unreadable: dict[int, str] = {}
     for k, path in enumerate(paths):
@@ -170,11 +192,19 @@ def inspect_files(paths: Sequence[str], size: int = 48) -> Inspected:
             blobs.append(read_file(path))
         except OSError as exc:
             blobs.append(b"")
-            unreadable[k] = f"unreadable: {exc.strerror or exc}"
-    out = inspect_images(blobs, size)
+            unreadable[k] = _unreadable_reason(path, exc)
+    out = inspect_images(blobs, size, max_pixels)
     for k, reason in unreadable.items():
         out["reason"][k] = reason
     return out
+
+
+def _unreadable_reason(path: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"symlink_loop: following it leads back to itself (through {os.readlink(path)})"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"dangling_symlink: its target {os.readlink(path)} does not exist"
+    return f"unreadable: {exc.strerror or exc}"
 
 
 def load_gray_files(paths: Sequence[str], size: int = 48) -> np.ndarray:
@@ -221,12 +251,30 @@ def apply_batches(
             if progress:
                 progress(len(batch))
         return results
-    with ProcessPoolExecutor(max_workers=min(workers, len(batches))) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(batches)), initializer=_exit_with_parent)
+    with pool:
         for batch, out in zip(batches, pool.map(fn, batches), strict=True):
             results.append(out)
             if progress:
                 progress(len(batch))
     return results
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: end this worker soon after the process that started the pool is gone.
+
+    A parent killed with SIGKILL runs no cleanup, and its workers would sit on their pipes for
+    minutes; a daemon thread notices the parent's end (the worker is re-parented) within a second.
+    """
+    started_by = os.getppid()  # the pool's process (with fork), or the fork server that dies with it
+
+    def watch() -> None:
+        while os.getppid() == started_by:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def in_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

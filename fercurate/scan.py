@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 
 from fercurate.errors import DatasetError, InputError
-from fercurate.images import Inspected, apply_batches, encode_png, inspect_files, inspect_images
+from fercurate.images import (
+    DEFAULT_MAX_PIXELS,
+    Inspected,
+    apply_batches,
+    encode_png,
+    inspect_files,
+    inspect_images,
+)
 from fercurate.manifest import (
     ACTIVE,
     FER2013_CLASSES,
@@ -69,6 +76,8 @@ class ScanParams:
     ignore: tuple[str, ...] = ()
     image_size: int = 48
     workers: int | None = None
+    #: images of more pixels are invalid (``too_large_WxH``), judged from the header without decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,12 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
         raise DatasetError(f"dataset path {dataset} does not exist; pass a folder or a FER2013-style CSV")
     if params.image_size < 8:
         raise InputError(f"image_size {params.image_size} is too small; use 8 or more (48 for FER)", param="image_size")
+    if params.max_pixels < params.image_size * params.image_size:
+        raise InputError(
+            f"max_pixels {params.max_pixels} is below one {params.image_size}x{params.image_size} image; "
+            f"use at least {params.image_size * params.image_size} (default {DEFAULT_MAX_PIXELS})",
+            param="max_pixels",
+        )
     classes = _parse_classes(params.classes)
     with workspace.lock("fercurate scan"):
         if dataset.is_file():
@@ -131,6 +146,7 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
                 "classes": list(classes) if classes else None,
                 "ignore": list(params.ignore),
                 "image_size": params.image_size,
+                "max_pixels": params.max_pixels,
             },
             dataset_root=root,
             extra={"image_size": params.image_size, "classes": sorted(df[Col.LABEL].unique().tolist())},
@@ -179,14 +195,15 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def _has_files(folder: Path) -> bool:
-    return any(e.is_file() for e in _entries(folder))
+    return any(_is_file_or_broken_link(e) for e in _entries(folder))
 
 
 def _image_files(folder: Path | str, prefix: str) -> list[str]:
     """``prefix`` + the ``/``-separated path of every visible file under ``folder``, in path order.
 
     Files inside hidden or littered sub-folders are left out. Like ``Path.rglob``, this does not
-    follow symlinked sub-folders and skips sub-folders it may not read.
+    follow symlinked sub-folders and skips sub-folders it may not read. A symlink that leads to no
+    file (a loop, a dangling link) is listed: reading it fails, and the scan records why.
     """
     try:
         entries = _entries(folder)
@@ -196,9 +213,20 @@ def _image_files(folder: Path | str, prefix: str) -> list[str]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             files.extend(_image_files(entry.path, f"{prefix}{entry.name}/"))
-        elif entry.is_file():
+        elif _is_file_or_broken_link(entry):
             files.append(prefix + entry.name)
     return files
+
+
+def _is_file_or_broken_link(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a file, or a symlink that leads to none (a loop or a dangling link)."""
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # a symlink loop: stat() fails with ELOOP
+        return True
+    # a dangling link: is_file() is False when the target is missing; a link to a folder is not a file
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def _descend(root: Path) -> Path:
@@ -241,7 +269,7 @@ def _discover(
                     param="ignore",
                 )
             seen_splits[split] = split_dir.name
-            stray = sum(e.is_file() for e in _entries(split_dir))
+            stray = sum(_is_file_or_broken_link(e) for e in _entries(split_dir))
             if stray:
                 notes.append(f"{stray} file(s) directly in {split_dir.name}/ have no class folder: skipped")
             for class_dir in _visible_dirs(split_dir):
@@ -287,7 +315,7 @@ def _scan_files(
     paths = [path for path, _, _ in files]
     base = os.path.join(root, "")
     parts = apply_batches(
-        functools.partial(inspect_files, size=params.image_size),
+        functools.partial(inspect_files, size=params.image_size, max_pixels=params.max_pixels),
         [base + path for path in paths],
         batch_size=256,
         workers=params.workers,

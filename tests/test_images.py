@@ -2,17 +2,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bad_files, blob_image, jpeg_bytes
+from conftest import bad_files, blob_image, jpeg_bytes, png_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from fercurate.images import (
+    DEFAULT_MAX_PIXELS,
     NEAR_UNIFORM_STD,
     apply_batches,
     gray_std,
@@ -117,3 +119,71 @@ def test_apply_batches_keeps_order_and_reports_progress(workers: int) -> None:
     assert np.array_equal(np.concatenate([p["ids"] for p in parts]), np.arange(1000) * 2)  # type: ignore[misc]
     assert sorted(done) == sorted([128] * 7 + [104])
     assert map_batches(_doubled, list(range(300)), batch_size=64, workers=workers) == [2 * x for x in range(300)]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header (with a correct CRC) says ``width`` x ``height`` but holds a 48x48 image's data."""
+    import struct
+    import zlib
+
+    data = bytearray(png_bytes(blob_image(np.random.default_rng(2), 1)))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def test_the_pixel_cap_is_checked_from_the_header_before_decoding() -> None:
+    found = inspect_images([_png_claiming(13000, 13000), _png_claiming(4096, 4096)])
+    # the first is judged by its header alone: decoding it would have failed on its short data
+    assert found["reason"][0] == f"too_large_13000x13000: over the {DEFAULT_MAX_PIXELS} pixel cap"
+    assert found["width"][0] == 13000 and not found["decoded"][0]
+    assert found["reason"][1] != "" and not found["reason"][1].startswith("too_large")  # at the cap: decoded
+    huge = inspect_images([_png_claiming(20000, 20000)])  # past Pillow's own bomb cap: refused by open()
+    assert huge["reason"][0].startswith("too_large: Image size (400000000 pixels)")
+    small = inspect_images([png_bytes(blob_image(np.random.default_rng(3), 0))], max_pixels=47 * 48)
+    assert small["reason"][0] == "too_large_48x48: over the 2256 pixel cap"
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from fercurate.images import apply_batches
+
+def slow(batch):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(120)
+    return batch
+
+apply_batches(slow, list(range(8)), batch_size=1, workers=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_worker_processes_die_with_their_parent(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(tmp_path)])
+    deadline = time.time() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    parent.kill()  # kill -9: no cleanup runs in the parent
+    parent.wait()
+    deadline = time.time() + 5
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # do not leave them running whatever the outcome
+        os.kill(pid, 9)
+    assert not left, "worker processes outlived their killed parent"

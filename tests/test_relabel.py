@@ -379,6 +379,17 @@ def test_decide_appends_to_the_log_at_once_and_validates(server: Any, ws: Worksp
     assert queue["decided"] == 2 and queue["history"] == [a["image_id"], b["image_id"]]
 
 
+def test_a_deeply_nested_body_gets_400_not_a_dropped_connection(server: Any) -> None:
+    body = b"[" * 8000 + b"]" * 8000  # 16 KB, within the size limit; json.loads recurses 8,000 deep
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    conn.request("POST", "/api/decide?token=" + server.state.token, body=body, headers=headers)
+    response = conn.getresponse()
+    assert response.status == 400 and b"JSON object" in response.read()
+    conn.close()
+    assert call(server, "GET", "/api/queue")[0] == 200  # and the server still serves
+
+
 def test_make_server_needs_a_flag_version(tmp_path: Path, dataset: tuple[Path, Any]) -> None:
     ws = Workspace(tmp_path / "plain")
     scan(ws, ScanParams(dataset=dataset[0]))

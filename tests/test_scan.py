@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import blob_image, jpeg_bytes, write_tree
 
-from fercurate.errors import DatasetError
+from fercurate.errors import DatasetError, InputError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, normalise_split, scan
 from fercurate.workspace import PixelCache, Workspace, load_pixels
@@ -239,3 +239,37 @@ def test_discovery_skips_hidden_and_littered_files_in_path_order(tmp_path: Path)
     assert df[Col.PATH].tolist() == [f"train/happy/{n}" for n in wanted] + ["train/sad/1.jpg"]
     assert result.notes == ["1 file(s) directly in train/ have no class folder: skipped"]
     assert (df[Col.STATUS] == "active").all()
+
+
+def test_symlink_loops_and_dangling_links_are_invalid_rows(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    write_tree(root, splits={"train": 4}, with_bad=False)
+    happy = root / "train" / "happy"
+    (happy / "a.jpg").symlink_to("b.jpg")
+    (happy / "b.jpg").symlink_to("a.jpg")
+    (happy / "self.jpg").symlink_to("self.jpg")
+    (happy / "dangling.jpg").symlink_to("gone.jpg")
+    (happy / "linked.jpg").symlink_to(sorted(happy.glob("*.jpg"))[0].name)
+    result = scan(Workspace(tmp_path / "ws"), ScanParams(dataset=root))
+    _, df = Workspace(tmp_path / "ws").read()
+    reasons = dict(zip(df[Col.PATH], df[Col.REASON], strict=True))
+    for name in ("a.jpg", "b.jpg", "self.jpg"):
+        assert reasons[f"train/happy/{name}"].startswith("symlink_loop"), name
+    assert reasons["train/happy/dangling.jpg"].startswith("dangling_symlink")
+    assert result.invalid_reasons == {"symlink_loop": 3, "dangling_symlink": 1}
+    assert set(df.loc[df[Col.REASON].isna(), Col.STATUS]) == {"active"}  # the link to a real file is a row
+
+
+def test_images_over_the_pixel_cap_are_invalid_before_decoding(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    write_tree(root, splits={"train": 3}, with_bad=False)
+    big = np.tile(blob_image(np.random.default_rng(1), 0), (3, 3))  # 144 x 144
+    (root / "train" / "sad" / "big.jpg").write_bytes(jpeg_bytes(big))
+    ws = Workspace(tmp_path / "ws")
+    result = scan(ws, ScanParams(dataset=root, max_pixels=100 * 100))
+    info, df = ws.read()
+    row = df[df[Col.PATH] == "train/sad/big.jpg"].iloc[0]
+    assert row[Col.STATUS] == "invalid" and row[Col.REASON].startswith("too_large_144x144")
+    assert result.invalid_reasons == {"too_large": 1} and info.params["max_pixels"] == 100 * 100
+    with pytest.raises(InputError, match="max_pixels 0 is below"):
+        scan(ws, ScanParams(dataset=root, max_pixels=0))

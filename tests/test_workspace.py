@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -63,7 +64,7 @@ def test_a_live_lock_refuses_a_second_writer(ws: Workspace) -> None:
                 pass
     with ws.lock("again"):  # released after the block
         pass
-    assert not (ws.root / ".lock").exists()
+    assert (ws.root / ".lock").read_text() == ""  # the file stays (never deleted), naming nobody
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(ws: Workspace) -> None:
@@ -97,7 +98,8 @@ def test_killing_a_scan_leaves_no_version_and_no_lock_blocking(tmp_path: Path) -
     import time
 
     deadline = time.time() + 30
-    while not (tmp_path / "ws" / ".lock").exists() and time.time() < deadline:
+    lock = tmp_path / "ws" / ".lock"
+    while not (lock.exists() and str(proc.pid) in lock.read_text()) and time.time() < deadline:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
@@ -105,6 +107,76 @@ def test_killing_a_scan_leaves_no_version_and_no_lock_blocking(tmp_path: Path) -
     assert all(Path(i.path).exists() for i in ws.versions())  # any version present is complete
     result = scan(ws, ScanParams(dataset=data))  # the stale lock does not block
     assert result.rows == 720
+
+
+def test_the_next_lock_holder_removes_temp_files_killed_writers_left(ws: Workspace) -> None:
+    litter = [ws.versions_dir / ".v0001.parquet.abc123.tmp", ws.versions_dir / ".v0001.json.x9.tmp"]
+    for path in litter:
+        path.write_bytes(b"half")
+    keep = ws.versions_dir / "notes.txt"
+    keep.write_text("mine")
+    assert all(p.exists() for p in litter)  # reading never deletes: a live writer may own them
+    ws.read()
+    assert all(p.exists() for p in litter)
+    with ws.lock("fercurate split"):
+        assert not any(p.exists() for p in litter)
+    assert keep.exists() and [i.version for i in ws.versions()] == ["v0000"]
+
+
+def test_a_parquet_file_that_is_not_the_recorded_one_is_refused(ws: Workspace) -> None:
+    info, df = ws.read()
+    assert info.file_sha256 is not None and len(info.file_sha256) == 64
+    with ws.lock("t"):
+        other = ws.commit(df.iloc[:5], stage="t", parent=info, params={})
+    # what two unlocked writers left: v0001's record next to another commit's Parquet file
+    shutil.copyfile(info.path, other.path)
+    with pytest.raises(WorkspaceError, match=r"v0001\.parquet .* is not the file its record .*v0001\.json") as err:
+        ws.read("v0001")
+    assert "\n" not in str(err.value)
+    assert ws.verify(ws.resolve("v0001")) is not None and ws.verify(ws.resolve("v0000")) is None
+
+
+def test_records_without_a_file_hash_stay_readable(ws: Workspace) -> None:
+    record = ws.versions_dir / "v0000.json"
+    data = json.loads(record.read_text())
+    del data["file_sha256"]  # as fercurate wrote it before recording the hash
+    record.write_text(json.dumps(data))
+    info, df = ws.read()
+    assert info.file_sha256 is None and len(df) == info.rows and ws.verify(info) is None
+
+
+def test_a_truncated_record_is_reported_and_the_other_versions_work(ws: Workspace) -> None:
+    info, df = ws.read()
+    with ws.lock("t"):
+        ws.commit(df, stage="a", parent=info, params={})
+        v2 = ws.commit(df, stage="b", parent=ws.resolve("v0001"), params={})
+    record = ws.versions_dir / "v0001.json"
+    record.write_text(record.read_text()[: len(record.read_text()) // 2])
+    assert [i.version for i in ws.versions()] == ["v0000", "v0002"]
+    [bad] = ws.damaged()
+    assert bad.version == "v0001" and "not a readable version record" in bad.problem
+    assert ws.read("v0002")[0] == v2 and ws.read()[0] == v2  # commands that do not need v0001 work
+    with pytest.raises(WorkspaceError, match=r"version v0001 is damaged: .*v0001\.json") as err:
+        ws.read("v0001")
+    assert "\n" not in str(err.value)
+    with ws.lock("t"):  # the damaged version is never overwritten
+        assert ws.commit(df, stage="c", parent=v2, params={}).version == "v0003"
+    # a damaged newest record is not silently replaced by an older version as "latest"
+    newest = ws.versions_dir / "v0003.json"
+    newest.write_text("{")
+    with pytest.raises(WorkspaceError, match="version v0003 is damaged"):
+        ws.read()
+
+
+def test_a_report_is_marked_incomplete_until_written(ws: Workspace) -> None:
+    with pytest.raises(RuntimeError), ws.report("v0000") as folder:
+        (folder / "pairs.parquet").write_bytes(b"part")
+        assert ws.report_incomplete("v0000")
+        raise RuntimeError("killed mid-report")
+    assert ws.report_incomplete("v0000")  # the half report says so
+    with ws.report("v0000") as folder:
+        (folder / "pairs.parquet").write_bytes(b"all")
+    assert not ws.report_incomplete("v0000") and (ws.reports_dir / "v0000" / "pairs.parquet").exists()
 
 
 # -- sha256-keyed caches ---------------------------------------------------------------------------
@@ -204,3 +276,50 @@ def test_load_pixels_decodes_what_the_cache_lacks_once(ws: Workspace, monkeypatc
 
     monkeypatch.setattr(fercurate.images, "load_gray_files", no_decoding)
     assert np.array_equal(load_pixels(ws, info, rows), expected)
+
+
+# -- many writers at once --------------------------------------------------------------------------
+def _race_writer(ws: Workspace, barrier: Any, out: Any) -> None:
+    """Wait for every writer, then try to commit one version; report what happened and when."""
+    import time
+
+    info, df = ws.read()
+    barrier.wait()
+    try:
+        with ws.lock(f"writer {os.getpid()}"):
+            entered = time.monotonic()
+            version = ws.commit(df, stage="race", parent=info, params={"pid": os.getpid()})
+            left = time.monotonic()
+    except WorkspaceError:
+        out.put(("refused", os.getpid(), None, 0.0, 0.0))
+        return
+    out.put(("committed", os.getpid(), version.version, entered, left))
+
+
+def test_simultaneous_writers_never_hold_the_lock_together(ws: Workspace) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    writers, rounds = 16, 12  # on the old lock (create, then write the holder) 12 rounds failed
+    committed: list[tuple[str, int, str, float, float]] = []
+    for _ in range(rounds):
+        barrier, out = ctx.Barrier(writers), ctx.Queue()
+        procs = [ctx.Process(target=_race_writer, args=(ws, barrier, out)) for _ in range(writers)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        won = [r for r in results if r[0] == "committed"]
+        assert len(won) >= 1  # somebody always gets it
+        committed.extend(won)
+    spans = sorted((entered, left) for *_, entered, left in committed)
+    for (_, left), (entered, _) in zip(spans, spans[1:], strict=False):
+        assert entered >= left, "two writers held the lock at once"
+    versions = ws.versions()
+    assert len(versions) == 1 + len(committed)
+    assert sorted(v for _, _, v, _, _ in committed) == [v.version for v in versions[1:]]
+    for v in versions[1:]:  # each record describes its own Parquet file
+        assert v.params["pid"] in {pid for _, pid, *_ in committed}
+        ws.read(v.version)

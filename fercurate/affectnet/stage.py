@@ -166,13 +166,13 @@ def merge_affectnet(workspace: Workspace, params: MergeParams, progress: Progres
                 },
             },
         )
-        report = workspace.report_dir(version.version)
-        skipped_path = report / "merge_skipped.parquet"
-        frame = skipped.astype(object).reset_index(drop=True)
-        atomic_write(skipped_path, lambda tmp: frame.to_parquet(tmp, index=False))
-        after = class_by_split(merged)
-        chart_path = report / "merge_chart.png"
-        merge_chart(before, after, chart_path, f"merge-affectnet {info.version} -> {version.version}")
+        with workspace.report(version.version) as report:
+            skipped_path = report / "merge_skipped.parquet"
+            frame = skipped.astype(object).reset_index(drop=True)
+            atomic_write(skipped_path, lambda tmp: frame.to_parquet(tmp, index=False))
+            after = class_by_split(merged)
+            chart_path = report / "merge_chart.png"
+            merge_chart(before, after, chart_path, f"merge-affectnet {info.version} -> {version.version}")
     return MergeResult(
         version=version,
         parent=info.version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,9 @@ def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None =
                 extra=summary,
             )
     progress.start("Writing reports", None)
-    report_dir = workspace.report_dir(version.version) if version is not None else _dry_run_dir(workspace, info)
-    reports = _write_reports(report_dir, act, pixels, pairs, groups, resolution)
+    writing = workspace.report(version.version) if version is not None else nullcontext(_dry_run_dir(workspace, info))
+    with writing as report_dir:
+        reports = _write_reports(report_dir, act, pixels, pairs, groups, resolution)
     notes = []
     if flat.any():
         notes.append(f"{int(flat.sum())} active row(s) could not be read (flat pixels) and were left out")

@@ -234,15 +234,15 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
                 "confident_joint": scores.joint.astype(int).tolist(),
             },
         )
-    report = workspace.report_dir(version.version)
-    queue = review_queue(out, classes)
-    atomic_write(report / QUEUE_FILE, lambda tmp: queue.to_parquet(tmp, index=False))
-    top = _top_per_class(queue, params.top_per_class)
-    shown = set(top[Col.IMAGE_ID])
-    pixels = {iid: x[i] for i, iid in enumerate(rows[Col.IMAGE_ID]) if iid in shown}
-    atomic_write_text(report / HTML_FILE, flagged_html(top, classes, pixels, version.version))
-    sheet = flagged_sheet(top, pixels, f"{version.version}: top flagged per given class (given>suggested p)")
-    atomic_write(report / PNG_FILE, lambda tmp: sheet.save(tmp, format="PNG"))
+    with workspace.report(version.version) as report:
+        queue = review_queue(out, classes)
+        atomic_write(report / QUEUE_FILE, lambda tmp: queue.to_parquet(tmp, index=False))
+        top = _top_per_class(queue, params.top_per_class)
+        shown = set(top[Col.IMAGE_ID])
+        pixels = {iid: x[i] for i, iid in enumerate(rows[Col.IMAGE_ID]) if iid in shown}
+        atomic_write_text(report / HTML_FILE, flagged_html(top, classes, pixels, version.version))
+        sheet = flagged_sheet(top, pixels, f"{version.version}: top flagged per given class (given>suggested p)")
+        atomic_write(report / PNG_FILE, lambda tmp: sheet.save(tmp, format="PNG"))
 
     notes = []
     if n_flagged == 0:

@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length))
             if not isinstance(body, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             self._error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
             return
         try:

@@ -180,12 +180,13 @@ def split(workspace: Workspace, params: SplitParams, progress: Progress | None =
                 "pulled_into_test": done.pulled_into_test,
             },
         )
-        chart = split_chart(
-            before,
-            after,
-            workspace.report_dir(version.version) / CHART_NAME,
-            f"{info.version} -> {version.version}: split {'/'.join(f'{p:g}' for p in pct)} seed {params.seed}",
-        )
+        with workspace.report(version.version) as report:
+            chart = split_chart(
+                before,
+                after,
+                report / CHART_NAME,
+                f"{info.version} -> {version.version}: split {'/'.join(f'{p:g}' for p in pct)} seed {params.seed}",
+            )
     return SplitResult(
         version=version,
         parent=info.version,
