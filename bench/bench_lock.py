@@ -11,8 +11,8 @@ every version written is also read back through its sha256 check.
 ``--mode resident`` (default) keeps two processes for all trials, imports done, and releases them
 together per trial through a barrier: the tightest start (microseconds apart) and cheap enough for
 thousands of trials. ``--mode fresh`` starts two new interpreters per trial that import fercurate,
-then sleep until a common start time and call the entry point (about 2 s a trial); a trial where
-either finished its imports after the start time is counted as late and not simultaneous.
+then sleep until a common start time (``--start-delay`` seconds ahead) and call the entry point; a
+trial where either finished its imports after the start time is counted as late, not simultaneous.
 
 Prints one JSON line: trials, double commits, outcomes, seconds, CPU seconds, load average.
 
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("resident", "fresh"), default="resident")
     scratch = Path("/tmp") / os.environ.get("USER", "fercurate") / "bench_lock"
     parser.add_argument("--scratch", type=Path, default=scratch)
+    parser.add_argument("--start-delay", type=float, default=5.0, help="fresh mode: seconds allowed for imports")
     parser.add_argument("--hash-rows", type=int, default=0, help="measure the hash check on N rows instead")
     args = parser.parse_args()
     shutil.rmtree(args.scratch, ignore_errors=True)
@@ -180,7 +181,7 @@ def main() -> None:
                 q.put(str(root))
             codes = [results.get(timeout=120)[1] for _ in range(2)]
         else:
-            start = time.time() + 2.5
+            start = time.time() + args.start_delay
             env = {**os.environ, "FERCURATE_WORKSPACE": str(root)}
             late_files = [str(args.scratch / f"late-{s}") for s in (1, 2)]
             cmds = [

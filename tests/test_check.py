@@ -73,6 +73,8 @@ def test_check_names_every_damaged_version_report_and_cache_entry(ws: Workspace)
         ("cache", f"cache/pixels-48/{chunk.name}"),
     }
     assert "v0001.json" in str(damaged["version", "v0001"]) and "v0002.parquet" in str(damaged["version", "v0002"])
+    assert [e["report_incomplete"] for e in log(ws)] == [True, False, False]
+    assert "(report incomplete)" in _cli(ws, "log")[1]
     code, text = _cli(ws, "check", "--json")
     assert code == 1 and json.loads(text)["damaged"] == 4
     code, text = _cli(ws, "check")
