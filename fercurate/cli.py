@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from fercurate import __version__
 from fercurate.affectnet.params import SPLIT_MODES, MergeParams
@@ -50,7 +51,57 @@ from fercurate.split.strategies import STRATEGIES
 from fercurate.train.config import PRESETS
 from fercurate.workspace import WORKSPACE_ENV, Workspace
 
+
+def _plain_names(params: Iterable[Any]) -> None:
+    """Show arguments as ``DATASET`` and flags without a value placeholder.
+
+    Typer's rich help names an argument's type beside it, writes a required argument as
+    ``{dataset}`` in the usage line and gives every flag (``--json``, ``--help``) a ``<bool>``
+    placeholder although a flag takes no value; an explicit metavar overrides both.
+    """
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+        elif getattr(param, "is_flag", False):
+            param.metavar = ""
+
+
+class PlainNames:
+    """Mixin for a Typer command or group: :func:`_plain_names` on its parameters and its ``--help``."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        _plain_names(self.params)  # type: ignore[attr-defined]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        _plain_names([option] if option is not None else [])
+        return option
+
+
+class HelpCommand(PlainNames, TyperCommand):
+    """A command whose help reads like click's: ``fercurate scan [OPTIONS] DATASET``, flags without ``<bool>``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class HelpGroup(PlainNames, TyperGroup):
+    """A command group whose flags and ``--help`` show no ``<bool>`` placeholder."""
+
+
 app = typer.Typer(
+    cls=HelpGroup,
     help="Curate facial-expression-recognition datasets and measure what each fix bought.\n\n"
     "Example: fercurate demo demo/ && fercurate scan demo/dataset && fercurate log",
     no_args_is_help=True,
@@ -59,6 +110,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 relabel_app = typer.Typer(
+    cls=HelpGroup,
     help="Find likely wrong labels (flag), decide them in a local page (serve), apply the decisions (apply).\n\n"
     "Example: fercurate relabel-review flag && fercurate relabel-review serve",
     no_args_is_help=True,
@@ -80,8 +132,8 @@ WorkspaceOpt = Annotated[
         "--workspace",
         "-w",
         envvar=WORKSPACE_ENV,
-        help=f"Workspace folder holding the manifest versions (default: ./manifests, or ${WORKSPACE_ENV}).",
-        show_default=False,
+        help="Workspace folder holding the manifest versions.",
+        show_default="./manifests",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
@@ -103,7 +155,7 @@ def command(name: str, *params: type, group: typer.Typer = app) -> Callable[[F],
                 err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
-        group.command(name)(wrapper)
+        group.command(name, cls=HelpCommand)(wrapper)
         path = name if group is app else f"{_group_name(group)} {name}"
         PARAMS_OF[path] = params
         return fn
@@ -238,7 +290,7 @@ def scan_cmd(
     workspace: WorkspaceOpt = None,
     classes: Annotated[
         str | None,
-        typer.Option(help="Comma-separated class names to accept (default: any known FER class)."),
+        typer.Option(help="Comma-separated class names to accept.", show_default="any known FER class"),
     ] = ",".join(ScanParams.classes) if ScanParams.classes else None,
     ignore: Annotated[
         list[str] | None, typer.Option(help="Folder name to skip (repeatable), e.g. --ignore extras.")
@@ -246,9 +298,11 @@ def scan_cmd(
     image_size: Annotated[
         int, typer.Option(help="Side of the grayscale images fercurate works on.")
     ] = ScanParams.image_size,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes [default: all CPUs].")] = ScanParams.workers,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes.", show_default="all CPUs")
+    ] = ScanParams.workers,
     max_pixels: Annotated[
-        int, typer.Option(help="Images of more pixels are invalid, judged from the header (default 4096x4096).")
+        int, typer.Option(help="Images of more pixels are invalid, judged from the header.", show_default="4096x4096")
     ] = ScanParams.max_pixels,
     as_json: JsonOpt = False,
 ) -> None:
@@ -459,7 +513,7 @@ def split_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to re-split (v0003, 3, -1); default: the latest.", show_default=False),
+        typer.Option("--version", help="Version to re-split (v0003, 3, -1).", show_default="latest"),
     ] = SplitParams.version,
     ratios: Annotated[
         str,
@@ -578,14 +632,14 @@ def merge_affectnet_cmd(
     csv: Annotated[
         Path | None,
         typer.Option(
-            help="The official CSV (default: every CSV in SOURCE with the official columns, e.g. training.csv).",
-            show_default=False,
+            help="The official CSV, e.g. training.csv.",
+            show_default="every CSV in SOURCE with the official columns",
         ),
     ] = MergeParams.csv,
     version: Annotated[
         str | None,
         typer.Option(
-            "--version", help="Version to merge into (v0003, 3, -1); default: the latest.", show_default=False
+            "--version", help="Version to merge into (v0003, 3, -1).", show_default="latest"
         ),
     ] = MergeParams.version,
     target: Annotated[
@@ -604,9 +658,8 @@ def merge_affectnet_cmd(
         str | None,
         typer.Option(
             "--map",
-            help="Source class -> dataset class overrides, e.g. surprised=surprise,contempt=angry "
-            "(default: fold common names: anger->angry, happiness->happy, ...).",
-            show_default=False,
+            help="Source class -> dataset class overrides, e.g. surprised=surprise,contempt=angry.",
+            show_default="fold common names: anger->angry, happiness->happy, ...",
         ),
     ] = None,
     splits: Annotated[
@@ -621,10 +674,10 @@ def merge_affectnet_cmd(
     ] = ratio_text(MergeParams.ratios),
     seed: Annotated[int, typer.Option(help="Fixes which images are taken and where they go.")] = MergeParams.seed,
     image_size: Annotated[
-        int | None, typer.Option(help="Side of the stored faces (default: the dataset's).", show_default=False)
+        int | None, typer.Option(help="Side of the stored faces.", show_default="the dataset's")
     ] = MergeParams.image_size,
     workers: Annotated[
-        int | None, typer.Option(help="Conversion processes (default: all CPUs).")
+        int | None, typer.Option(help="Conversion processes.", show_default="all CPUs")
     ] = MergeParams.workers,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")
@@ -701,7 +754,7 @@ def merge_affectnet_cmd(
 @command("benchmark", BenchmarkParams)
 def benchmark_cmd(
     versions: Annotated[
-        list[str] | None, typer.Argument(help="Versions to compare [default: every version in the lineage].")
+        list[str] | None, typer.Argument(help="Versions to compare.", show_default="every version in the lineage")
     ] = list(BenchmarkParams.versions) or None,
     workspace: WorkspaceOpt = None,
     seeds: Annotated[int, typer.Option(help="Models per version (different seeds).")] = BenchmarkParams.seeds,
@@ -752,7 +805,7 @@ def relabel_flag_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to flag (v0003, 3, -1) [default: latest].", show_default=False),
+        typer.Option("--version", help="Version to flag (v0003, 3, -1).", show_default="latest"),
     ] = FlagParams.version,
     folds: Annotated[
         int, typer.Option(help="Cross-fitting folds; duplicate groups stay in one fold.")
@@ -773,7 +826,7 @@ def relabel_flag_cmd(
         int, typer.Option(help="Flagged images per class in flagged.html/png.")
     ] = FlagParams.top_per_class,
     num_threads: Annotated[
-        int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].", show_default=False)
+        int | None, typer.Option("--threads", help="torch CPU threads.", show_default="torch's")
     ] = FlagParams.num_threads,
     as_json: JsonOpt = False,
 ) -> None:
@@ -825,7 +878,7 @@ def relabel_serve_cmd(
     version: Annotated[
         str | None,
         typer.Option(
-            "--version", help="Flag version, or one descending from it [default: latest].", show_default=False
+            "--version", help="Flag version, or one descending from it.", show_default="latest"
         ),
     ] = ServeParams.version,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = ServeParams.port,
@@ -858,7 +911,7 @@ def relabel_apply_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to apply the decisions to [default: latest].", show_default=False),
+        typer.Option("--version", help="Version to apply the decisions to.", show_default="latest"),
     ] = ApplyParams.version,
     auto_accept: Annotated[
         float | None,
@@ -909,7 +962,7 @@ def dedup_cmd(
     version: Annotated[
         str | None,
         typer.Option(
-            "--version", help="Version to deduplicate (v0003, 3, -1); default: the latest.", show_default=False
+            "--version", help="Version to deduplicate (v0003, 3, -1).", show_default="latest"
         ),
     ] = DedupParams.version,
     hasher: Annotated[
