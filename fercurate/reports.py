@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,15 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     return fig
 
 
+def wrap_label(text: str, width: int = 16) -> str:
+    """``text`` broken onto lines of at most ``width`` characters (at spaces and hyphens), so tick labels
+    of long stage or class names stay within their own bar group instead of running into the next."""
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+ONE_SEED = "one seed, no interval"
+
+
 def figure_png(fig: Figure, **savefig: Any) -> bytes:
     """The figure as PNG bytes (``savefig`` options such as ``dpi`` or ``bbox_inches`` pass through)."""
     buf = io.BytesIO()
@@ -52,8 +62,14 @@ def save_figure(fig: Figure, path: Path, **savefig: Any) -> Path:
 
 def split_chart(before: pd.DataFrame, after: pd.DataFrame, path: Path, title: str) -> Path:
     """A PNG of grouped bars: rows per class before and after, one panel per split (``fercurate split``)."""
+    return save_figure(split_figure(before, after, title), path)
+
+
+def split_figure(before: pd.DataFrame, after: pd.DataFrame, title: str) -> Figure:
+    """The figure of :func:`split_chart`."""
     classes = [c for c in after.index if c != "all"]
-    fig = new_figure(4.2 * len(SPLITS), 4.2)
+    fig = new_figure(4.2 * len(SPLITS), 4.4)
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(1, len(SPLITS), sharey=False)
     x = np.arange(len(classes))
     width = 0.4
@@ -66,12 +82,13 @@ def split_chart(before: pd.DataFrame, after: pd.DataFrame, path: Path, title: st
         share_a = after.loc["all", split_name] / max(after.loc["all", "total"], 1) * 100
         ax.set_title(f"{split_name}: {share_b:.1f}% -> {share_a:.1f}% of rows")
         ax.set_xticks(x)
-        ax.set_xticklabels(classes, rotation=45, ha="right")
+        # wrapped, not rotated: rotated labels of long names reach under their neighbours
+        ax.set_xticklabels([wrap_label(c, 9) for c in classes], fontsize=8)
         ax.set_ylabel("images")
-    axes[0].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    # outside the panels (above them): on a panel it would cover the bars of the largest classes
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper right", ncol=2, frameon=False)
+    return fig
 
 
 def merge_chart(before: pd.DataFrame, after: pd.DataFrame, path: Path, title: str) -> Path:
@@ -91,7 +108,7 @@ def merge_chart(before: pd.DataFrame, after: pd.DataFrame, path: Path, title: st
             )
             ax.bar(x + offset, values, 0.38, bottom=bottom, color=colours[s], hatch=hatch, edgecolor="white")
             bottom += values
-    ax.set_xticks(x, classes)
+    ax.set_xticks(x, [wrap_label(c, 12) for c in classes])
     ax.set_ylabel("active rows")
     ax.set_title(title)
     handles = [Patch(color=colours[s], label=s) for s in SPLITS]

@@ -127,6 +127,10 @@ def test_cli_json(ws: Workspace) -> None:
     data = json.loads(res.stdout)
     assert [v["version"] for v in data["versions"]] == ["v0001"]
     assert data["gold_size"] == 52 and Path(data["report_html"]).exists()
+    # one seed: no spread, said in words rather than as "± 0.0"
+    assert data["versions"][0]["gold_acc_std"] is None
+    md = Path(data["report_md"]).read_text()
+    assert "one seed, no interval" in md and "± 0.0" not in md
 
 
 def test_bootstrap_delta() -> None:

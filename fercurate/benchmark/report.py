@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 
 from fercurate.manifest import Col, atomic_write, atomic_write_text
-from fercurate.reports import figure_png, new_figure
+from fercurate.reports import ONE_SEED, figure_png, new_figure, wrap_label
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from fercurate.benchmark.stage import BenchmarkResult
 
 
@@ -41,8 +43,13 @@ def write_reports(result: BenchmarkResult, gold: pd.DataFrame) -> None:
 
 
 def summary_rows(result: BenchmarkResult) -> list[dict[str, str]]:
-    """One display row per version (shared by the Markdown, HTML and terminal renderings)."""
+    """One display row per version (shared by the Markdown, HTML and terminal renderings).
+
+    Gold scores read "mean ± standard deviation over seeds"; with one seed there is no spread, and the
+    column heading says "one seed, no interval" rather than printing a certain-looking "± 0.0".
+    """
     rows = []
+    one_seed = any(v.gold_acc_std is None for v in result.versions)  # one heading for every row
     for v in result.versions:
         ci = f" [{v.delta_ci[0] * 100:+.1f}, {v.delta_ci[1] * 100:+.1f}]" if v.delta_ci else ""
         rows.append(
@@ -50,18 +57,23 @@ def summary_rows(result: BenchmarkResult) -> list[dict[str, str]]:
                 "version": v.version,
                 "stage": v.stage,
                 "train/val/test": f"{v.n_train}/{v.n_val}/{v.n_test}",
-                "gold acc": f"{v.gold_acc_mean * 100:.1f} ± {v.gold_acc_std * 100:.1f}",
-                "gold macro-F1": f"{v.gold_f1_mean * 100:.1f} ± {v.gold_f1_std * 100:.1f}",
+                f"gold acc ({ONE_SEED})" if one_seed else "gold acc": _mean_sd(v.gold_acc_mean, v.gold_acc_std),
+                f"gold macro-F1 ({ONE_SEED})" if one_seed else "gold macro-F1": _mean_sd(v.gold_f1_mean, v.gold_f1_std),
                 "own test acc": "-" if v.test_acc_mean is None else f"{v.test_acc_mean * 100:.1f}",
                 "val acc": f"{v.val_acc_mean * 100:.1f}",
                 "train-val gap": f"{v.train_val_gap * 100:+.1f}",
                 "inflation": f"{v.leakage_inflation * 100:+.1f}",
+                # a paired bootstrap over gold images: an interval even with one seed
                 "Δ gold vs prev (95% CI)": "-"
                 if v.delta_vs_previous is None
                 else f"{v.delta_vs_previous * 100:+.1f}{ci}",
             }
         )
     return rows
+
+
+def _mean_sd(mean: float, sd: float | None) -> str:
+    return f"{mean * 100:.1f}" if sd is None else f"{mean * 100:.1f} ± {sd * 100:.1f}"
 
 
 def render_markdown(result: BenchmarkResult) -> str:
@@ -131,21 +143,38 @@ def _figure_png(fig: Any) -> bytes:
 
 
 def _plot_accuracy(result: BenchmarkResult) -> bytes:
-    names = [f"{v.version}\n{v.stage}" for v in result.versions]
+    return _figure_png(accuracy_figure(result))
+
+
+def accuracy_figure(result: BenchmarkResult) -> Figure:
+    """Gold and own-validation accuracy per version, as grouped bars.
+
+    The y axis starts below the lowest bar (at a multiple of 5), not at 0: versions differ by a few
+    points, which a 0-100 axis would flatten; the axis label says where it starts. The legend sits
+    above the axes so it covers no bar, and stage names wrap so long ones do not run together.
+    """
+    names = [f"{v.version}\n{wrap_label(v.stage)}" for v in result.versions]
     x = np.arange(len(names))
-    fig = new_figure(max(5, 1.3 * len(names)), 4)
+    fig = new_figure(max(6.0, 1.6 * len(names)), 4.6)
+    fig.set_layout_engine("constrained")
     ax = fig.subplots()
     gold = [v.gold_acc_mean * 100 for v in result.versions]
-    err = [1.96 * v.gold_acc_std * 100 / max(1, np.sqrt(result.seeds)) for v in result.versions]
-    ax.bar(x - 0.2, gold, 0.4, yerr=err, capsize=4, label="gold test (mean, 95% CI over seeds)", color="#1f77b4")
+    spreads = [v.gold_acc_std for v in result.versions]
+    if any(s is None for s in spreads):
+        err, label = None, f"gold test ({ONE_SEED})"
+    else:
+        err = [1.96 * (s or 0.0) * 100 / np.sqrt(result.seeds) for s in spreads]
+        label = f"gold test (mean, 95% CI over {result.seeds} seeds)"
+    ax.bar(x - 0.2, gold, 0.4, yerr=err, capsize=4, label=label, color="#1f77b4")
     ax.bar(x + 0.2, [v.val_acc_mean * 100 for v in result.versions], 0.4, label="own validation", color="#ff7f0e")
     ax.set_xticks(x, names)
-    ax.set_ylabel("accuracy (%)")
     low = min(gold + [v.val_acc_mean * 100 for v in result.versions])
-    ax.set_ylim(max(0, low - 15), 100)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Accuracy by version: gold (honest) vs own validation")
-    return _figure_png(fig)
+    bottom = max(0, int((low - 10) // 5 * 5))
+    ax.set_ylim(bottom, 100)
+    ax.set_ylabel("accuracy (%)" if bottom == 0 else f"accuracy (%); axis starts at {bottom}%")
+    fig.suptitle("Accuracy by version: gold (honest) vs own validation")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    return fig
 
 
 def _plot_f1(result: BenchmarkResult) -> bytes:
@@ -157,7 +186,7 @@ def _plot_f1(result: BenchmarkResult) -> bytes:
         ax.bar(x + i * width - 0.4 + width / 2, [v.per_class_f1[cls] * 100 for v in result.versions], width, label=cls)
     ax.set_xticks(x, [v.version for v in result.versions])
     ax.set_ylabel("gold F1 (%)")
-    ax.legend(fontsize=8, ncol=len(result.classes))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, not on them
     ax.set_title("Per-class F1 on the gold set")
     return _figure_png(fig)
 

@@ -32,9 +32,9 @@ class VersionScore:
     n_test: int
     held_out: int
     gold_acc_mean: float
-    gold_acc_std: float
+    gold_acc_std: float | None  # None with one seed: no spread to show
     gold_f1_mean: float
-    gold_f1_std: float
+    gold_f1_std: float | None
     test_acc_mean: float | None
     val_acc_mean: float
     train_acc_mean: float
@@ -293,9 +293,9 @@ def _version_score(
         n_test=len(data.test),
         held_out=data.held_out,
         gold_acc_mean=float(np.mean([r["gold_acc"] for r in mine])),
-        gold_acc_std=float(np.std([r["gold_acc"] for r in mine])),
+        gold_acc_std=_spread([r["gold_acc"] for r in mine]),
         gold_f1_mean=float(np.mean([r["gold_macro_f1"] for r in mine])),
-        gold_f1_std=float(np.std([r["gold_macro_f1"] for r in mine])),
+        gold_f1_std=_spread([r["gold_macro_f1"] for r in mine]),
         test_acc_mean=float(np.mean([r["test_acc"] for r in mine])) if mine[0]["test_acc"] is not None else None,
         val_acc_mean=float(np.mean([r["val_acc"] for r in mine])),
         train_acc_mean=float(np.mean([r["train_acc"] for r in mine])),
@@ -306,6 +306,11 @@ def _version_score(
         same_data_as=same_as if same_as != info.version else None,
     )
     return score, correct
+
+
+def _spread(values: list[float]) -> float | None:
+    """The standard deviation over seeds, or None for one seed (a spread of 0.0 would claim certainty)."""
+    return float(np.std(values)) if len(values) > 1 else None
 
 
 def _report(
