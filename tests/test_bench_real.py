@@ -144,3 +144,13 @@ def test_fer4_plan_too_few_images_is_an_error():
     files = [(f"train/happy/Training_{i}.jpg", "happy") for i in range(10)]
     with pytest.raises(prepare.PrepareError, match="class happy has 10 images"):
         prepare.fer4_plan(files, seed=0)
+
+
+def test_match_ferplus_assigns_near_identical_rows_jointly():
+    # two rows 4 grey levels apart; both queries are nearest to row 0, but only one can have it
+    targets = np.stack([np.full((48, 48), v, dtype=np.uint8) for v in (100, 104)])
+    queries = np.stack([np.full((48, 48), v, dtype=np.uint8) for v in (101, 100)])
+    m = prepare.match_ferplus(queries, ["Training"] * 2, targets, ["Training"] * 2, max_distance=4.0)
+    assert list(m["slot"]) == [1, 0]
+    assert list(m["distance"]) == [1.0, 0.0] and list(m["second"]) == [3.0, 4.0]
+    assert not m["ambiguous"].any()
