@@ -24,8 +24,10 @@ name and renamed into place):
 - ``fer7``: a symlink to the Kaggle folder itself (``fercurate scan`` reads its ``train/`` and ``test/``).
 - ``truth/ferplus_votes.csv``: the FER+ votes of each Kaggle JPEG, matched by pixels (see
   :func:`match_ferplus`), with the match distance and the second-best distance.
-- ``fer2013/fer2013.csv`` (emotion, pixels, Usage as the original Kaggle CSV, one row per FER+ PNG in
-  ``fer2013new.csv`` order; rows FER+ dropped are missing) and a copy of ``fer2013new.csv`` beside it.
+- ``fer2013/fer2013.csv`` (emotion, pixels, Usage as the original Kaggle CSV, one row per matched
+  named row of ``fer2013new.csv``, in its order; rows FER+ dropped are missing) and a copy of
+  ``fer2013new.csv`` beside it; ``truth/fer2013_rows.csv`` says which ``fer2013new.csv`` row (0-based,
+  header not counted) and which Kaggle JPEG each CSV row is.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     """Write a CSV atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the tables are shared read-only
     with os.fdopen(fd, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -324,16 +327,18 @@ def build_votes(fer2013: Path, ferplus: Path, out: Path) -> dict:
 def build_csv(ferplus: Path, out: Path) -> dict:
     """Rebuild fer2013.csv (emotion, pixels, Usage) from the FER+ PNGs and the matched Kaggle labels.
 
-    One row per named row of fer2013new.csv, in its order (so fer2013new.csv's named rows line up
-    with the CSV one to one); a row FER+ dropped (empty name) has no pixels and is missing. The
-    emotion is the Kaggle label of the JPEG matched to that row (``truth/ferplus_votes.csv``, built
-    by the votes part).
+    One row per named row of fer2013new.csv that a Kaggle JPEG matched, in its order, so the CSV's
+    rows are a subset of fer2013new.csv's in the same order. A row FER+ dropped (empty name) has no
+    pixels and is missing; so is a named row no JPEG matched (on the snapshots: two rows whose name
+    repeats another row's PNG, of which Kaggle holds one copy). The emotion is the Kaggle label of
+    the JPEG matched to the row (``truth/ferplus_votes.csv``, built by the votes part).
     """
     votes_path = out / "truth" / "ferplus_votes.csv"
     if not votes_path.exists():
         raise PrepareError(f"{votes_path} is missing; run with --only votes first (the CSV takes its labels from it)")
     with votes_path.open(newline="") as f:
-        label_of = {int(r["ferplus_row"]): r["label"] for r in csv.DictReader(f)}
+        matched = {int(r["ferplus_row"]): (r["label"], r["source"]) for r in csv.DictReader(f)}
+    label_of = {row: label for row, (label, _) in matched.items()}
     rows = read_ferplus_rows(ferplus)
     missing = [row for row, *_ in rows if row not in label_of]
     pixels = load_gray([ferplus / "data" / FERPLUS_FOLDERS[usage] / name for _, usage, name, _ in rows])
@@ -345,6 +350,12 @@ def build_csv(ferplus: Path, out: Path) -> dict:
     dest = out / "fer2013"
     dest.mkdir(parents=True, exist_ok=True)
     write_csv(dest / "fer2013.csv", ["emotion", "pixels", "Usage"], table)
+    kept = [(row, name) for row, _, name, _ in rows if row in label_of]
+    write_csv(
+        out / "truth" / "fer2013_rows.csv",
+        ["csv_row", "ferplus_row", "ferplus_name", "source"],
+        [[i, row, name, matched[row][1]] for i, (row, name) in enumerate(kept)],
+    )
     shutil.copyfile(ferplus / "fer2013new.csv", dest / ".fer2013new.csv.tmp")
     os.replace(dest / ".fer2013new.csv.tmp", dest / "fer2013new.csv")
     return {"rows": len(table), "ferplus_rows_without_match": len(missing), "path": str(dest / "fer2013.csv")}
