@@ -152,5 +152,5 @@ def test_match_ferplus_assigns_near_identical_rows_jointly():
     queries = np.stack([np.full((48, 48), v, dtype=np.uint8) for v in (101, 100)])
     m = prepare.match_ferplus(queries, ["Training"] * 2, targets, ["Training"] * 2, max_distance=4.0)
     assert list(m["slot"]) == [1, 0]
-    assert list(m["distance"]) == [1.0, 0.0] and list(m["second"]) == [3.0, 4.0]
+    assert list(m["distance"]) == [3.0, 0.0] and list(m["second"]) == [1.0, 4.0]  # matched, then the other row
     assert not m["ambiguous"].any()

@@ -197,8 +197,9 @@ def match_ferplus(
     (Hungarian) picks the matches, so near-identical rows (FER2013 holds many) are not both given
     one slot; queries left over (FER+ dropped their row) stay unmatched.
 
-    Returns arrays over queries: ``slot`` (target index or -1), ``distance`` (to the nearest group),
-    ``second`` (to the second-nearest group with other pixels; inf if none), ``group_size`` (slots
+    Returns arrays over queries: ``slot`` (target index or -1), ``distance`` (to the matched row, or
+    to the nearest group when unmatched), ``second`` (to the nearest candidate group with other
+    pixels than the match, or the second-nearest when unmatched; inf if none), ``group_size`` (slots
     with the matched pixels), ``ambiguous`` (matched in a group of several slots, or beside another
     query with the same pixels: which row is which cannot be told by pixels).
     """
@@ -216,6 +217,7 @@ def match_ferplus(
     q_keys, t_keys = np.asarray(query_keys), np.asarray(target_keys)
     _, q_pixel_group = np.unique(queries.reshape(n, -1), axis=0, return_inverse=True)
     q_pixel_group = q_pixel_group.reshape(-1)
+    cand_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # query -> (candidate groups, exact distances)
     for key in sorted(set(query_keys)):
         q_idx = np.flatnonzero(q_keys == key)
         t_idx = np.flatnonzero(t_keys == key)
@@ -233,10 +235,11 @@ def match_ferplus(
             q = queries[rows].reshape(len(rows), -1).astype(np.int16)
             exact = np.abs(q[:, None, :] - groups[cand].astype(np.int16)).mean(axis=2)
             ranked = np.sort(exact, axis=1)
-            distance[rows] = ranked[:, 0]
+            distance[rows] = ranked[:, 0]  # replaced by the matched row's distance below
             if k > 1:
                 second[rows] = ranked[:, 1]
             for i, (c_row, d_row) in enumerate(zip(cand, exact, strict=True)):
+                cand_of[q_idx[start + i]] = (c_row, d_row)
                 for g, d in zip(c_row, d_row, strict=True):
                     if d <= max_distance:
                         for s in slots_of[g]:
@@ -260,6 +263,9 @@ def match_ferplus(
                     continue
                 qi, ti = q_idx[cq[r]], ct[col]
                 slot[qi] = t_idx[ti]
+                distance[qi] = cost[r, col]
+                c_row, d_row = cand_of[qi]
+                second[qi] = d_row[c_row != inverse[ti]].min(initial=np.inf)
                 group_size[qi] = len(slots_of[inverse[ti]])
                 twins = np.sum(q_pixel_group[q_idx[cq]] == q_pixel_group[qi]) > 1
                 ambiguous[qi] = group_size[qi] > 1 or twins
