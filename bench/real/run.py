@@ -257,7 +257,13 @@ def table_rows(records: dict[str, dict], figures: dict[str, dict]) -> list[dict]
                 add(stage, "cleanlab P / R / F1", f"{fmt(s['precision'])} / {fmt(s['recall'])} / {fmt(s['f1'])}", n)
         elif stage == "split":
             res = rec["result"]
-            add(stage, "time", timing, res.get("rows", res.get("active", "")))
+            add(stage, "time", timing, res["rows_active"])
+            add(
+                stage,
+                "rows moved / largest class-share deviation (pp)",
+                f"{res['moved']} / {res['max_deviation_pp']}",
+                res["rows_active"],
+            )
         elif stage == "benchmark":
             add(stage, "time", timing, "")
             add(stage, "seconds per trained model", fig["seconds_per_model"], f"{fig['models_trained']} models")
@@ -290,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="work folder: workspace, stage records, figures")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run, or none")
     parser.add_argument("--truth", type=Path, help="truth tables folder (prepare.py's OUT/truth)")
-    parser.add_argument("extra", nargs="*", help="after --: extra options for every stage run in this call")
-    args = parser.parse_args(argv)
+    parser.epilog = "Options after -- go to every stage run in this call (e.g. -- --preset tiny)."
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
     try:
         stages = [s for s in args.stages.split(",") if s and s != "none"]
         bad = [s for s in stages if s not in STAGES]
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RunError(f"{ws} already exists; pass a fresh --work to scan again, or leave scan out of --stages")
         for stage in STAGES:
             if stage in stages:
-                rec = run_stage(stage, args.set_dir, ws, args.extra, log_dir)
+                rec = run_stage(stage, args.set_dir, ws, extra, log_dir)
                 write_atomic(log_dir / f"{stage}.json", json.dumps(rec, indent=2))
                 timing = f"{rec['wall_s']} s wall, {rec['cpu_s']} s CPU, load {rec['loadavg_before']}"
                 print(f"{stage}: {timing}", flush=True)
