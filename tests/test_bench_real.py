@@ -88,6 +88,14 @@ def test_pair_scores_counts_groups_transitively_both_ways():
     assert s["precision_by_kind"]["near"] == {"n": 2, "value": 0.5}
 
 
+def test_pair_scores_joins_groups_through_items_outside_the_universe():
+    truth = pd.DataFrame({"a": ["a"], "b": ["c"], "kind": ["recrop"]})
+    found = pd.DataFrame({"a": ["a", "x"], "b": ["x", "c"], "kind": ["near", "near"]})  # x is not covered
+    s = scoring.pair_scores(found, truth, universe={"a", "c"})
+    assert s["recall"] == 1.0
+    assert s["found_pairs"] == 0 and s["precision"] is None
+
+
 # -- the FER+ match by pixels --------------------------------------------------------------------------
 def _reencode(arr: np.ndarray, quality: int = 85) -> np.ndarray:
     buf = io.BytesIO()

@@ -27,7 +27,8 @@ name and renamed into place):
 - ``fer2013/fer2013.csv`` (emotion, pixels, Usage as the original Kaggle CSV, one row per matched
   named row of ``fer2013new.csv``, in its order; rows FER+ dropped are missing) and a copy of
   ``fer2013new.csv`` beside it; ``truth/fer2013_rows.csv`` says which ``fer2013new.csv`` row (0-based,
-  header not counted) and which Kaggle JPEG each CSV row is.
+  header not counted) and which Kaggle JPEG each CSV row is; ``truth/fer2013new_aligned.csv`` is
+  fer2013new.csv cut to those rows (votes by CSV row position).
 """
 
 from __future__ import annotations
@@ -362,9 +363,22 @@ def build_csv(ferplus: Path, out: Path) -> dict:
         ["csv_row", "ferplus_row", "ferplus_name", "source"],
         [[i, row, name, matched[row][1]] for i, (row, name) in enumerate(kept)],
     )
+    write_aligned_votes(ferplus, out, [row for row, _ in kept])
     shutil.copyfile(ferplus / "fer2013new.csv", dest / ".fer2013new.csv.tmp")
     os.replace(dest / ".fer2013new.csv.tmp", dest / "fer2013new.csv")
     return {"rows": len(table), "ferplus_rows_without_match": len(missing), "path": str(dest / "fer2013.csv")}
+
+
+def write_aligned_votes(ferplus: Path, out: Path, kept_rows: list[int]) -> None:
+    """``truth/fer2013new_aligned.csv``: fer2013new.csv cut to the rebuilt CSV's rows, one per CSV row.
+
+    For scripts that pair votes with CSV rows by position (``bench/bench_relabel.py --ferplus``).
+    """
+    with (ferplus / "fer2013new.csv").open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        body = list(reader)
+    write_csv(out / "truth" / "fer2013new_aligned.csv", header, [body[row] for row in kept_rows])
 
 
 PARTS = ("fer4", "fer7", "votes", "csv")

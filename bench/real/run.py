@@ -18,7 +18,8 @@ Scoring, with the truth tables of ``bench/real/prepare.py`` (``--truth``; a miss
 and its scores skipped):
 
 - dedup against ``same_photo_pairs.csv`` (columns ``a``, ``b``: paths relative to the FER2013 root,
-  ``kind``, optionally ``similarity``): precision and recall of pairs, per kind and per similarity band;
+  ``kind``, optionally ``similarity`` or ``ncc``): precision and recall of pairs, per kind and per
+  similarity band;
 - flag against ``ferplus_votes.csv``: an image is mislabelled when at least 6 of its 10 FER+
   annotators agree on a class other than its given label. Out-of-fold accuracy (argmax of the
   version's ``prob_<class>`` columns against the given label), precision at 100 / 500 / 1000 of the
@@ -124,7 +125,16 @@ def dedup_figures(rec: dict, ws: Path, truth_dir: Path | None, index: pd.DataFra
     pairs = pd.read_parquet(ws / "reports" / res["version"] / "dedup_pairs.parquet")
     found = pd.DataFrame({"a": pairs["image_id_a"].map(src), "b": pairs["image_id_b"].map(src), "kind": pairs["kind"]})
     truth = pd.read_csv(truth_path)
-    fig["vs_truth"] = scoring.pair_scores(found, truth, set(src.values()))
+    if "similarity" not in truth.columns and "ncc" in truth.columns:
+        truth = truth.rename(columns={"ncc": "similarity"})  # the pair's best NCC over scale and shift
+    # the truth covers some FER2013 folders (e.g. train/ only: tuning rows); score pairs within them
+    covered = sorted(set(truth["a"].str.split("/").str[0]) | set(truth["b"].str.split("/").str[0]))
+    universe = {p for p in src.values() if isinstance(p, str) and p.split("/")[0] in covered}
+    fig["vs_truth"] = scoring.pair_scores(found, truth, universe)
+    fig["vs_truth"]["scored_images"] = len(universe)
+    fig["vs_truth"]["covered_folders"] = covered
+    where = ", ".join(f"{c}/" for c in covered)
+    notes.append(f"dedup scored on the {len(universe)} images under FER2013 folder(s) {where} (the truth's cover)")
     return fig, notes
 
 
@@ -231,7 +241,8 @@ def table_rows(records: dict[str, dict], figures: dict[str, dict]) -> list[dict]
             vt = fig.get("vs_truth")
             if vt:
                 pr = f"{fmt(vt['precision'])} / {fmt(vt['recall'])}"
-                add(stage, "pair precision / recall", pr, f"{vt['found_pairs']} found, {vt['truth_pairs']} true")
+                rows = f"{vt['scored_images']} images: {vt['found_pairs']} found, {vt['truth_pairs']} true pairs"
+                add(stage, "pair precision / recall", pr, rows)
                 for k, v in vt["recall_by_kind"].items():
                     add(stage, f"recall, kind {k}", fmt(v["value"]), v["n"])
                 for k, v in vt["recall_by_band"].items():

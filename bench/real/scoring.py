@@ -100,7 +100,8 @@ def pair_scores(found: pd.DataFrame, truth: pd.DataFrame, universe: set[str]) ->
     Args:
         found: pairs reported by dedup, columns ``a``, ``b`` (item keys) and ``kind``.
         truth: same-photo pairs, columns ``a``, ``b``, ``kind`` and optionally ``similarity`` (for bands).
-        universe: the items the run saw; truth pairs with an item outside it are left out.
+        universe: the items the truth covers; pairs (found or true) with an item outside it are
+            left out of the counts, but found pairs through such items still join groups.
 
     A truth pair counts as found when dedup put both in one group (its reported pairs, joined
     transitively), since dedup removes by group. A reported pair counts as right when its two items
@@ -113,7 +114,9 @@ def pair_scores(found: pd.DataFrame, truth: pd.DataFrame, universe: set[str]) ->
         the last three maps a name to ``{"n": pairs, "value": share}``.
     """
     truth = truth[truth["a"].isin(universe) & truth["b"].isin(universe)]
+    # groups from every reported pair (a group may be joined through an image outside the universe)
     found_group = components(zip(found["a"], found["b"], strict=True))
+    found = found[found["a"].isin(universe) & found["b"].isin(universe)]
     truth_group = components(zip(truth["a"], truth["b"], strict=True))
 
     def together(groups: dict[str, str], a: str, b: str) -> bool:
