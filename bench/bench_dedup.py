@@ -4,6 +4,8 @@ Usage (each part prints its numbers; docs/dedup.md quotes them)::
 
     python bench/bench_dedup.py quality [--n 8000] [--seed 1]   # precision/recall at the defaults
     python bench/bench_dedup.py speed [--n 20000] [--runs 3]    # scan + dedup wall time, vs imagededup
+    FERCURATE_BASE=/tmp/base python bench/bench_dedup.py speed  # ... and beside a checkout of the previous release
+    python bench/bench_dedup.py recrop [--n 1500]               # re-crops, watermarks, tone curves, burst frames
     python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
     python bench/bench_dedup.py scale [--n 100000]              # scan + dedup of a large demo: time, memory
     python bench/bench_dedup.py all
@@ -149,6 +151,85 @@ def quality_demo(n: int, seed: int) -> dict[str, object]:
     }
 
 
+def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
+    """Re-cropped copies (zoom 0.85-1.15, shifts up to 4 px, watermark, tone curve) among burst frames.
+
+    Demo faces are rendered at 64x64 so that two face boxes can be cut from one: the plain box and
+    one zoomed and shifted (``fercurate.dedup.plant``), each JPEG-encoded at 48x48; 40% of the copies
+    get a stock watermark, 40% another tone curve. Hard negatives: for every planted pair, the same
+    face, pose, light and background with another expression (a burst frame), cut with the plain
+    box; distractors: other faces. Contact sheets of misses and false pairs go to ``out``.
+    """
+    from fercurate.dedup import DedupParams, find_duplicate_pairs
+    from fercurate.dedup.match import blurs, ncc_over_shifts
+    from fercurate.dedup.plant import crop, recrop_pair, tone_curve, watermark
+    from fercurate.demo import EXPRESSIONS, make_identity, render_face
+    from fercurate.images import contact_sheet
+
+    rng = np.random.default_rng(seed)
+    images: list[np.ndarray] = []
+    truth: list[tuple[int, int, str]] = []
+    bursts: list[tuple[int, int]] = []
+    for _ in range(n):
+        who = make_identity(rng)
+        face_seed = int(rng.integers(2**32))
+        first, second = rng.choice(len(EXPRESSIONS), 2, replace=False)
+        source = render_face(np.random.default_rng(face_seed), EXPRESSIONS[first], 0.9, 64, identity=who)
+        other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
+        a, b, _, _ = recrop_pair(source, rng, 0.15, 4.0)
+        how = "recrop"
+        if rng.random() < 0.4:
+            b, how = watermark(b, rng), how + "+watermark"
+        if rng.random() < 0.4:
+            b, how = tone_curve(b, rng), how + "+tone"
+        base = len(images)
+        images += [_encode_decode(a, 90), _encode_decode(b, 90), _encode_decode(crop(other, 1.0, 0, 0), 90)]
+        truth.append((base, base + 1, how))
+        bursts.append((base, base + 2))
+    for _ in range(n):
+        images.append(_encode_decode(crop(render_face(rng, str(rng.choice(EXPRESSIONS)), 0.9, 64), 1.0, 0, 0), 90))
+    pixels = np.stack(images)
+    t = time.perf_counter()
+    pairs = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.15))
+    seconds = time.perf_counter() - t
+    found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True))
+    want = {(a, b) for a, b, _ in truth}
+    # the band of each planted pair: its best NCC over shifts up to 2 px at scale 1, as issue 12 measures
+    a_idx = np.array([a for a, _, _ in truth])
+    b_idx = np.array([b for _, b, _ in truth])
+    small = ncc_over_shifts(blurs(pixels[a_idx])[1], blurs(pixels[b_idx])[1], 2)[0]
+    bands = np.digitize(small, [0.90, 0.92, 0.95, 0.97, 0.99])
+    names = ["<0.90", "0.90-0.92", "0.92-0.95", "0.95-0.97", "0.97-0.99", ">=0.99"]
+    hit = np.array([(a, b) in found for a, b, _ in truth])
+    by_band = {
+        names[k]: f"{hit[bands == k].mean():.3f} of {(bands == k).sum()}" for k in range(6) if (bands == k).any()
+    }
+    by_kind = {}
+    for how in sorted({h for _, _, h in truth}):
+        m = np.array([h == how for _, _, h in truth])
+        by_kind[how] = f"{hit[m].mean():.3f} of {m.sum()}"
+    false = sorted(found - want)
+    burst_false = len(set(bursts) & found)
+    missed = [(a, b) for (a, b, _), h in zip(truth, hit, strict=True) if not h]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("planted_missed", missed), ("planted_false", false)):
+        ims = [pixels[i] for pair in rows[:48] for i in pair]
+        caps = [f"{i}" for pair in rows[:48] for i in pair]
+        contact_sheet(
+            ims, caps, columns=8, title=f"{name} ({len(rows)})", groups=[k // 2 for k in range(len(ims))]
+        ).save(out / f"{name}.png")
+    return {
+        "images": len(pixels),
+        "planted pairs": len(want),
+        "dedup (defaults)": pr(found, want),
+        "recall by kind": by_kind,
+        "recall by band (NCC over small shifts)": by_band,
+        "burst frames found (false)": f"{burst_false} of {len(bursts)}",
+        "found kinds": pairs["kind"].value_counts().to_dict(),
+        "seconds": round(seconds, 2),
+    }
+
+
 def _encode_decode(arr: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip, then what scan does to a file (fercurate.images.to_gray)."""
     from PIL import Image
@@ -278,12 +359,22 @@ def speed(n: int, runs: int, seed: int) -> dict[str, object]:
     cpu_scan: list[float] = []
     cpu_dedup: list[float] = []
     fercurate = _console_script()
+    base = os.environ.get("FERCURATE_BASE")  # a checkout of the previous release, run beside this one
+    launch = f"import sys; sys.path.insert(0, {base!r}); from fercurate.cli import main; main()"
+    base_cmd = [sys.executable, "-c", launch]
+    base_scans: list[float] = []
+    base_dedups: list[float] = []
+    base_cpu: list[float] = []
     for r in range(runs):
         ws = WORK / f"ws-speed-{r}"
         shutil.rmtree(ws, ignore_errors=True)
         scans.append(_wall([fercurate, "scan", str(dataset), "-w", str(ws)], cpu_scan))
         dedups.append(_wall([fercurate, "dedup", "-w", str(ws)], cpu_dedup))  # writes v0001 and its reports
         again.append(_wall([fercurate, "dedup", "-w", str(ws), "--version", "v0000", "--dry-run"]))
+        if base:
+            shutil.rmtree(ws, ignore_errors=True)
+            base_scans.append(_wall([*base_cmd, "scan", str(dataset), "-w", str(ws)], base_cpu))
+            base_dedups.append(_wall([*base_cmd, "dedup", "-w", str(ws)], base_cpu))
     out: dict[str, object] = {
         "files": files,
         "cpus": len(os.sched_getaffinity(0)),
@@ -297,6 +388,13 @@ def speed(n: int, runs: int, seed: int) -> dict[str, object]:
         "dedup CPU s (median)": round(statistics.median(cpu_dedup), 2),
         "runs": {"scan": [round(x, 2) for x in scans], "dedup": [round(x, 2) for x in dedups]},
     }
+    if base:
+        both = [s + d for s, d in zip(base_scans, base_dedups, strict=True)]
+        out["previous release: scan + dedup s (median)"] = round(statistics.median(both), 2)
+        out["previous release: scan + dedup CPU s (median)"] = round(
+            statistics.median(a + b for a, b in zip(base_cpu[::2], base_cpu[1::2], strict=True)), 2
+        )
+        out["ratio to the previous release (wall)"] = round(out["scan + dedup s (median)"] / statistics.median(both), 2)  # type: ignore[operator]
     code = (
         "import sys, types, os, time\n"
         "import imagededup\n"
@@ -407,7 +505,7 @@ def search(n: int, radii: list[int], seed: int) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["quality", "speed", "search", "scale", "all", "_search_child"])
+    parser.add_argument("part", choices=["quality", "recrop", "speed", "search", "scale", "all", "_search_child"])
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
@@ -423,6 +521,8 @@ def main() -> None:
         n = args.n or 8000
         report["quality: demo ground truth"] = quality_demo(n, args.seed)
         report["quality: planted transforms"] = quality_planted(n, args.seed, args.per_transform)
+    if args.part in ("recrop", "all"):
+        report["quality: re-crops and burst frames"] = quality_recrop(args.n or 1500, args.seed, Path("/tmp/recrop"))
     if args.part in ("speed", "all"):
         report["speed"] = speed(args.n if args.part == "speed" and args.n else 20000, args.runs, args.seed + 1)
     if args.part in ("scale", "all"):

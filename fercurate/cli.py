@@ -990,6 +990,15 @@ def dedup_cmd(
     max_shift: Annotated[
         int, typer.Option(help=f"Largest shift in pixels a copy may have ({_range('max_shift')}).")
     ] = DedupParams.max_shift,
+    max_zoom: Annotated[
+        float,
+        typer.Option(
+            help=f"Re-cropped copies (another face box) up to a zoom of 1 +- this; 0: off ({_range('max_zoom')})."
+        ),
+    ] = DedupParams.max_zoom,
+    recrop_radius: Annotated[
+        int, typer.Option(help=f"Hamming radius of the re-crop search ({_range('recrop_radius')}).")
+    ] = DedupParams.recrop_radius,
     mirror: Annotated[
         bool, typer.Option("--mirror", help="Also find horizontally flipped copies (an augmentation leak).")
     ] = DedupParams.mirror,
@@ -1002,7 +1011,7 @@ def dedup_cmd(
     ),
     as_json: JsonOpt = False,
 ) -> None:
-    """Find the same photo twice (re-encoded, brightened, resized, shifted; flipped with --mirror).
+    """Find the same photo twice (re-encoded, brightened, resized, shifted, re-cropped; flipped with --mirror).
 
     Hashes every active row (cached by sha256), verifies each candidate pair pixel by pixel, groups
     duplicates transitively and keeps one member per group: the group's majority label, then train
@@ -1022,6 +1031,8 @@ def dedup_cmd(
         detail_radius=detail_radius,
         min_similarity=min_similarity,
         max_shift=max_shift,
+        max_zoom=max_zoom,
+        recrop_radius=recrop_radius,
         mirror=mirror,
         conflicts=conflicts,
         dry_run=dry_run,

@@ -146,7 +146,7 @@ COLUMNS: tuple[Column, ...] = (
     *(Column(h, pa.string(), "dedup", f"{h} of the image as 16 hex digits") for h in Col.HASH_COLUMNS),
     Column(Col.DUP_GROUP, pa.string(), "dedup", "g + the smallest image_id of the duplicate group"),
     Column(Col.DUP_GROUP_SIZE, pa.int32(), "dedup", "members in the duplicate group"),
-    Column(Col.DUP_KIND, pa.string(), "dedup", "exact, near or mirror"),
+    Column(Col.DUP_KIND, pa.string(), "dedup", "exact, near, recrop or mirror"),
     Column(Col.DUP_NEAREST, pa.string(), "dedup", "image_id of the most similar other member"),
     Column(Col.DUP_SIMILARITY, pa.float64(), "dedup", "similarity to that member (1.0: identical pixels)"),
     # relabel-review flag (stage relabel-flag)

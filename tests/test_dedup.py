@@ -22,7 +22,18 @@ from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
 from fercurate.cli import app
-from fercurate.dedup import HASHERS, DedupParams, dedup, find_duplicate_pairs, hamming_pairs, match_against, search
+from fercurate.dedup import (
+    HASHERS,
+    DedupParams,
+    dedup,
+    find_duplicate_pairs,
+    hamming_pairs,
+    match,
+    match_against,
+    plant,
+    search,
+)
+from fercurate.dedup.match import compute_features, view_hashes, warp
 from fercurate.dedup.search import HammingPairs, MihPlan, chunking
 from fercurate.dedup.stage import _group
 from fercurate.errors import InputError, WorkspaceError
@@ -586,3 +597,106 @@ def test_hamming_search_without_numba_plans_numpy_only(monkeypatch: pytest.Monke
     found = hamming_pairs(hashes, 4)
     planted = set(zip(range(0, 200_000, 1000), range(1, 200_000, 1000), strict=True))
     assert planted <= set(zip(found.query.tolist(), found.database.tolist(), strict=True))
+
+
+# -- re-crops --------------------------------------------------------------------------------------
+def test_view_hashes_equal_the_full_features() -> None:
+    rng = np.random.default_rng(11)
+    pixels = np.stack([face(rng) for _ in range(6)])
+    which = [(0, 0), (-4, 2), (4, -4), (2, 2)]
+    for window in (40, 36, 35):
+        full = compute_features(pixels, 0, which=which, window=window)
+        assert (view_hashes(pixels, window, which) == full.aligned).all()
+    with pytest.raises(ValueError, match="leaves"):
+        view_hashes(pixels, 44, [(0, 3)])
+
+
+def test_warp_equals_scipy_map_coordinates() -> None:
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(12)
+    images = rng.integers(0, 256, (4, 48, 48)).astype(np.uint8)
+    scale, dy, dx = np.array([0.87, 1.0, 1.12, 0.95]), np.array([1.5, 0.0, -3.0, 2.25]), np.array([0.0, 2.0, 1.0, -1.5])
+    got = warp(images, scale, dy, dx)
+    c = 23.5
+    for k in range(4):
+        u = np.arange(48.0)
+        yy, xx = np.meshgrid(c + scale[k] * (u - c) + dy[k], c + scale[k] * (u - c) + dx[k], indexing="ij")
+        want = map_coordinates(images[k].astype(np.float64), [yy, xx], order=1, mode="nearest")
+        assert np.abs(got[k] - want).max() < 1e-3
+
+
+def test_ncc_over_shifts_with_a_margin_equals_brute_force() -> None:
+    rng = np.random.default_rng(13)
+    a = gaussian_filter(rng.normal(size=(3, 48, 48)), (0, 2, 2)).astype(np.float32)
+    b = np.roll(a, (2, -1), axis=(1, 2)) + 0.05 * rng.normal(size=a.shape).astype(np.float32)
+    ncc, dy, dx = match.ncc_over_shifts(a, b, 2, margin=5)
+    for k in range(3):
+        crop = a[k, 5:43, 5:43]
+        best = max(
+            (np.corrcoef(crop.ravel(), b[k, 5 + y : 43 + y, 5 + x : 43 + x].ravel())[0, 1], y, x)
+            for y in range(-2, 3)
+            for x in range(-2, 3)
+        )
+        assert ncc[k] == pytest.approx(best[0], abs=1e-4) and (dy[k], dx[k]) == (best[1], best[2]) == (2, -1)
+
+
+def _recrop_set() -> tuple[np.ndarray, list[tuple[int, int, str]], list[tuple[int, int]]]:
+    """Faces drawn at 64x64, cut twice with another face box (and watermarked, tone-shifted), plus the
+    next frame of each (same geometry, another mouth and eyes) cut with the first box."""
+    rng = np.random.default_rng(21)
+    images: list[np.ndarray] = []
+    copies, frames = [], []
+    kinds = [
+        (0.88, (3, -2), ""),
+        (1.12, (-2, 3), ""),
+        (1.0, (4, 0), ""),
+        (0.92, (0, 0), "watermark"),
+        (1.08, (2, 2), "tone"),
+        (0.9, (-3, 1), "watermark+tone"),
+    ]
+    for k, (zoom, (dy, dx), extra) in enumerate(kinds * 2):
+        geometry = 500 + k
+        src = face(np.random.default_rng(k), size=64, geometry=np.random.default_rng(geometry))
+        other = face(np.random.default_rng(k + 100), size=64, geometry=np.random.default_rng(geometry))
+        a, b = plant.crop(src, 1.0, 0, 0), plant.crop(src, zoom, dy, dx)
+        if "watermark" in extra:
+            b = plant.watermark(b, rng, opacity=0.2)
+        if "tone" in extra:
+            b = plant.tone_curve(b, rng)
+        base = len(images)
+        images += [
+            decode(jpeg_bytes(a, 90)),
+            decode(jpeg_bytes(b, 90)),
+            decode(jpeg_bytes(plant.crop(other, 1.0, 0, 0), 90)),
+        ]
+        copies.append((base, base + 1, f"zoom {zoom} shift {dy},{dx} {extra}"))
+        frames.append((base, base + 2))
+    images += [face(rng) for _ in range(20)]
+    return np.stack(images), copies, frames
+
+
+def test_recropped_watermarked_and_toned_copies_match_and_next_frames_do_not() -> None:
+    pixels, copies, frames = _recrop_set()
+    pairs = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.15))
+    found = {(i, j): kind for i, j, kind in zip(pairs["i"], pairs["j"], pairs["kind"], strict=True)}
+    hit = [(a, b) in found for a, b, _ in copies]
+    # these drawn faces' features are 1-3 pixel strokes, like a watermark's letters, so the check that
+    # rejects every next frame also loses some copies here (real FER photos: docs/dedup.md)
+    assert sum(hit) >= 0.75 * len(copies), [what for (_, _, what), h in zip(copies, hit, strict=True) if not h]
+    assert any(h for (_, _, what), h in zip(copies, hit, strict=True) if "watermark" in what)
+    assert {found[(a, b)] for (a, b, _), h in zip(copies, hit, strict=True) if h} == {"recrop"}
+    assert not [f for f in frames if f in found], "next frames matched"
+    assert set(found) <= {(a, b) for a, b, _ in copies}
+    # without the re-crop search none of them is found
+    plain = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.0))
+    assert not set(zip(plain["i"], plain["j"], strict=True)) & {(a, b) for a, b, _ in copies}
+
+
+def test_plant_crop_moves_and_zooms_the_box() -> None:
+    src = np.zeros((64, 64), np.uint8)
+    src[26:38, 26:38] = 255  # a bright square at the centre
+    plain, zoomed, moved = plant.crop(src, 1.0, 0, 0), plant.crop(src, 1.15, 0, 0), plant.crop(src, 1.0, 4, 0)
+    assert zoomed.astype(int).sum() > 1.2 * plain.astype(int).sum()  # a tighter box shows it larger
+    rows = np.nonzero((plain > 128).any(axis=1))[0].mean(), np.nonzero((moved > 128).any(axis=1))[0].mean()
+    assert rows[1] == pytest.approx(rows[0] - 4, abs=1)  # the box moved down: the square moved up

@@ -10,7 +10,8 @@ Columns written (null for rows that are not active, or not duplicated):
 
 - ``phash`` (or the chosen hasher's name): 16 hex digits, as ``str(imagehash.phash(img))``;
 - ``dup_group``: ``g`` + the smallest ``image_id`` of the group; ``dup_group_size``;
-- ``dup_kind``: ``exact`` (all its links are identical pixels), ``near``, or ``mirror`` (found only
+- ``dup_kind``: ``exact`` (all its links are identical pixels), ``near``, ``recrop`` (the same photo
+  cut with another face box: zoomed and shifted), or ``mirror`` (found only
   through the flipped image, with ``--mirror``);
 - ``dup_nearest`` / ``dup_similarity``: the most similar other member and the similarity (1.0 for
   identical pixels).

@@ -52,7 +52,22 @@ _FEATURE_BATCH = 128
 #: Candidate pairs verified per chunk (chunks run in parallel threads).
 _VERIFY_CHUNK = 512
 
-KIND_EXACT, KIND_NEAR, KIND_MIRROR = "exact", "near", "mirror"
+#: Side of the central window the re-crop search compares against (at 48x48; scaled with the size).
+RECROP_WINDOW = 40
+#: Offsets of the re-crop views: every RECROP_STEP pixels up to RECROP_REACH (each axis).
+RECROP_STEP, RECROP_REACH = 2, 4
+#: Zooms tried around a re-crop candidate's estimate, and the widest shift searched around it.
+RECROP_REFINE = (-0.04, -0.02, 0.0, 0.02, 0.04)
+RECROP_SHIFT = 2
+#: Similarity at the estimate below which a re-crop candidate is not searched further.
+RECROP_PREFILTER = 0.75
+#: Crop margin of the scaled comparison (a zoomed image's edges repeat the border pixels).
+RECROP_MARGIN = 5
+#: Largest local residual of a re-crop before thin strokes (a watermark's letters) are left out;
+#: after, ``max_residual`` applies (see :func:`tile_residual`).
+RECROP_WHOLE = 0.3
+
+KIND_EXACT, KIND_NEAR, KIND_MIRROR, KIND_RECROP = "exact", "near", "mirror", "recrop"
 PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
 MATCH_COLUMNS = ["query", "reference", "similarity", "kind", "dy", "dx"]
 
@@ -81,26 +96,29 @@ class Features:
         return self.offsets.index((0, 0))
 
 
-@functools.lru_cache(maxsize=16)
-def _dct_operator(size: int, max_shift: int) -> np.ndarray:
-    """Rows ``DCT16 @ resize(c -> 32) @ window(d)`` stacked for every d in -max_shift..max_shift.
+@functools.lru_cache(maxsize=32)
+def _dct_operator(size: int, window: int, reach: int) -> np.ndarray:
+    """Rows ``DCT16 @ resize(window -> 32) @ select(d)`` stacked for every d in -reach..reach.
 
-    ``window(d)`` selects the ``c = size - 2 * max_shift`` pixels starting at ``max_shift + d``: the
-    central window moved by ``d``. Applied on both sides of an image (``L @ X @ L.T``) it gives the
-    16x16 low-frequency DCT block (as pHash computes it, without rounding the resized image) of every
-    shifted central window at once. Windows never read outside the image, so the block of a copy
-    shifted by ``s`` equals the original's block at offset ``s`` up to noise, from either side.
+    ``select(d)`` picks the ``window`` pixels starting at ``(size - window) // 2 + d``: the central
+    window moved by ``d``. Applied on both sides of an image (``L @ X @ L.T``) it gives the 16x16
+    low-frequency DCT block (as pHash computes it, without rounding the resized image) of every
+    moved window at once. Windows never read outside the image, so the block of a copy shifted by
+    ``s`` equals the original's block at offset ``s`` up to noise, from either side; a window
+    smaller than the other image's matches a copy whose face is that much smaller (a re-crop).
     """
-    c = size - 2 * max_shift
-    resize = lanczos_matrix(c, 32) / float(1 << 22)
+    start = (size - window) // 2
+    if start - reach < 0 or start + reach + window > size:
+        raise ValueError(f"a {window}-pixel window moved by {reach} leaves a {size}-pixel image")
+    resize = lanczos_matrix(window, 32) / float(1 << 22)
     k = np.arange(DETAIL_SIDE)[:, None]
     dct = 2.0 * np.cos(np.pi * k * (2 * np.arange(32) + 1) / 64.0)  # scipy.fftpack's unnormalised DCT-II
     base = dct @ resize
     rows = []
-    for d in range(-max_shift, max_shift + 1):
-        window = np.zeros((c, size))
-        window[np.arange(c), max_shift + d + np.arange(c)] = 1.0
-        rows.append(base @ window)
+    for d in range(-reach, reach + 1):
+        select = np.zeros((window, size))
+        select[np.arange(window), start + d + np.arange(window)] = 1.0
+        rows.append(base @ select)
     out = np.concatenate(rows).astype(np.float32)
     out.setflags(write=False)
     return out
@@ -113,6 +131,7 @@ def compute_features(
     flip: bool = False,
     which: list[tuple[int, int]] | None = None,
     rows: np.ndarray | None = None,
+    window: int | None = None,
 ) -> Features:
     """Shift-compensated hashes of ``(N, S, S)`` uint8 images (flipped left-right first if ``flip``).
 
@@ -122,16 +141,18 @@ def compute_features(
         flip: hash the mirrored images.
         which: the offsets wanted (default: all of them); ``[(0, 0)]`` costs a tenth of all 25.
         rows: hash only these images, in this order (taken batch by batch: no copy of the subset).
+        window: side of the window hashed (default ``S - 2 * max_shift``, which every offset fits).
     """
     n, size, _ = pixels.shape if rows is None else (len(rows), *pixels.shape[1:])
     wanted = offsets(max_shift) if which is None else list(which)
     k = DETAIL_SIDE
-    op = _dct_operator(size, max_shift)
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in wanted)
+    op = _dct_operator(size, size - 2 * max_shift if window is None else window, reach)
     # only the row and column operators of the offsets wanted: half of them for a self-join
     dys = sorted({dy for dy, _ in wanted})
     dxs = sorted({dx for _, dx in wanted})
-    rows_op = np.concatenate([op[(d + max_shift) * k : (d + max_shift + 1) * k] for d in dys])
-    cols_op = np.concatenate([op[(d + max_shift) * k : (d + max_shift + 1) * k] for d in dxs])
+    rows_op = np.concatenate([op[(d + reach) * k : (d + reach + 1) * k] for d in dys])
+    cols_op = np.concatenate([op[(d + reach) * k : (d + reach + 1) * k] for d in dxs])
     sy = np.array([dys.index(dy) for dy, _ in wanted])
     sx = np.array([dxs.index(dx) for _, dx in wanted])
     aligned = np.empty((n, len(wanted)), dtype=np.uint64)
@@ -160,6 +181,37 @@ def compute_features(
 
     in_threads(batch, range(0, n, _FEATURE_BATCH))
     return Features(aligned, detail, wanted)
+
+
+def view_hashes(pixels: np.ndarray, window: int, which: list[tuple[int, int]], *, flip: bool = False) -> np.ndarray:
+    """pHash-like 64-bit hashes of ``window``-pixel windows moved by each offset of ``which``.
+
+    The cheap half of :func:`compute_features` (the 8x8 block only, no detail hash), for the many
+    views of the re-crop search: ``(N, len(which))`` uint64.
+    """
+    n, size, _ = pixels.shape
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in which)
+    op = _dct_operator(size, window, reach).reshape(2 * reach + 1, DETAIL_SIDE, size)[:, :8]
+    dys = sorted({dy for dy, _ in which})
+    dxs = sorted({dx for _, dx in which})
+    rows_op = op[[d + reach for d in dys]].reshape(-1, size)
+    cols_op = op[[d + reach for d in dxs]].reshape(-1, size)
+    sy = np.array([dys.index(dy) for dy, _ in which])
+    sx = np.array([dxs.index(dx) for _, dx in which])
+    out = np.empty((n, len(which)), dtype=np.uint64)
+
+    def batch(start: int) -> None:
+        x = pixels[start : start + _FEATURE_BATCH].astype(np.float32)
+        if flip:
+            x = x[:, :, ::-1]
+        b = len(x)
+        y = (x.transpose(0, 2, 1).reshape(-1, size) @ rows_op.T).reshape(b, size, len(dys) * 8)
+        z = (y.transpose(0, 2, 1).reshape(-1, size) @ cols_op.T).reshape(b, len(dys), 8, len(dxs), 8)
+        low = z[:, sy, :, sx, :].transpose(1, 0, 2, 3).reshape(-1, 64)
+        out[start : start + b] = bits_to_uint64(low > median_rows(low)[:, None]).reshape(b, -1)
+
+    in_threads(batch, range(0, n, _FEATURE_BATCH))
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -223,12 +275,16 @@ def exact_groups(pixels: np.ndarray) -> np.ndarray:
 
 
 # -- verification ----------------------------------------------------------------------------------
-def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ncc_over_shifts(
+    a: np.ndarray, b: np.ndarray, max_shift: int, margin: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best zero-mean NCC of ``a``'s central crop against ``b`` shifted by up to ``max_shift``.
 
     Args:
         a, b: ``(P, S, S)`` float images, pair by pair.
-        max_shift: the crop leaves this margin, so a shifted window never reads outside ``b``.
+        max_shift: the largest shift tried (each axis).
+        margin: what the crop leaves on each side (default ``max_shift``, at least that, so a shifted
+            window never reads outside ``b``); a warped ``a`` whose edges were clamped wants more.
 
     Returns:
         The best NCC per pair and the (dy, dx) where ``b`` matched ``a``'s crop best.
@@ -236,10 +292,12 @@ def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.nd
     import scipy.fft
 
     p, size, _ = a.shape
-    m, c = max_shift, size - 2 * max_shift
+    m = max_shift
+    g = max_shift if margin is None else max(margin, max_shift)
+    c = size - 2 * g
     padded = np.zeros((p, size, size), dtype=np.float32)
-    crop = padded[:, m : m + c, m : m + c]
-    crop[:] = a[:, m : m + c, m : m + c]
+    crop = padded[:, g : g + c, g : g + c]
+    crop[:] = a[:, g : g + c, g : g + c]
     crop -= crop.mean(axis=(1, 2), keepdims=True)
     crop /= np.sqrt((crop * crop).sum(axis=(1, 2), keepdims=True)) + 1e-9
     bb = np.asarray(b, dtype=np.float32)
@@ -249,7 +307,7 @@ def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.nd
     span = np.arange(-m, m + 1)
     corr = corr[:, span[:, None] % size, span[None, :] % size]  # (P, 2m+1, 2m+1)
     # mean and energy of every shifted window of b (band-passed values are small: float32 is enough)
-    corners = np.arange(2 * m + 1)
+    corners = g - m + np.arange(2 * m + 1)
     sums = _window_sums(bb, c, corners)
     squares = _window_sums(bb * bb, c, corners)
     energy = np.maximum(squares - sums * sums / (c * c), 1e-9)
@@ -261,7 +319,16 @@ def ncc_over_shifts(a: np.ndarray, b: np.ndarray, max_shift: int) -> tuple[np.nd
 
 
 def tile_residual(
-    a: np.ndarray, b: np.ndarray, fine_a: np.ndarray, fine_b: np.ndarray, dy: np.ndarray, dx: np.ndarray, max_shift: int
+    a: np.ndarray,
+    b: np.ndarray,
+    fine_a: np.ndarray,
+    fine_b: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    max_shift: int,
+    *,
+    margin: int | None = None,
+    thin: bool = False,
 ) -> np.ndarray:
     """The largest unexplained share of any small window once ``b`` is aligned and brightness fitted.
 
@@ -277,10 +344,15 @@ def tile_residual(
         a, b: ``(P, S, S)`` uint8 images, pair by pair.
         fine_a, fine_b: the same images lightly blurred (:func:`blurs`).
         dy, dx: the shift of ``b`` that matched best (from :func:`ncc_over_shifts`).
-        max_shift: the margin of the central crop of ``a``.
+        max_shift: the largest shift (the margin of the central crop of ``a`` by default).
+        margin: the crop's margin, as for :func:`ncc_over_shifts`.
+        thin: leave out residual structures thinner than 3 pixels before the windows are summed: a
+            semi-transparent watermark on one copy is thin strokes, which this removes, while a
+            changed mouth or eyes is a blob that keeps its core.
     """
     p, size, _ = a.shape
-    m, c = max_shift, size - 2 * max_shift
+    m = max_shift if margin is None else max(margin, max_shift)
+    c = size - 2 * m
     rows = np.arange(p)[:, None, None]
     yy = (m + dy)[:, None, None] + np.arange(c)[None, :, None]
     xx = (m + dx)[:, None, None] + np.arange(c)[None, None, :]
@@ -297,11 +369,43 @@ def tile_residual(
     fb -= fb.mean(axis=(1, 2), keepdims=True)
     alpha = (fa * fb).sum(axis=(1, 2)) / np.maximum((fa * fa).sum(axis=(1, 2)), 1e-9)
     residual = np.where(grown, 0.0, fb - alpha[:, None, None] * fa) ** 2
+    if thin:
+        # the smallest residual in each 3x3 neighbourhood: strokes thinner than 3 pixels (a watermark's
+        # letters) vanish, a changed mouth or eye (a blob) keeps its core
+        padded = np.pad(residual, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        residual = np.min([padded[:, i : i + c, j : j + c] for i in range(3) for j in range(3)], axis=0)
     win = max(2, round(size / WINDOW_FRACTION))
     corners = np.arange(0, c - win + 1, max(1, win // 2))
     energy = _window_sums(residual, win, corners)
     average = (fb * fb).sum(axis=(1, 2)) * (win * win) / (c * c)
     return energy.reshape(p, -1).max(axis=1) / np.maximum(average, 1e-9)
+
+
+def zoom_operators(size: int, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Bilinear matrices ``(P, S, S)`` whose row ``u`` samples ``x(c + scale * (u - c) + shift)``.
+
+    ``c`` is the image centre; positions outside the image take the edge pixel. ``X @ M.T`` moves
+    and zooms the columns of ``X``, ``M @ X`` its rows. ``scale`` below 1 shows ``x`` larger.
+    """
+    centre = (size - 1) / 2
+    pos = centre + scale[:, None] * (np.arange(size)[None, :] - centre) + shift[:, None]
+    pos = np.clip(pos, 0, size - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), size - 2)
+    w = (pos - lo).astype(np.float32)
+    out = np.zeros((len(scale), size, size), dtype=np.float32)
+    p_idx = np.arange(len(scale))[:, None]
+    u_idx = np.arange(size)[None, :]
+    out[p_idx, u_idx, lo] = 1 - w
+    out[p_idx, u_idx, lo + 1] += w
+    return out
+
+
+def warp(images: np.ndarray, scale: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Each image zoomed about its centre by ``scale`` and moved by (``dy``, ``dx``), float32."""
+    size = images.shape[1]
+    rows = zoom_operators(size, scale, dy)
+    cols = zoom_operators(size, scale, dx)
+    return rows @ images.astype(np.float32) @ cols.transpose(0, 2, 1)
 
 
 def _window_sums(x: np.ndarray, c: int, corners: np.ndarray) -> np.ndarray:
@@ -341,6 +445,145 @@ def _verify(
 
     in_threads(chunk, range(0, len(a), _VERIFY_CHUNK))
     return sim, dy, dx, residual
+
+
+def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(window, offsets) of the re-crop search's query views.
+
+    A copy whose face box was ``1 / k`` times wider shows the face ``k`` times smaller: its window
+    of ``k * W`` pixels holds what the other's central ``W`` pixels hold. Windows from ``W`` down
+    to ``(1 - max_zoom) * W`` in steps of about 10%, each moved on a grid; the pair is found from the
+    side whose face is smaller, so larger windows are never needed.
+    """
+    base = round(RECROP_WINDOW * size / 48)
+    step = max(1, round(RECROP_STEP * size / 48))
+    reach = round(RECROP_REACH * size / 48)
+    n_zooms = max(1, int(np.ceil(max_zoom / 0.1 - 1e-9)) + 1)
+    windows = sorted({round(base * (1 - max_zoom * k / max(1, n_zooms - 1))) for k in range(n_zooms)}, reverse=True)
+    out = []
+    for w in windows:
+        r = min(reach, (size - w) // 2)
+        grid = range(-(r // step) * step, r + 1, step)
+        out.append((w, [(dy, dx) for dy in grid for dx in grid]))
+    return out
+
+
+def recrop_candidates(pixels: np.ndarray, rows: np.ndarray, radius: int, max_zoom: float) -> pd.DataFrame:
+    """Pairs of ``rows`` where a moved, smaller window of one hashes within ``radius`` of the other's centre.
+
+    Returns:
+        ``a``, ``b`` (positions in ``pixels``; ``a`` the one whose window matched), ``scale`` and
+        ``oy``/``ox``: ``b(u) ~ a(c + scale * (u - c) + o)``, the estimate the verifier starts from.
+    """
+    size = pixels.shape[1]
+    base = round(RECROP_WINDOW * size / 48)
+    sub = pixels[rows]
+    centre = view_hashes(sub, base, [(0, 0)])[:, 0]
+    views = recrop_views(size, max_zoom)
+    hashes = np.concatenate([view_hashes(sub, w, offs) for w, offs in views], axis=1)
+    meta = [(w, dy, dx) for w, offs in views for dy, dx in offs]
+    stride = len(meta)
+    found = hamming_pairs(hashes.ravel(), radius, centre, keep=lambda q, d: q // stride != d)
+    q, d = found.query, found.database
+    w = np.array([m[0] for m in meta])[q % stride]
+    oy = np.array([m[1] for m in meta])[q % stride]
+    ox = np.array([m[2] for m in meta])[q % stride]
+    # the window's own centre sits half a pixel off when S - w is odd
+    off = (size - w) // 2 + (w - 1) / 2 - (size - 1) / 2
+    frame = pd.DataFrame(
+        {
+            "a": rows[q // stride],
+            "b": rows[d],
+            "scale": w / base,
+            "oy": oy + off,
+            "ox": ox + off,
+            "dist": np.bitwise_count(hashes.ravel()[q] ^ centre[d]).astype(np.int64),
+        }
+    )
+    # one estimate per pair: the closest view
+    return frame.sort_values(["a", "b", "dist"], kind="stable").drop_duplicates(["a", "b"]).reset_index(drop=True)
+
+
+def verify_scaled(
+    left: np.ndarray,
+    right: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    scale: np.ndarray,
+    oy: np.ndarray,
+    ox: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity, zoom, shift and local residual of pairs, searched around an estimate.
+
+    ``right[b](u) ~ left[a](c + scale * (u - c) + o)``: ``left[a]`` is warped by every zoom of
+    :data:`RECROP_REFINE` around ``scale`` (and moved by ``o``), correlated with ``right[b]`` over
+    shifts up to :data:`RECROP_SHIFT` on band-passed images, and the best alignment's local residual
+    is measured with thin strokes left out (a watermark), after a looser check with them
+    (:data:`RECROP_WHOLE`); a pair failing that one gets an infinite residual.
+
+    Returns:
+        similarity, scale, dy, dx, residual, whole: ``right[b](u) ~ left[a](c + scale * (u - c) + (dy,
+        dx))`` at the best alignment (shift rounded to whole pixels); ``residual`` with thin strokes
+        left out (infinite when ``whole``, the residual with them, exceeds :data:`RECROP_WHOLE`).
+    """
+    p = len(a)
+    sim = np.full(p, -2.0)
+    best_s = scale.astype(np.float64).copy()
+    best_y = np.zeros(p)
+    best_x = np.zeros(p)
+    residual = np.full(p, np.inf)
+    whole_residual = np.full(p, np.inf)
+
+    def chunk(s: int) -> None:
+        sl = slice(s, s + _VERIFY_CHUNK)
+        ua, ia = np.unique(a[sl], return_inverse=True)
+        ub, ib = np.unique(b[sl], return_inverse=True)
+        (fine_a, band_a), (fine_b, band_b) = blurs(left[ua]), blurs(right[ub])
+        ba, bb = band_a[ia], band_b[ib]
+        oy_, ox_, z0 = oy[sl].astype(np.float64), ox[sl].astype(np.float64), scale[sl].astype(np.float64)
+        # at the estimate first: most candidates of a generous radius are other photos, and one
+        # correlation tells; only the promising ones are searched over zoom
+        top, by, bx = ncc_over_shifts(warp(ba, z0, oy_, ox_), bb, RECROP_SHIFT, RECROP_MARGIN)
+        zs = z0.copy()
+        keep = np.nonzero(top >= RECROP_PREFILTER)[0]
+        for step in RECROP_REFINE:
+            if step == 0.0 or not len(keep):
+                continue
+            z = z0[keep] + step
+            ncc, dy, dx = ncc_over_shifts(
+                warp(ba[keep], z, oy_[keep], ox_[keep]), bb[keep], RECROP_SHIFT, RECROP_MARGIN
+            )
+            better = ncc > top[keep]
+            k = keep[better]
+            top[k], zs[k], by[k], bx[k] = ncc[better], z[better], dy[better], dx[better]
+        sim[sl], best_s[sl], best_y[sl], best_x[sl] = top, zs, by, bx
+        if len(keep):
+            rows_a, rows_b = a[sl][keep], b[sl][keep]
+            wa = warp(fine_a[ia][keep], zs[keep], oy_[keep], ox_[keep])
+            pa = np.clip(warp(left[rows_a], zs[keep], oy_[keep], ox_[keep]), 0, 255)
+            res = np.full(len(top), np.inf)
+            args = (pa, right[rows_b], wa, fine_b[ib][keep], by[keep], bx[keep], RECROP_SHIFT)
+            thin = tile_residual(*args, margin=RECROP_MARGIN, thin=True)
+            whole = tile_residual(*args, margin=RECROP_MARGIN)
+            # thin strokes (a watermark) may explain a residual up to RECROP_WHOLE; beyond, or with a
+            # blob left over, the pair differs in content
+            res[keep] = np.where(whole <= RECROP_WHOLE, thin, np.inf)
+            residual[sl] = res
+            plain = np.full(len(top), np.inf)
+            plain[keep] = whole
+            whole_residual[sl] = plain
+
+    in_threads(chunk, range(0, p, _VERIFY_CHUNK))
+    # the whole shift of the pair: the estimate's plus the residual one found by correlation
+    # b(u + d) ~ a(c + s (u - c) + o), so b(v) ~ a(c + s (v - c) + o - s d)
+    return (
+        sim,
+        best_s,
+        np.rint(oy - best_s * best_y).astype(np.int64),
+        np.rint(ox - best_s * best_x).astype(np.int64),
+        residual,
+        whole_residual,
+    )
 
 
 # -- candidate search ------------------------------------------------------------------------------
@@ -519,6 +762,8 @@ def find_duplicate_pairs(
     cands = _candidates(hashes[reps], feats, None, None, flipped, params)
     cands["a"], cands["b"] = reps[cands["a"].to_numpy()], reps[cands["b"].to_numpy()]
     near = _prefer_near(_verified(cands, pixels, pixels, params), ["a", "b"])
+    if params.max_zoom > 0:
+        near = _concat(near, _recrops(pixels, reps, cands, near, params))
     if near.empty:
         return exact[PAIR_COLUMNS].reset_index(drop=True)
     near = pd.DataFrame(
@@ -621,6 +866,46 @@ def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: 
             "dx": dx[ok],
         }
     )
+
+
+def _recrops(
+    pixels: np.ndarray, reps: np.ndarray, cands: pd.DataFrame, found: pd.DataFrame, params: DedupParams
+) -> pd.DataFrame:
+    """Pairs re-cropped with another face box: the re-crop search's candidates and the plain ones that
+    failed at scale 1, verified over zoom and a wider shift; none already in ``found``."""
+    views = recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom)
+    plain = cands.loc[~cands["flip"].to_numpy(), ["a", "b"]]
+    plain = plain.assign(scale=1.0, oy=0.0, ox=0.0, view=False)
+    # the central view (zoom 1, not moved) is no evidence of a new face box
+    evidence = (views["scale"] != 1.0) | (views["oy"] != 0) | (views["ox"] != 0)
+    views = views.assign(view=evidence.to_numpy())
+    todo = pd.concat([views[["a", "b", "scale", "oy", "ox", "view"]], plain], ignore_index=True)
+    key = np.minimum(todo["a"], todo["b"]) * len(pixels) + np.maximum(todo["a"], todo["b"])
+    done = set((np.minimum(found["a"], found["b"]) * len(pixels) + np.maximum(found["a"], found["b"])).tolist())
+    todo = todo[~np.isin(key, list(done))]
+    if todo.empty:
+        return found.iloc[:0]
+    a, b = todo["a"].to_numpy(), todo["b"].to_numpy()
+    sim, scale, dy, dx, residual, whole = verify_scaled(
+        pixels, pixels, a, b, todo["scale"].to_numpy(), todo["oy"].to_numpy(), todo["ox"].to_numpy()
+    )
+    moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
+    # the watermark tolerance is for re-crops a moved or smaller view proposed; a pair aligned without a new
+    # face box, or proposed by the plain search, is held to the plain check of step 4, so a slight
+    # zoom found by the search cannot excuse another frame of the same person
+    strict = ~(moved & todo["view"].to_numpy())
+    ok = (sim >= params.min_similarity) & (residual <= params.max_residual) & (~strict | (whole <= params.max_residual))
+    out = pd.DataFrame(
+        {
+            "a": np.minimum(a, b)[ok],
+            "b": np.maximum(a, b)[ok],
+            "similarity": np.round(sim[ok], 6),
+            "kind": np.where(moved[ok], KIND_RECROP, KIND_NEAR),
+            "dy": dy[ok],
+            "dx": dx[ok],
+        }
+    )
+    return out.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
 
 
 def _concat(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:

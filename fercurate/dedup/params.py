@@ -17,6 +17,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "min_similarity": (0.0, 1.0),
     "max_residual": (0.0, 16.0),
     "max_shift": (0, 4),
+    "max_zoom": (0.0, 0.2),
+    "recrop_radius": (0, 16),
 }
 
 
@@ -41,6 +43,12 @@ class DedupParams:
             (another frame of the same person) fail it although their global NCC is high. 16
             switches the check off.
         max_shift: largest shift in pixels (each axis) that copies may have.
+        max_zoom: re-cropped copies (another face box: zoom 1 +- max_zoom, shifts up to ~4 pixels)
+            are searched and verified over zoom too (0.15 for real FER data); 0, the default for
+            now, switches the re-crop search off: on the demo's drawn faces it links other photos
+            of one person (docs/dedup.md).
+        recrop_radius: Hamming radius of the re-crop search (moved, smaller windows of one image
+            against the other's central window).
         mirror: also find horizontally flipped copies.
         conflicts: what to do with groups whose members carry different labels.
         dry_run: report only; write no version.
@@ -55,6 +63,8 @@ class DedupParams:
     min_similarity: float = 0.90
     max_residual: float = 0.15
     max_shift: int = 2
+    max_zoom: float = 0.0
+    recrop_radius: int = 8
     mirror: bool = False
     conflicts: str = "remove-all"
     dry_run: bool = False

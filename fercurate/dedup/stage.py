@@ -13,7 +13,14 @@ import pandas as pd
 
 from fercurate.dedup.cache import HashCache
 from fercurate.dedup.hashers import HASHERS, to_hex
-from fercurate.dedup.match import KIND_EXACT, KIND_MIRROR, KIND_NEAR, exact_groups, find_duplicate_pairs
+from fercurate.dedup.match import (
+    KIND_EXACT,
+    KIND_MIRROR,
+    KIND_NEAR,
+    KIND_RECROP,
+    exact_groups,
+    find_duplicate_pairs,
+)
 from fercurate.dedup.params import DedupParams
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
@@ -167,7 +174,7 @@ def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.Dat
     """The grouped rows: position in ``act``, group id and size, kind, nearest duplicate, similarity.
 
     Groups are the connected components of the duplicate pairs. A row's kind is ``exact`` when all
-    its links are exact, ``near`` when one of them is near, else ``mirror``; its nearest duplicate is
+    its links are exact, ``near`` when one of them is near, else ``recrop`` or ``mirror``; its nearest duplicate is
     an identical image when it has one, else its most similar link (ties: the smaller image_id).
     Identical images share every link of the one they are identical to.
     """
@@ -220,11 +227,14 @@ def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.Dat
     best = best.drop_duplicates("src").set_index("src")
     has_near = links[links["kind"] == KIND_NEAR].groupby("src").size()
     has_mirror = links[links["kind"] == KIND_MIRROR].groupby("src").size()
+    has_recrop = links[links["kind"] == KIND_RECROP].groupby("src").size()
 
-    near_kind = np.where(
-        has_near.reindex(frame["cls"]).fillna(0).to_numpy() > 0,
-        KIND_NEAR,
-        np.where(has_mirror.reindex(frame["cls"]).fillna(0).to_numpy() > 0, KIND_MIRROR, KIND_EXACT),
+    def linked(counts: pd.Series) -> np.ndarray:
+        return counts.reindex(frame["cls"]).fillna(0).to_numpy() > 0
+
+    # a row's kind: near before recrop before mirror before exact (the closest link it has)
+    near_kind = np.select(
+        [linked(has_near), linked(has_recrop), linked(has_mirror)], [KIND_NEAR, KIND_RECROP, KIND_MIRROR], KIND_EXACT
     )
     frame[DUP_KIND] = near_kind
     has_twin = frame["twins"].to_numpy() > 0
