@@ -18,6 +18,7 @@ import gc
 import json
 import re
 import sys
+import time
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from fercurate import __version__
@@ -209,29 +211,91 @@ class RichProgress:
         self._task: Any = None
 
     def start(self, description: str, total: int | None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total or 0)
-        self._task = self._progress.add_task(description, total=total)
+        self.finish()
+        self._task = self._progress.add_task(description, total=total, unknown_total=total is None)
 
     def advance(self, n: int = 1) -> None:
         if self._task is not None:
             self._progress.advance(self._task, n)
 
+    def finish(self) -> None:
+        """Show the current phase as done: its bar full and its clock stopped, also when its total was unknown."""
+        if self._task is None:
+            return
+        task = next(t for t in self._progress.tasks if t.id == self._task)
+        done = task.total if task.total is not None else task.completed
+        self._progress.update(self._task, total=done, completed=done)
+        self._progress.stop_task(self._task)
+        self._task = None
+
+
+class CountColumn(ProgressColumn):
+    """``done/total`` while a phase runs; ``n/?`` and then ``n done`` for a phase of unknown size."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unknown_total"):
+            if task.finished:
+                return Text(f"{int(task.completed)} done" if task.completed else "done", style="progress.download")
+            return Text(f"{int(task.completed)}/?", style="progress.download")
+        return Text(f"{int(task.completed)}/{int(task.total or 0)}", style="progress.download")
+
+
+class LineProgress:
+    """Progress as plain lines for logs and CI, where a bar would show nothing until the end.
+
+    Prints a line when a phase starts and one when it ends, with the clock time and how long the
+    phase took, so a long command that writes to a file still shows where it is.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._phase: tuple[str, int | None, float] | None = None
+        self._done = 0
+
+    def start(self, description: str, total: int | None) -> None:
+        self.finish()
+        self._phase = (description, total, time.perf_counter())
+        self._done = 0
+        size = f" ({total} items)" if total is not None else ""
+        self._print(f"{description}{size} ...")
+
+    def advance(self, n: int = 1) -> None:
+        self._done += n
+
+    def finish(self) -> None:
+        if self._phase is None:
+            return
+        description, total, since = self._phase
+        items = f"{self._done} items, " if self._done or total else ""
+        self._print(f"{description}: done ({items}{time.perf_counter() - since:.1f} s)")
+        self._phase = None
+
+    def _print(self, text: str) -> None:
+        self._console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+
 
 @contextmanager
-def progress_bar() -> Iterator[RichProgress]:
-    """A Rich progress bar on stderr for the duration of the block (silent when not a terminal)."""
+def progress_bar() -> Iterator[RichProgress | LineProgress]:
+    """Progress on stderr for the duration of the block: a Rich bar on a terminal, else a line per phase
+    start and end (Rich's ``Console.is_terminal`` tells them apart). A phase left running when the
+    block ends is shown as done; one stopped by an error is not."""
+    if not err.is_terminal:
+        lines = LineProgress(err)
+        yield lines
+        lines.finish()
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        CountColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=False,
-        disable=not err.is_terminal,
     )
     with bar:
-        yield RichProgress(bar)
+        view = RichProgress(bar)
+        yield view
+        view.finish()
 
 
 def print_json(data: Any) -> None:
@@ -304,11 +368,20 @@ def scan_cmd(
     max_pixels: Annotated[
         int, typer.Option(help="Images of more pixels are invalid, judged from the header.", show_default="4096x4096")
     ] = ScanParams.max_pixels,
+    new_lineage: Annotated[
+        bool,
+        typer.Option(
+            "--new-lineage",
+            help="Scan into a workspace that already holds versions, as a second lineage that becomes latest.",
+        ),
+    ] = ScanParams.new_lineage,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read a dataset into a new manifest version (v0000 in a new workspace).
+    """Read a dataset into a new root manifest version (v0000 in a new workspace).
 
-    Unreadable and degenerate images are recorded as invalid, never crash the scan.
+    Unreadable and degenerate images are recorded as invalid, never crash the scan; a dataset with no
+    readable image at all is an error. A workspace holds one dataset's lineage: scanning into one that
+    already has versions needs --new-lineage.
 
     Example: fercurate scan ~/data/Facial_emotion_images --workspace manifests
     """
@@ -321,6 +394,7 @@ def scan_cmd(
         image_size=image_size,
         workers=workers,
         max_pixels=max_pixels,
+        new_lineage=new_lineage,
     )
     with progress_bar() as progress:
         result = scan(Workspace(workspace), params, progress)
@@ -343,7 +417,10 @@ def scan_cmd(
 # -- log / diff / export ---------------------------------------------------------------------------
 @command("log")
 def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """List the manifest versions of the workspace, oldest first.
+    """List the manifest versions of the workspace, oldest first, one table per lineage.
+
+    A lineage is a scan and every version made from it; a second scan into the same workspace
+    (scan --new-lineage) starts a second lineage, whose versions descend from none of the first.
 
     Example: fercurate log --json
     """
@@ -353,31 +430,40 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(entries)
         return
-    table = Table(title=f"Versions in {Workspace(workspace).root}", title_justify="left")
-    for col in ("version", "stage", "parent", "created", "rows", "active", "train/val/test"):
-        table.add_column(col)
-    table.add_column("state")
-    for e in entries:
-        if "stage" not in e:  # a damaged record: nothing but its number is known
-            table.add_row(e["version"], *["?"] * 6, "[red]damaged[/]")
-            continue
-        split = e["by_split"]
-        state = f"[red]{e['state']}[/]" if e["state"] == "damaged" else e["state"]
-        table.add_row(
-            e["version"],
-            e["stage"],
-            e["parent"] or "-",
-            e["created"],
-            str(e["rows"]),
-            str(e["active"]),
-            f"{split.get('train', 0)}/{split.get('val', 0)}/{split.get('test', 0)}",
-            state + (" (report incomplete)" if e["report_incomplete"] else ""),
-        )
-    out.print(table)
+    lineages = list(dict.fromkeys(e["lineage"] for e in entries if e.get("lineage")))
+    latest = next((e["version"] for e in reversed(entries) if "stage" in e), None)
+    root_dir = Workspace(workspace).root
+    for root in lineages or [None]:
+        title = f"Versions in {root_dir}"
+        if len(lineages) > 1:
+            title = f"Lineage {lineages.index(root) + 1} of {len(lineages)} in {root_dir}: from {root}"
+        table = Table(title=title, title_justify="left")
+        for col in ("version", "stage", "parent", "created", "rows", "active", "train/val/test"):
+            table.add_column(col)
+        table.add_column("state")
+        for e in entries:
+            if "stage" not in e:  # a damaged record: nothing but its number is known (in the last table)
+                if root == (lineages[-1] if lineages else None):
+                    table.add_row(e["version"], *["?"] * 6, "[red]damaged[/]")
+                continue
+            if e["lineage"] != root:
+                continue
+            split = e["by_split"]
+            state = f"[red]{e['state']}[/]" if e["state"] == "damaged" else e["state"]
+            table.add_row(
+                e["version"] + (" (latest)" if e["version"] == latest else ""),
+                e["stage"],
+                e["parent"] or "-",
+                e["created"],
+                str(e["rows"]),
+                str(e["active"]),
+                f"{split.get('train', 0)}/{split.get('val', 0)}/{split.get('test', 0)}",
+                state + (" (report incomplete)" if e["report_incomplete"] else ""),
+            )
+        out.print(table)
     for e in entries:
         if e["problem"]:
             out.print(f"[red]{e['version']} damaged:[/] {e['problem']}", soft_wrap=True)
-
 
 @command("check")
 def check_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
@@ -439,7 +525,10 @@ def diff_cmd(
 @command("export", ExportParams)
 def export_cmd(
     version: Annotated[str, typer.Argument(help="Version to export (v0003, 3, latest).")],
-    dest: Annotated[Path, typer.Argument(help="Destination folder.")],
+    dest: Annotated[
+        Path,
+        typer.Argument(help="Destination folder; with --format csv, the CSV file (a name ending .csv) or a folder."),
+    ],
     workspace: WorkspaceOpt = None,
     mode: Annotated[str, typer.Option(help=f"{choices(MODES)} (folders format).")] = ExportParams.mode,
     format: Annotated[
@@ -449,6 +538,9 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a version's active rows as DEST/{train,val,test}/{label}/{file} or as a FER2013 CSV.
+
+    With --format csv, a DEST ending in .csv is the file written; any other DEST is a folder that
+    gets fer2013.csv.
 
     Example: fercurate export latest cleaned/ --mode hardlink
     """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 
 from fercurate.errors import InputError
 from fercurate.images import load_gray_files
-from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, active
+from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, active, atomic_write, temp_dir
 from fercurate.progress import NullProgress, Progress
 from fercurate.reports import to_dict
 from fercurate.workspace import PixelCache, Workspace
@@ -27,6 +26,8 @@ from fercurate.workspace import PixelCache, Workspace
 MODES = ("copy", "hardlink", "symlink")
 FORMATS = ("folders", "csv")
 CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+#: the file a CSV export writes into a folder DEST
+CSV_NAME = "fer2013.csv"
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,26 @@ class ExportResult:
 def export(workspace: Workspace, params: ExportParams, progress: Progress | None = None) -> ExportResult:
     """Write the active rows of a version to ``params.dest``.
 
+    With ``format="folders"`` DEST is a folder. With ``format="csv"`` DEST is the CSV file itself when
+    it ends in ``.csv`` or is an existing file, and otherwise a folder that gets ``fer2013.csv``
+    (:func:`csv_target`). The result's ``dest`` is what was written: the folder, or the CSV file.
+
     Raises:
         InputError: for an unknown mode or format, a non-empty DEST without overwrite, or (CSV) a
             class that has no FER2013 emotion code.
     """
     progress = progress or NullProgress()
     dest = Path(params.dest)
-    if dest.exists() and not dest.is_dir():
+    csv_file = csv_target(dest) if params.format == "csv" else None
+    if csv_file is not None and csv_file == dest:
+        if dest.exists() and not params.overwrite:
+            raise InputError(
+                f"dest {dest} exists; pass overwrite to replace it or choose another file name",
+                param=("dest", "overwrite"),
+            )
+    elif dest.exists() and not dest.is_dir():
         raise InputError(f"dest {dest} exists and is not a folder; choose another path", param="dest")
-    if dest.is_dir() and any(dest.iterdir()) and not params.overwrite:
+    elif dest.is_dir() and any(dest.iterdir()) and not params.overwrite:
         raise InputError(
             f"dest {dest} is not empty; pass overwrite to replace it or choose an empty folder",
             param=("dest", "overwrite"),
@@ -79,26 +91,41 @@ def export(workspace: Workspace, params: ExportParams, progress: Progress | None
     info, df = workspace.read(params.version)
     rows = active(df)
     root = workspace.dataset_root(info)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        if params.format == "folders":
-            _export_folders(workspace, rows, root, tmp, params.mode, progress)
-        else:
-            _export_csv(workspace, rows, root, tmp / "fer2013.csv", params.image_size, progress)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    written = dest
+    if csv_file is not None and csv_file == dest:
+        atomic_write(dest, lambda tmp: _export_csv(workspace, rows, root, tmp, params.image_size, progress))
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(dest.parent, dest.name)
+        try:
+            if csv_file is None:
+                _export_folders(workspace, rows, root, tmp, params.mode, progress)
+            else:
+                _export_csv(workspace, rows, root, tmp / csv_file.name, params.image_size, progress)
+                written = csv_file
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return ExportResult(
         version=info.version,
-        dest=dest,
+        dest=written,
         format=params.format,
         files=len(rows),
         by_split=dict(Counter(rows[Col.SPLIT])),
     )
+
+
+def csv_target(dest: Path) -> Path:
+    """The CSV file a CSV export to ``dest`` writes: ``dest`` itself when it ends in ``.csv`` (and is
+    not an existing folder) or is an existing file, else ``dest/fer2013.csv``."""
+    if dest.is_dir():
+        return dest / CSV_NAME
+    if dest.suffix.lower() == ".csv" or dest.is_file():
+        return dest
+    return dest / CSV_NAME
 
 
 def export_name(row: pd.Series) -> str:

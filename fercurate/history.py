@@ -20,8 +20,12 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
     or ``damaged``, with the ``problem`` in one line: a record that is not readable JSON is listed
     by its number alone, and a Parquet file that is not the recorded one (or not Parquet) is marked.
     ``report_incomplete`` says a command was killed while writing the version's report folder.
+    ``lineage`` names the root version (a scan) each version descends from: a workspace scanned
+    twice with ``--new-lineage`` holds two lineages, and no version of one descends from the other
+    (a damaged record has none).
     """
-    workspace.require_versions()
+    infos = workspace.require_versions()
+    roots = lineage_roots(infos)
     out: list[dict[str, Any]] = []
     for info in workspace.versions():
         problem = workspace.verify(info)
@@ -30,6 +34,7 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
                 "version": info.version,
                 "stage": info.stage,
                 "parent": info.parent,
+                "lineage": roots[info.version],
                 "path": info.path,
                 "created": info.created,
                 "rows": info.rows,
@@ -48,6 +53,7 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
         out.append(
             {
                 "version": bad.version,
+                "lineage": None,
                 "path": bad.file,
                 "state": "damaged",
                 "problem": f"{bad.file} is {bad.problem}",
@@ -55,6 +61,16 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda e: str(e["version"]))
+
+
+def lineage_roots(infos: list[VersionInfo]) -> dict[str, str]:
+    """The root version each version descends from (itself for a root), by version id."""
+    parents = {i.version: i.parent for i in infos}
+    roots: dict[str, str] = {}
+    for info in infos:  # oldest first: a parent's root is known before its children's
+        parent = parents[info.version]
+        roots[info.version] = roots.get(parent, parent) if parent else info.version
+    return roots
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,14 +323,39 @@ def atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path.parent, path.name)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temp_file(folder: Path, name: str) -> Path:
+    """A new empty file in ``folder`` (hidden, named after ``name``) to write and rename onto ``name``.
+
+    Unlike ``tempfile.mkstemp``, whose files are private (0600), it gets the mode any new file gets
+    (0644 under the usual umask 022), so what is renamed into place is readable by those who should.
+    """
+    return _fresh(folder, name, lambda tmp: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+
+
+def temp_dir(folder: Path, name: str) -> Path:
+    """A new empty folder in ``folder`` to fill and rename onto ``name``; like :func:`temp_file`, it gets
+    the mode any new folder gets (0755 under umask 022), not ``tempfile.mkdtemp``'s 0700."""
+    return _fresh(folder, name, lambda tmp: os.mkdir(tmp, 0o777))
+
+
+def _fresh(folder: Path, name: str, create) -> Path:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise WorkspaceError(f"could not create a temporary file in {folder}; remove its .{name}.*.tmp entries")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,8 @@ class ScanParams:
     workers: int | None = None
     #: images of more pixels are invalid (``too_large_WxH``), judged from the header without decoding
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: start a second lineage (a new root version) in a workspace that already holds versions
+    new_lineage: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,15 @@ def normalise_split(name: str) -> str | None:
 
 
 def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = None) -> ScanResult:
-    """Scan ``params.dataset`` and commit manifest version 0 (or the next version) to ``workspace``.
+    """Scan ``params.dataset`` and commit it as a root version (no parent) of ``workspace``.
+
+    A workspace that already holds versions takes a scan only with ``params.new_lineage``: the new
+    root then starts a second lineage and becomes ``latest`` for every later command.
 
     Raises:
-        DatasetError: when the dataset cannot be read as one of the layouts.
-        InputError: for bad options.
+        DatasetError: when the dataset cannot be read as one of the layouts, or every file in it is
+            invalid (nothing is written then).
+        InputError: for bad options, or a workspace with versions without ``new_lineage``.
     """
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -125,7 +134,8 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
             param="max_pixels",
         )
     classes = _parse_classes(params.classes)
-    with workspace.lock("fercurate scan"):
+    _check_lineage(workspace, params)
+    with _removed_on_error(workspace), workspace.lock("fercurate scan"):
         if dataset.is_file():
             df, notes = _scan_csv(workspace, dataset, classes, params, progress)
             layout, root = "csv", dataset.parent
@@ -135,11 +145,11 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
             df = _scan_files(workspace, root, files, params, progress)
         if df.empty:
             raise DatasetError(f"no image files found under {dataset}; expected split/class folders or a CSV")
-        parent = workspace.versions()[-1] if workspace.versions() else None
+        _check_some_valid(df, dataset)
         version = workspace.commit(
             df,
             stage="scan",
-            parent=parent,
+            parent=None,
             params={
                 "dataset": str(dataset.resolve()),
                 "layout": layout,
@@ -166,6 +176,42 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
         invalid_reasons=dict(Counter(_reason_kind(r) for r in invalid[Col.REASON])),
         notes=notes,
         seconds=time.perf_counter() - started,
+    )
+
+
+@contextmanager
+def _removed_on_error(workspace: Workspace) -> Iterator[None]:
+    """Remove a workspace folder this scan created if the scan fails, so a failed scan writes nothing."""
+    fresh = not workspace.root.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            shutil.rmtree(workspace.root, ignore_errors=True)
+        raise
+
+
+def _check_lineage(workspace: Workspace, params: ScanParams) -> None:
+    """Refuse to scan silently into a workspace whose latest version later commands would lose."""
+    infos = workspace.versions()
+    if infos and not params.new_lineage:
+        raise InputError(
+            f"workspace {workspace.root} already holds versions (latest {infos[-1].version}, "
+            f"{infos[-1].stage}); pass new_lineage to start a second lineage there (it becomes latest), "
+            "or scan into a new workspace",
+            param="new_lineage",
+        )
+
+
+def _check_some_valid(df: pd.DataFrame, dataset: Path) -> None:
+    """A scan in which no file could be read is an error, named with its commonest reasons."""
+    if (df[Col.STATUS] != INVALID).any():
+        return
+    reasons = Counter(_reason_kind(r) for r in df[Col.REASON]).most_common(3)
+    named = ", ".join(f"{kind} {n}" for kind, n in reasons)
+    raise DatasetError(
+        f"all {len(df)} files under {dataset} are invalid (commonest reasons: {named}); nothing was written. "
+        "Check that DATASET points at the images (not at a folder of archives or other files)"
     )
 
 

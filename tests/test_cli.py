@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,57 @@ def test_library_errors_name_values_and_the_cli_names_flags(tmp_path: Path) -> N
     res = runner.invoke(app, ["scan", str(tmp_path / "d"), "-w", str(tmp_path / "ws")], env={"COLUMNS": "200"})
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "pass --classes to set them, or --ignore happpy to skip it" in " ".join(res.output.split())
+
+
+def test_scan_refusals_are_one_line_and_exit_1(tree, tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    assert runner.invoke(app, ["scan", str(tree[0]), "-w", ws]).exit_code == 0
+    res = runner.invoke(app, ["scan", str(tree[0]), "-w", ws])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1].startswith("error: workspace") and "--new-lineage" in res.stderr
+    res = runner.invoke(app, ["scan", str(tree[0]), "-w", ws, "--new-lineage"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["log", "-w", ws])
+    assert "Lineage 1 of 2" in res.stdout and "Lineage 2 of 2" in res.stdout and "v0001 (latest)" in res.stdout
+    empty = tmp_path / "bad" / "train" / "sad"
+    empty.mkdir(parents=True)
+    (empty / "1.jpg").write_bytes(b"")
+    res = runner.invoke(app, ["scan", str(tmp_path / "bad"), "-w", str(tmp_path / "ws2")])
+    assert res.exit_code == 1 and "error: all 1 files" in res.stderr and "empty_file 1" in res.stderr
+    assert not (tmp_path / "ws2").exists()
+
+
+def test_progress_prints_a_line_per_phase_when_not_a_terminal(tree, tmp_path: Path) -> None:
+    # CliRunner's stderr is not a terminal, like a CI log or `2> file`
+    res = runner.invoke(app, ["scan", str(tree[0]), "-w", str(tmp_path / "ws")])
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.strip().splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d Decoding images \(\d+ items\) \.\.\.", lines[0]), lines
+    assert re.fullmatch(r"\d\d:\d\d:\d\d Decoding images: done \(\d+ items, \d+\.\d s\)", lines[-1]), lines
+
+
+def test_finished_phases_of_unknown_size_stop_their_clocks() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fercurate.cli import CountColumn, RichProgress
+
+    bar = Progress(CountColumn(), console=Console(file=io.StringIO(), force_terminal=True), auto_refresh=False)
+    view = RichProgress(bar)
+    view.start("Generating", None)
+    view.advance(3)
+    view.start("Decoding", 10)
+    view.advance(10)
+    view.start("Writing", None)  # nothing advanced
+    view.finish()
+    generating, decoding, writing = bar.tasks
+    for task in bar.tasks:
+        assert task.finished and task.stop_time is not None  # the elapsed clock no longer runs
+    shown = [t.elapsed for t in bar.tasks]
+    time.sleep(0.05)
+    assert [t.elapsed for t in bar.tasks] == shown  # frozen, not counting on
+    assert str(CountColumn().render(generating)) == "3 done"
+    assert str(CountColumn().render(decoding)) == "10/10"
+    assert str(CountColumn().render(writing)) == "done"

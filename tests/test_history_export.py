@@ -99,3 +99,55 @@ def test_export_rejects_bad_options(ws: Workspace, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="format"):
         export(ws, ExportParams(version="latest", dest=tmp_path / "x", format="zip"))
     assert not (tmp_path / "x").exists()
+
+
+def test_export_csv_writes_the_file_named(ws: Workspace, tmp_path: Path) -> None:
+    dest = tmp_path / "cleaned.csv"
+    result = export(ws, ExportParams(version="v0000", dest=dest, format="csv"))
+    assert dest.is_file() and result.dest == dest  # the file itself, not a folder called cleaned.csv
+    assert len(pd.read_csv(dest)) == result.files
+    assert [p.name for p in tmp_path.iterdir()] == ["cleaned.csv"]  # no temp file left beside it
+    with pytest.raises(InputError, match="exists; pass overwrite"):
+        export(ws, ExportParams(version="v0000", dest=dest, format="csv"))
+    export(ws, ExportParams(version="v0001", dest=dest, format="csv", overwrite=True))
+    assert (
+        len(pd.read_csv(dest))
+        == export(ws, ExportParams(version="v0001", dest=tmp_path / "again.csv", format="csv")).files
+    )
+    # a folder DEST (new or existing and empty) gets fer2013.csv inside
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert export(ws, ExportParams(version="v0000", dest=folder, format="csv")).dest == folder / "fer2013.csv"
+    assert (folder / "fer2013.csv").is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exports_and_reports_get_umask_modes(ws: Workspace, tmp_path: Path, umask: int) -> None:
+    from fercurate.manifest import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        export(ws, ExportParams(version="v0000", dest=tmp_path / "out"))
+        export(ws, ExportParams(version="v0000", dest=tmp_path / "c.csv", format="csv"))
+        atomic_write_text(tmp_path / "reports" / "report.md", "# report\n")
+    finally:
+        os.umask(old)
+    dirs = [tmp_path / "out", *(p for p in (tmp_path / "out").rglob("*") if p.is_dir())]
+    assert {os.stat(d).st_mode & 0o777 for d in dirs} == {0o777 & ~umask}  # 0755 under 022, not 0700
+    for written in (tmp_path / "c.csv", tmp_path / "reports" / "report.md"):
+        assert os.stat(written).st_mode & 0o777 == 0o666 & ~umask  # 0644 under 022, not 0600
+
+
+def test_log_shows_each_lineage(tree, tmp_path: Path) -> None:
+    fresh = Workspace(tmp_path / "ws")
+    scan(fresh, ScanParams(dataset=tree[0]))
+    info, df = fresh.read()
+    with fresh.lock("test"):
+        fresh.commit(df, stage="edit", parent=info, params={})
+    scan(fresh, ScanParams(dataset=tree[0], new_lineage=True))
+    entries = log(fresh)
+    assert [(e["version"], e["parent"], e["lineage"]) for e in entries] == [
+        ("v0000", None, "v0000"),
+        ("v0001", "v0000", "v0000"),
+        ("v0002", None, "v0002"),
+    ]

@@ -196,13 +196,48 @@ def test_csv_classes_filter_and_bad_code(tmp_path: Path) -> None:
         scan(Workspace(tmp_path / "ws3"), ScanParams(dataset=cols))
 
 
-def test_scanning_twice_appends_a_version(tmp_path: Path, tree) -> None:
+def test_scanning_into_a_workspace_with_versions_needs_new_lineage(tmp_path: Path, tree) -> None:
     root, _ = tree
     ws = Workspace(tmp_path / "ws")
     scan(ws, ScanParams(dataset=root))
-    second = scan(ws, ScanParams(dataset=root))
-    assert second.version.version == "v0001" and second.version.parent == "v0000"
+    with pytest.raises(InputError, match="pass new_lineage") as caught:
+        scan(ws, ScanParams(dataset=root))
+    assert "\n" not in str(caught.value)
+    assert [v.version for v in ws.versions()] == ["v0000"]  # nothing written
+    second = scan(ws, ScanParams(dataset=root, new_lineage=True))
+    # a second root, not a child of the first: no later command mistakes it for a step of the first
+    assert second.version.version == "v0001" and second.version.parent is None
     assert ws.versions()[0].content_hash == ws.versions()[1].content_hash
+    assert [v.version for v in ws.lineage("latest")] == ["v0001"]
+
+
+def _all_invalid_tree(root: Path) -> None:
+    folder = root / "train" / "happy"
+    folder.mkdir(parents=True)
+    for k in range(5):
+        (folder / f"{k}.jpg").write_bytes(b"not an image at all\n" * 4)
+    for k in range(2):
+        (folder / f"e{k}.jpg").write_bytes(b"")
+
+
+def test_a_scan_where_every_file_is_invalid_stops_and_writes_nothing(tmp_path: Path) -> None:
+    _all_invalid_tree(tmp_path / "d")
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(DatasetError) as caught:
+        scan(ws, ScanParams(dataset=tmp_path / "d"))
+    message = str(caught.value)
+    assert "all 7 files" in message and "not_an_image 5" in message and "empty_file 2" in message
+    assert message.index("not_an_image") < message.index("empty_file")  # commonest first
+    assert not ws.root.exists()  # the workspace this scan would have created is not left behind
+
+
+def test_a_scan_where_every_file_is_invalid_keeps_an_existing_workspace(tmp_path: Path, tree) -> None:
+    _all_invalid_tree(tmp_path / "d")
+    ws = Workspace(tmp_path / "ws")
+    scan(ws, ScanParams(dataset=tree[0]))
+    with pytest.raises(DatasetError, match="all 7 files"):
+        scan(ws, ScanParams(dataset=tmp_path / "d", new_lineage=True))
+    assert [v.version for v in ws.versions()] == ["v0000"]
 
 
 def test_source_images_are_not_modified(tmp_path: Path) -> None:
