@@ -565,14 +565,19 @@ def demo_cmd(
     ),
     n_images: Annotated[int, typer.Option(help="Images in the FER-like dataset.")] = DemoParams.n_images,
     seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = DemoParams.seed,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo in DEST.")] = DemoRunParams.overwrite,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Write into a non-empty DEST holding no earlier demo (a demo there is reused or replaced)."),
+    ] = DemoRunParams.overwrite,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a messy, FER-like demo dataset (no download) with its ground truth; --run curates it.
 
     The demo has the faults of a real FER dataset: lopsided splits, cross-split near-duplicates,
-    about 10% wrong labels (mostly sad<->neutral), invalid files and a rare class.
+    about 10% wrong labels (mostly sad<->neutral), invalid files and a rare class. Run again, it
+    reuses the demo in DEST when the options are the same and replaces it otherwise, and --run
+    replaces the demo's own workspace (DEST/workspace), keeping its caches.
 
     Example: fercurate demo demo/ --run
     """
@@ -592,9 +597,17 @@ def demo_cmd(
         return
     result = generate_demo(dest, params, overwrite=overwrite)
     if as_json:
-        print_json({"dest": str(result.dest), "dataset": str(result.dataset_dir), "counts": result.counts})
+        print_json(
+            {
+                "dest": str(result.dest),
+                "dataset": str(result.dataset_dir),
+                "action": result.action,
+                "counts": result.counts,
+            }
+        )
         return
-    out.print(f"demo dataset written to {result.dataset_dir} (ground truth: {result.truth_path})")
+    said = {"written": "written to", "reused": "already in (same options: reused)", "replaced": "replaced in"}
+    out.print(f"demo dataset {said[result.action]} {result.dataset_dir} (ground truth: {result.truth_path})")
     out.print(counts_table("Planted", result.counts))
     out.print(f"next: fercurate scan {result.dataset_dir}")
 

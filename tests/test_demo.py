@@ -276,7 +276,29 @@ def test_refuses_a_non_empty_destination_unless_overwrite(tmp_path: Path) -> Non
     assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
     generate_demo(dest, small, overwrite=True)
     generate_demo(dest, small, overwrite=True)
-    assert sorted(p.name for p in dest.iterdir()) == ["TRUTH.md", "affectnet", "dataset", "notes.txt", "truth.parquet"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "TRUTH.md",
+        "affectnet",
+        "dataset",
+        "fercurate-demo.json",
+        "notes.txt",
+        "truth.parquet",
+    ]
+
+
+def test_a_second_run_reuses_the_same_demo_and_replaces_another(tmp_path: Path) -> None:
+    small = DemoParams(n_images=40, n_affectnet=4, n_invalid=0)
+    dest = tmp_path / "demo"
+    first = generate_demo(dest, small)
+    assert first.action == "written"
+    stamp = (dest / "truth.parquet").stat().st_mtime_ns
+    again = generate_demo(dest, small)  # no --overwrite needed: the Quick start re-runs as written
+    assert again.action == "reused" and again.counts == first.counts
+    assert (dest / "truth.parquet").stat().st_mtime_ns == stamp  # not rewritten
+    other = generate_demo(dest, DemoParams(n_images=40, n_affectnet=4, n_invalid=0, seed=1))
+    assert other.action == "replaced" and (dest / "truth.parquet").stat().st_mtime_ns != stamp
+    (dest / "TRUTH.md").unlink()  # an incomplete demo is replaced, not reused
+    assert generate_demo(dest, DemoParams(n_images=40, n_affectnet=4, n_invalid=0, seed=1)).action == "replaced"
 
 
 @pytest.mark.parametrize(

@@ -76,9 +76,15 @@ def test_report_serialises(report) -> None:
     assert data["stages"][1]["version"] == "v0000"
 
 
-def test_a_used_workspace_needs_overwrite(report) -> None:
+def test_another_used_workspace_needs_overwrite(report, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="overwrite"):
-        run_demo(Workspace(report.workspace), DemoRunParams(dest=report.dest, demo=DemoParams(n_images=400)))
+        run_demo(Workspace(report.workspace), DemoRunParams(dest=tmp_path / "elsewhere", demo=DemoParams(n_images=400)))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_demo_says_what_it_did_with_its_dataset_and_workspace(report) -> None:
+    said = report.stages[0].summary
+    assert said["dataset"].startswith("written") and said["workspace"] == "new"
 
 
 def test_demo_command_writes_the_dataset(tmp_path: Path) -> None:
@@ -87,4 +93,31 @@ def test_demo_command_writes_the_dataset(tmp_path: Path) -> None:
     counts = json.loads(res.stdout)["counts"]
     assert counts["images"] >= 200 and (tmp_path / "d" / "truth.parquet").exists()
     res = CliRunner().invoke(app, ["demo", str(tmp_path / "d"), "--n-images", "200"])
-    assert res.exit_code == 1 and "--overwrite" in res.output
+    assert res.exit_code == 0 and "reused" in res.stdout  # the same command again reuses the demo
+    res = CliRunner().invoke(app, ["demo", str(tmp_path / "d"), "--n-images", "220", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["action"] == "replaced"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a demo")
+    res = CliRunner().invoke(app, ["demo", str(mine), "--n-images", "200"])
+    assert res.exit_code == 1 and "holds no fercurate demo" in res.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_demo_run_twice_replaces_its_own_workspace_keeping_the_caches(tmp_path: Path) -> None:
+    dest = tmp_path / "demo"
+    params = DemoRunParams(
+        dest=dest,
+        demo=DemoParams(n_images=200, n_affectnet=40, n_invalid=4),
+        preset="tiny",
+        train_overrides=(("epochs", 1),),
+        folds=2,
+        device="cpu",
+    )
+    first = run_demo(Workspace(dest / "workspace"), params)
+    second = run_demo(Workspace(dest / "workspace"), params)  # the Quick start's command, again
+    assert second.stages[0].summary["dataset"].startswith("reused")
+    assert second.stages[0].summary["workspace"] == "replaced (caches kept)"
+    assert [v.version for v in Workspace(dest / "workspace").versions()] == [f"v000{i}" for i in range(6)]
+    by_stage = {s.stage: s for s in second.stages}
+    assert by_stage["benchmark"].summary == {s.stage: s for s in first.stages}["benchmark"].summary

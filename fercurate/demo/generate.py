@@ -20,9 +20,10 @@ cannot reach 100% even on clean labels.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from fercurate.demo.params import (
     truth_schema,
 )
 from fercurate.errors import InputError
+from fercurate.manifest import atomic_write_text
 
 #: The demo of ``fercurate demo`` without options.
 DEFAULT_PARAMS = DemoParams()
@@ -115,7 +117,9 @@ def _check_dest(dest: Path, overwrite: bool) -> None:
         raise InputError(f"demo destination {dest} is a file; choose a folder")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise InputError(
-            f"demo destination {dest} is not empty; pass overwrite or choose an empty folder", param="overwrite"
+            f"demo destination {dest} is not empty and holds no fercurate demo; choose an empty folder, "
+            "or pass overwrite to write the demo beside what is there",
+            param="overwrite",
         )
 
 
@@ -156,25 +160,31 @@ def generate_demo(
     """Write a messy FER-like demo dataset, its ground truth and an AffectNet-style source.
 
     Everything is built in a hidden folder inside ``dest`` and moved into place at the end, so an
-    interrupted run leaves no half-written dataset. With ``overwrite`` the demo's own entries
-    (``dataset/``, ``affectnet/``, ``truth.parquet``, ``TRUTH.md``) are replaced; other files in
-    ``dest`` are left alone. The same ``params`` always give byte-identical files, whatever
-    ``workers`` is.
+    interrupted run leaves no half-written dataset; a record of the params (``fercurate-demo.json``)
+    is written last. A complete demo made with the same params is reused as it is, and a demo made
+    with other params is replaced, so the Quick start re-runs as written. With ``overwrite`` (or over
+    an earlier demo) the demo's own entries (``dataset/``, ``affectnet/``, ``truth.parquet``,
+    ``TRUTH.md``) are replaced; other files in ``dest`` are left alone. The same ``params`` always
+    give byte-identical files, whatever ``workers`` is.
 
     Args:
-        dest: the destination folder; created if missing, must be empty unless ``overwrite``.
+        dest: the destination folder; created if missing, must be empty or hold an earlier demo unless
+            ``overwrite``.
         params: sizes, fault rates, classes and seed.
-        overwrite: replace an existing demo in a non-empty ``dest``.
+        overwrite: write the demo into a non-empty ``dest`` that holds no earlier demo.
         workers: processes for rendering; defaults to the available cores (at most 8).
 
     Returns:
         Where things were written and how many of each were planted.
 
     Raises:
-        InputError: bad params, or a non-empty ``dest`` without ``overwrite``.
+        InputError: bad params, or a non-empty ``dest`` that holds no demo, without ``overwrite``.
     """
     dest = Path(dest)
-    _check_dest(dest, overwrite)
+    previous = demo_record(dest)
+    if previous is not None and previous.get("params") == _params_record(params) and _complete(dest):
+        return _result(dest, previous["counts"], "reused")
+    _check_dest(dest, overwrite or previous is not None)
     n_workers = workers if workers is not None else _default_workers()
 
     rng = np.random.default_rng([params.seed, STREAM_PLAN])
@@ -215,6 +225,7 @@ def generate_demo(
         pq.write_table(_truth_table(everything), tmp / "truth.parquet")
         (tmp / "TRUTH.md").write_text(TRUTH_MD, encoding="utf-8")
         affect_counts = write_affectnet(tmp / "affectnet", params, n_workers)
+        (dest / DEMO_RECORD).unlink(missing_ok=True)  # a demo half replaced is no demo to reuse
         for name in ("dataset", "affectnet", "truth.parquet", "TRUTH.md"):
             target = dest / name
             if target.is_dir():
@@ -229,7 +240,7 @@ def generate_demo(
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
-    counts = {
+    counts: dict[str, int] = {
         "files": len(everything),
         "images": len(rows),
         "mislabeled": sum(r.true_label is not None and r.given_label != r.true_label for r in everything),
@@ -239,11 +250,41 @@ def generate_demo(
         "png": sum(r.fmt == "PNG" for r in everything),
         **affect_counts,
     }
+    record = {"made_by": "fercurate demo", "params": _params_record(params), "counts": counts}
+    atomic_write_text(dest / DEMO_RECORD, json.dumps(record, indent=2))  # last: the demo is complete
+    return _result(dest, counts, "replaced" if previous is not None else "written")
+
+
+#: written into a demo's folder once the demo is complete: what made it, with which params
+DEMO_RECORD = "fercurate-demo.json"
+
+
+def demo_record(dest: Path) -> dict[str, Any] | None:
+    """The record a fercurate demo left in ``dest`` (its params and counts), or None when there is none."""
+    try:
+        record = json.loads((Path(dest) / DEMO_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("made_by") != "fercurate demo":
+        return None
+    return record
+
+
+def _complete(dest: Path) -> bool:
+    return all((dest / name).exists() for name in ("dataset", "affectnet", "truth.parquet", "TRUTH.md"))
+
+
+def _params_record(params: DemoParams) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(params)))  # tuples as lists, as the record reads back
+
+
+def _result(dest: Path, counts: dict[str, int], action: str) -> DemoResult:
     return DemoResult(
         dest=dest,
         dataset_dir=dest / "dataset",
         truth_path=dest / "truth.parquet",
         affectnet_dir=dest / "affectnet",
         affectnet_csv=dest / "affectnet" / "training.csv",
-        counts=counts,
+        counts=dict(counts),
+        action=action,
     )

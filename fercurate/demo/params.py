@@ -114,6 +114,8 @@ class DemoResult:
     affectnet_dir: Path
     affectnet_csv: Path
     counts: dict[str, int] = field(default_factory=dict)
+    #: ``written`` (a new demo), ``reused`` (the same demo was there) or ``replaced`` (another demo was)
+    action: str = "written"
 
 
 EXTRA_FACES = EXPRESSIONS

@@ -17,6 +17,7 @@ import pandas as pd
 
 from fercurate.affectnet.params import SOURCE_AFFECTNET
 from fercurate.demo import DemoParams, generate_demo
+from fercurate.demo.generate import demo_record
 from fercurate.demo.params import Truth
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, INVALID, REMOVED, Col
@@ -98,21 +99,15 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     progress = progress or NullProgress()
     started = time.perf_counter()
     dest = Path(params.dest)
-    if workspace.versions() and not params.overwrite:
-        raise InputError(
-            f"workspace {workspace.root} already holds versions; pass overwrite to start the demo afresh "
-            "or choose another workspace",
-            param=("overwrite", "workspace"),
-        )
-    if params.overwrite and workspace.root.exists() and (workspace.root / "versions").exists():
-        shutil.rmtree(workspace.root)
+    workspace_action = _clear_workspace(workspace, dest, params.overwrite)
     report = DemoReport(dest=dest, workspace=workspace.root)
 
     t = time.perf_counter()
     progress.start("Generating the demo dataset", None)
     demo = generate_demo(dest, params.demo, overwrite=params.overwrite)
     truth = pd.read_parquet(demo.truth_path)
-    report.stages.append(StageReport("demo", None, dict(demo.counts), {}, time.perf_counter() - t))
+    said = {"dataset": f"{demo.action} in {dest}", "workspace": workspace_action}
+    report.stages.append(StageReport("demo", None, {**said, **demo.counts}, {}, time.perf_counter() - t))
 
     # -- scan -----------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -228,6 +223,34 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
     )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _clear_workspace(workspace: Workspace, dest: Path, overwrite: bool) -> str:
+    """Make ``workspace`` ready for a fresh run and say what was done with it.
+
+    The demo's own workspace (``DEST/workspace`` beside an earlier demo) is replaced on a re-run, so
+    the Quick start re-runs as written; its caches are kept, being keyed by what produced them, so
+    the re-run decodes, hashes and trains only what changed. Any other workspace holding versions
+    is replaced only with ``overwrite``.
+    """
+    if not workspace.versions():
+        return "new"
+    own = workspace.root.resolve() == (dest / "workspace").resolve() and demo_record(dest) is not None
+    if not (own or overwrite):
+        raise InputError(
+            f"workspace {workspace.root} already holds versions and is not this demo's own; pass overwrite "
+            "to start the demo afresh there, or choose another workspace",
+            param=("overwrite", "workspace"),
+        )
+    with workspace.lock("fercurate demo --run"):
+        for entry in workspace.root.iterdir():
+            if entry.name in ("cache", ".lock"):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return "replaced (caches kept)"
 
 
 def _written(version: VersionInfo | None) -> str:
