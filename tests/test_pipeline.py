@@ -20,15 +20,15 @@ from fercurate.workspace import Workspace
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory):
     dest = tmp_path_factory.mktemp("demo")
-    params = DemoRunParams(
-        dest=dest,
-        demo=DemoParams(n_images=400, n_affectnet=240, n_invalid=8),
-        preset="tiny",
-        train_overrides=(("epochs", 2),),
-        folds=2,
-        device="cpu",
-    )
+    params = small_run(dest, DemoParams(n_images=400, n_affectnet=240, n_invalid=8), epochs=2)
     return run_demo(Workspace(dest / "workspace"), params)
+
+
+def small_run(dest: Path, demo: DemoParams, epochs: int) -> DemoRunParams:
+    """A demo run small and short enough for a test: the tiny preset, 2 folds, on the CPU."""
+    return DemoRunParams(
+        dest=dest, demo=demo, preset="tiny", train_overrides=(("epochs", epochs),), folds=2, device="cpu"
+    )
 
 
 def test_every_stage_runs_and_writes_a_version(report) -> None:
@@ -106,14 +106,7 @@ def test_demo_command_writes_the_dataset(tmp_path: Path) -> None:
 
 def test_demo_run_twice_replaces_its_own_workspace_keeping_the_caches(tmp_path: Path) -> None:
     dest = tmp_path / "demo"
-    params = DemoRunParams(
-        dest=dest,
-        demo=DemoParams(n_images=200, n_affectnet=40, n_invalid=4),
-        preset="tiny",
-        train_overrides=(("epochs", 1),),
-        folds=2,
-        device="cpu",
-    )
+    params = small_run(dest, DemoParams(n_images=200, n_affectnet=40, n_invalid=4), epochs=1)
     first = run_demo(Workspace(dest / "workspace"), params)
     second = run_demo(Workspace(dest / "workspace"), params)  # the Quick start's command, again
     assert second.stages[0].summary["dataset"].startswith("reused")
