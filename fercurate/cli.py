@@ -913,7 +913,11 @@ def relabel_flag_cmd(
         typer.Option("--version", help="Version to flag (v0003, 3, -1).", show_default="latest"),
     ] = FlagParams.version,
     folds: Annotated[
-        int, typer.Option(help="Cross-fitting folds; duplicate groups stay in one fold.")
+        int | None,
+        typer.Option(
+            help="Cross-fitting folds; duplicate groups stay in one fold [default: the preset's plan, 3-5 by size].",
+            show_default=False,
+        ),
     ] = FlagParams.folds,
     preset: Annotated[
         str, typer.Option(help=f"Training preset: {choices(PRESETS)} (cpu: 2 CPU cores; bpp: GPU recipe).")
@@ -941,7 +945,7 @@ def relabel_flag_cmd(
     review_queue.parquet, flagged.html and flagged.png in its report folder. Out-of-fold probabilities are
     cached: a re-run with unchanged rows and settings trains nothing.
 
-    Example: fercurate relabel-review flag --folds 5 --preset cpu
+    Example: fercurate relabel-review flag --preset cpu
     """
     from fercurate.relabel.flag import flag
 

@@ -102,6 +102,12 @@ def test_make_config_errors() -> None:
         make_config("tiny", epochs=0)
     with pytest.raises(InputError, match="monitor"):
         make_config("tiny", monitor="val_f1")
+    with pytest.raises(InputError, match=r"translate=0.5 must be below 0.5"):
+        make_config("tiny", translate=0.5)
+    with pytest.raises(InputError, match=r"translate=-0.1 must not be negative"):
+        make_config("tiny", translate=-0.1)
+    with pytest.raises(InputError, match=r"warmup=1.0 must be a fraction of the schedule in \[0, 1\)"):
+        make_config("tiny", warmup=1.0)
 
 
 def test_config_hash() -> None:
@@ -172,6 +178,20 @@ def test_augment_contrast_keeps_mean_and_is_seeded() -> None:
     assert not torch.equal(out, augment(x, c, torch.Generator().manual_seed(1)))
 
 
+def test_augment_translate_shifts_and_is_seeded() -> None:
+    x = _batch()
+    c = tiny(flip=False, rotation=0.0, zoom=0.0, contrast=0.0, translate=0.2)
+    out = augment(x, c, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.equal(out, x)
+    assert torch.equal(out, augment(x, c, torch.Generator().manual_seed(0)))
+    # a shift moves content, so the pixel-wise change is large, not a resampling blur
+    assert float((out - x).abs().mean()) > 0.02
+    # a tiny shift is close to the identity (grid_sample resamples at nearly the same points)
+    near = augment(x, dataclasses.replace(c, translate=1e-6), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(near, x, atol=1e-3, rtol=0)
+
+
 def test_small_rotation_is_close_to_identity() -> None:
     x = _batch()
     c = tiny(flip=False, rotation=1e-6, zoom=0.0, contrast=0.0)
@@ -230,6 +250,18 @@ def test_lr_schedule_endpoints() -> None:
     assert lr_at(10, tiny(lr=1e-3, min_lr=1e-5, epochs=10)) == pytest.approx(1e-5)
 
 
+def test_lr_schedule_with_warmup() -> None:
+    c = tiny(lr=1e-3, epochs=10, warmup=0.3)
+    assert lr_at(0, c) == pytest.approx(1e-3 / 25)
+    assert lr_at(3, c) == pytest.approx(1e-3)  # the peak ends the warm-up
+    assert lr_at(1.5, c) == pytest.approx((1e-3 / 25 + 1e-3) / 2)
+    assert lr_at(10, c) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(6.5, c) == pytest.approx(5e-4)  # cosine half-way over the remaining 7 epochs
+    steps = [lr_at(e / 4, c) for e in range(41)]
+    assert all(a < b for a, b in itertools.pairwise(steps[:13]))
+    assert all(a >= b for a, b in itertools.pairwise(steps[12:]))
+
+
 # -- model -----------------------------------------------------------------------------------
 
 
@@ -242,6 +274,31 @@ def test_model_shapes() -> None:
     assert dropouts == [0.25, 0.30, 0.40, 0.50]
     odd = build_model(make_config("tiny", image_size=50), 2)
     assert odd(torch.rand(2, 1, 50, 50)).shape == (2, 2)
+
+
+def test_tta_flip_averages_a_mirror_pair() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(tta_flip=True), 3).eval()
+    x = torch.rand(5, 1, 48, 48)
+    with torch.no_grad():
+        p, p_mirror = model(x).softmax(1), model(x.flip(-1)).softmax(1)
+        inner = model.net  # the bare network inside the wrapper
+        expected = (inner(x).softmax(1) + inner(x.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(p, p_mirror)  # flip-invariant
+    torch.testing.assert_close(p, expected)  # and the mean of the two probabilities
+    assert not torch.allclose(inner(x).softmax(1), inner(x.flip(-1)).softmax(1))  # the net alone is not
+    model.train()
+    assert model(x).shape == (5, 3)  # train mode: one plain pass, no averaging
+    assert not isinstance(build_model(tiny(), 3), type(model))
+
+
+def test_tta_flip_model_trains_and_round_trips(data: tuple[ArraySplit, ArraySplit], tmp_path: Path) -> None:
+    result = train(tiny(tta_flip=True, translate=0.1, warmup=0.2, epochs=2), *data, CLASSES)
+    _, val = data
+    p = predict_proba(result.model, val.x)
+    np.testing.assert_allclose(p, predict_proba(result.model, val.x[:, :, ::-1].copy()), atol=1e-5)
+    save_checkpoint(result, tmp_path / "tta.pt")
+    assert np.array_equal(predict_proba(load_checkpoint(tmp_path / "tta.pt").model, val.x), p)
 
 
 # -- training --------------------------------------------------------------------------------

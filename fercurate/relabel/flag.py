@@ -50,50 +50,71 @@ QUEUE_FILE = "review_queue.parquet"
 HTML_FILE = "flagged.html"
 PNG_FILE = "flagged.png"
 #: Bumped when the cross-fitting changes in a way that makes cached probabilities stale.
-OOF_CACHE_VERSION = 2
+OOF_CACHE_VERSION = 3
 @dataclass(frozen=True)
 class CrossFitPlan:
-    """How the models of one preset are trained for cross-fitting (on top of the preset).
+    """How cross-fitting spends its work for one preset: how many folds, how many epochs.
 
-    Flagging trains ``folds`` models, so each gets a short schedule, sized by a budget of training
-    images seen per model: ``epochs = clip(round(samples / training rows), min_epochs, preset's
-    epochs)`` (or the plan's ``max_epochs``). A 20K-image set then fits the time targets (10 minutes
-    on 2 CPU cores with ``cpu``, 2 minutes on one GPU with ``bpp``), while a small set, which is
-    cheap anyway, trains for more epochs so its models still learn. A model that has not trained
-    long also memorises few of the wrong labels it is meant to disagree with.
+    The work is a budget of training images seen by all the fold models together
+    (``samples``), so the run time stays about the same whatever the dataset's size: ``k``
+    folds on ``n`` rows train ``k`` models on ``(k - 1) / k`` of the rows each, and each model
+    gets ``epochs = samples / (k * fit rows)``, within ``[min_epochs, max_epochs]``. The fold
+    count is the largest in ``folds`` whose models still get ``full_epochs``: a small set, which
+    is cheap, gets the most folds (each model trains on more of the data) and enough epochs; a
+    large one gets fewer folds so that each model still trains long enough to learn faces.
 
     Attributes:
-        samples: training images each fold's model sees (epochs x rows).
+        samples: training images seen by all fold models together (the budget).
+        full_epochs: epochs a model needs to train well; the fold count drops to keep them.
         min_epochs: never fewer epochs than this.
+        max_epochs: never more epochs than this (None: the preset's).
+        folds: ``(fewest, most)`` folds the plan chooses from.
         overrides: other TrainConfig fields changed for cross-fitting.
     """
 
     samples: int
+    full_epochs: int
     min_epochs: int
-    max_epochs: int | None = None  # None: the preset's epochs
+    max_epochs: int | None = None
+    folds: tuple[int, int] = (3, 5)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-#: Cross-fitting plans per preset; presets not listed train as they are. For ``cpu`` a short
-#: schedule needs a faster learning rate and a BatchNorm momentum of 0.1 (PyTorch's default): with
-#: the recipe's Keras-style 0.01 the running statistics are still far from the data's after a few
-#: hundred steps, and the evaluated model predicts one class. Measured in bench/bench_relabel.py.
+#: Cross-fitting plans per preset; presets not listed train as they are, with 5 folds. Measured
+#: in bench/bench_relabel.py on real FER2013 faces and on the demo (docs/relabel.md).
 CROSS_FIT: dict[str, CrossFitPlan] = {
-    # batch 32: a small set needs more, smaller steps (measured on the 3K demo: out-of-fold accuracy
-    # 0.53 with batch 64 and the preset's 8 epochs, about 0.75 with batch 32 and 20 epochs)
-    "cpu": CrossFitPlan(
-        samples=28_000, min_epochs=4, max_epochs=24, overrides={"lr": 3e-3, "bn_momentum": 0.1, "batch_size": 32}
-    ),
-    "bpp": CrossFitPlan(samples=300_000, min_epochs=20),
+    "cpu": CrossFitPlan(samples=270_000, full_epochs=10, min_epochs=4, max_epochs=12),
+    # flip averaging is not part of the recipe, but costs nothing in training and sharpens the
+    # out-of-fold probabilities
+    "bpp": CrossFitPlan(samples=1_500_000, full_epochs=30, min_epochs=20, overrides={"tta_flip": True}),
 }
 
+#: Folds when the preset has no plan and none were asked for.
+DEFAULT_FOLDS = 5
 
-def cross_fit_epochs(plan: CrossFitPlan | None, preset_epochs: int, train_rows: int) -> int:
-    """Epochs of each fold's model: the plan's budget over the rows, within its bounds."""
+
+def fit_rows(rows: int, folds: int, val_fraction: float) -> int:
+    """Rows each fold's model trains on: the other folds, less the early-stopping hold-out."""
+    return max(1, int(rows * (folds - 1) / folds * (1 - val_fraction)))
+
+
+def cross_fit_folds(plan: CrossFitPlan | None, rows: int, val_fraction: float) -> int:
+    """The most folds of the plan whose models still get ``full_epochs`` of the budget."""
+    if plan is None:
+        return DEFAULT_FOLDS
+    fewest, most = plan.folds
+    for k in range(most, fewest, -1):
+        if plan.samples / (k * fit_rows(rows, k, val_fraction)) >= plan.full_epochs:
+            return k
+    return fewest
+
+
+def cross_fit_epochs(plan: CrossFitPlan | None, preset_epochs: int, train_rows: int, folds: int = 1) -> int:
+    """Epochs of each fold's model: the plan's budget shared by ``folds`` models, within bounds."""
     if plan is None:
         return preset_epochs
     ceiling = plan.max_epochs if plan.max_epochs is not None else preset_epochs
-    return int(min(ceiling, max(plan.min_epochs, round(plan.samples / max(train_rows, 1)))))
+    return int(min(ceiling, max(plan.min_epochs, round(plan.samples / (folds * max(train_rows, 1))))))
 
 
 def prob_column(cls: str) -> str:
@@ -117,7 +138,9 @@ class FlagParams:
 
     Attributes:
         version: manifest version to flag (default: latest).
-        folds: cross-fitting folds; every row is predicted by a model trained on the other folds.
+        folds: cross-fitting folds; every row is predicted by a model trained on the other folds
+            (default: :func:`cross_fit_folds` of the preset's :data:`CROSS_FIT` plan and the
+            dataset's size).
         preset: training preset (``cpu``, ``bpp``, ``tiny``); see ``fercurate.train.PRESETS``.
         epochs: epochs of each fold's model (default: :func:`cross_fit_epochs` of the preset's
             :data:`CROSS_FIT` plan and the dataset's size).
@@ -132,7 +155,7 @@ class FlagParams:
     """
 
     version: str | None = None
-    folds: int = 5
+    folds: int | None = None
     preset: str = "cpu"
     epochs: int | None = None
     seed: int = 0
@@ -193,17 +216,21 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
     info, df = workspace.read(params.version)
 
     rows = _active_rows(df)
+    if params.folds is None:
+        # the plan's fold count for this many rows; recorded in the version's params
+        params = dataclasses.replace(params, folds=cross_fit_folds(plan, len(rows), params.val_fraction))
+    n_folds = int(params.folds or DEFAULT_FOLDS)
     classes = sorted(rows[Col.LABEL].unique().tolist())
-    _check_rows(rows, classes, params)
-    train_rows = int(len(rows) * (params.folds - 1) / params.folds * (1 - params.val_fraction))
-    epochs = params.epochs if params.epochs is not None else cross_fit_epochs(plan, config.epochs, train_rows)
+    _check_rows(rows, classes, n_folds)
+    train_rows = fit_rows(len(rows), n_folds, params.val_fraction)
+    epochs = params.epochs if params.epochs is not None else cross_fit_epochs(plan, config.epochs, train_rows, n_folds)
     config = dataclasses.replace(config, epochs=epochs)
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
     groups = _groups(rows)
     key = cache_key(rows, groups, params, config_hash(config))
 
     x = load_pixels(workspace, info, rows, size=config.image_size, progress=progress)
-    folds = assign_folds(labels, groups, params.folds, params.seed)
+    folds = assign_folds(labels, groups, n_folds, params.seed)
     probs, trained, cached = cross_fit(
         x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress
     )
@@ -270,9 +297,10 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
 
 # -- inputs ----------------------------------------------------------------------------------------
 def _check_params(params: FlagParams) -> None:
-    if params.folds < 2:
+    if params.folds is not None and params.folds < 2:
         raise InputError(
-            f"folds {params.folds} is too small; cross-fitting needs at least 2 (default 5)", param="folds"
+            f"folds {params.folds} is too small; cross-fitting needs at least 2 (default: the preset's plan)",
+            param="folds",
         )
     if params.method not in RANKERS:
         raise InputError(f"method '{params.method}' is not one of: {', '.join(RANKERS)}", param="method")
@@ -289,19 +317,19 @@ def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df[Col.STATUS] == ACTIVE].sort_values(Col.IMAGE_ID, kind="stable").reset_index(drop=True)
 
 
-def _check_rows(rows: pd.DataFrame, classes: list[str], params: FlagParams) -> None:
+def _check_rows(rows: pd.DataFrame, classes: list[str], folds: int) -> None:
     if len(classes) < 2:
         raise InputError(
             f"relabel-review flag needs active rows of at least two classes, found {classes or 'none'}"
         )
     counts = rows[Col.LABEL].value_counts()
     # each fold's training part must hold every class, and its held-out part some of them
-    need = params.folds + 1
+    need = folds + 1
     small = [f"{c} ({counts[c]})" for c in classes if counts[c] < need]
     if small:
         raise InputError(
             f"class(es) {', '.join(small)} have fewer than {need} active rows, too few for "
-            f"folds {params.folds}; pass smaller folds or add images of them",
+            f"folds {folds}; pass smaller folds or add images of them",
             param="folds",
         )
 

@@ -153,12 +153,13 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator | N
 
     Mirrors the recipe's Keras layers: ``RandomFlip("horizontal")``,
     ``RandomRotation(config.rotation)`` (a fraction of a full turn), ``RandomZoom(config.zoom)``
-    with reflected borders, and ``RandomContrast(config.contrast)``, which scales each image about
-    its own mean and clips to the valid range.
+    and ``RandomTranslation(config.translate)`` with reflected borders, and
+    ``RandomContrast(config.contrast)``, which scales each image about its own mean and clips to
+    the valid range.
 
     Args:
         x: float ``(B, 1, H, W)`` in [0, 1].
-        config: Supplies ``flip``, ``rotation``, ``zoom`` and ``contrast``; a zero/False value
+        config: Supplies ``flip``, ``rotation``, ``zoom``, ``translate`` and ``contrast``; a zero/False value
             skips that transform entirely, so all-off is the exact identity.
         generator: Source of randomness, on ``x``'s device; None uses the device's default
             generator (which is what a CUDA-graph capture records).
@@ -179,14 +180,15 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator | N
         # resample and blur by float rounding.
         flip = torch.rand(b, generator=generator, device=dev) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if config.rotation > 0 or config.zoom > 0:
+    if config.rotation > 0 or config.zoom > 0 or config.translate > 0:
         angle = uniform(2 * math.pi * config.rotation)
         # theta maps output to input coordinates, so a scale below 1 samples a smaller window:
         # zooming in. Keras RandomZoom draws the output size factor the same symmetric way.
         scale = 1 + uniform(config.zoom)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        # grid coordinates span [-1, 1], so a shift of a fraction f of the side is 2f
+        tx, ty = uniform(2 * config.translate), uniform(2 * config.translate)
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # Keras fills with "reflect" by default; black corners would teach the net a cue.
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

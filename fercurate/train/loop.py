@@ -65,6 +65,8 @@ from fercurate.train.model import build_model, kernel_parameters
 
 CHECKPOINT_FORMAT = "fercurate-train-checkpoint"
 CHECKPOINT_VERSION = 1
+# OneCycleLR's default div_factor: warm-up starts at lr / 25.
+WARMUP_DIV = 25.0
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -134,12 +136,18 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 def lr_at(epoch: float, config: TrainConfig) -> float:
-    """Cosine-decayed learning rate at a (fractional) epoch.
+    """Learning rate at a (fractional) epoch: optional linear warm-up, then cosine decay.
 
-    ``lr_at(0) == config.lr`` and ``lr_at(config.epochs) == config.min_lr``; the loop calls it
-    every batch with ``epoch + batch / batches_per_epoch``.
+    Without warm-up ``lr_at(0) == config.lr``; with ``config.warmup = w`` the rate rises linearly
+    from ``lr / 25`` to ``lr`` over the first ``w * epochs`` epochs (one-cycle). Either way
+    ``lr_at(config.epochs) == config.min_lr``; the loop calls it every batch with
+    ``epoch + batch / batches_per_epoch``.
     """
     t = min(max(epoch / config.epochs, 0.0), 1.0)
+    if t < config.warmup:
+        start = config.lr / WARMUP_DIV
+        return start + (config.lr - start) * t / config.warmup
+    t = (t - config.warmup) / (1.0 - config.warmup)
     return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 

@@ -7,6 +7,8 @@ PyTorch model is the same function family the 85% result was reached with.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -32,6 +34,25 @@ def flat_size(config: TrainConfig) -> int:
     return config.widths[-1] * side * side
 
 
+class FlipAverage(nn.Module):
+    """Test-time flip averaging around a network: in eval mode, the mean of the class
+    probabilities of the image and of its mirror image, returned as log-probabilities (valid
+    logits: their softmax is that mean). In train mode it is the bare network, so training
+    augmentation and cost are unchanged."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            out: torch.Tensor = self.net(x)
+            return out
+        both = self.net(torch.cat([x, x.flip(-1)])).float().log_softmax(dim=1)
+        plain, mirrored = both.chunk(2)
+        return torch.logaddexp(plain, mirrored) - math.log(2.0)
+
+
 def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
     """Build the recipe's network for ``n_classes`` outputs.
 
@@ -43,7 +64,8 @@ def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
         n_classes: Number of output classes (at least 2).
 
     Returns:
-        An ``nn.Module`` mapping ``(N, 1, S, S)`` floats in [0, 1] to ``(N, n_classes)`` logits.
+        An ``nn.Module`` mapping ``(N, 1, S, S)`` floats in [0, 1] to ``(N, n_classes)`` logits,
+        wrapped in :class:`FlipAverage` when ``config.tta_flip`` is set.
     """
     w1, w2, w3 = config.widths
     d1, d2, d3, d4 = config.dropouts
@@ -64,7 +86,7 @@ def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    return model
+    return FlipAverage(model) if config.tta_flip else model
 
 
 def kernel_parameters(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
