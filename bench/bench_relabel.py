@@ -16,6 +16,10 @@ Run from the repository root::
     python bench/bench_relabel.py --n-images 20000 --cores 2              # the 10-minute target
     python bench/bench_relabel.py --n-images 20000 --preset bpp --device cuda --cores 16
     python bench/bench_relabel.py --fer2013 fer2013.csv --ferplus fer2013new.csv
+    # score a version that `fercurate relabel-review flag` wrote on the real fer4 folders
+    # (bench/real/ builds them with the FER+ votes matched to each JPEG):
+    python bench/bench_relabel.py --flagged /tmp/ws --votes sets/truth/ferplus_votes.csv \
+        --index sets/truth/fer4_index.csv
 
 ``--cores`` pins the run (after the demo is generated with every core) to that many CPUs and
 sets torch's threads to match. ``--workdir`` keeps the data and workspace, so a second run reuses
@@ -155,6 +159,43 @@ def ferplus_truth(fer2013: Path, ferplus: Path) -> pd.DataFrame:
     )
 
 
+#: FER+ calls an image mislabelled when at least this many of its 10 annotators agree on another class.
+VOTE_MAJORITY = 6
+
+
+def vote_truth(votes_csv: Path, index_csv: Path) -> pd.DataFrame:
+    """Per image of a real set: ``true_label`` is the class that >= 6 of 10 FER+ votes agree on,
+    else the given label (not counted as an error); keyed by the image's path in the set."""
+    votes = pd.read_csv(votes_csv)
+    index = pd.read_csv(index_csv)[["path", "source", "label"]]
+    names = list(FERPLUS_CLASSES)
+    counts = votes[names].to_numpy(dtype=int)
+    majority = np.where(counts.max(axis=1) >= VOTE_MAJORITY, counts.argmax(axis=1), -1)
+    agreed = np.array([FERPLUS_CLASSES[names[m]] if m >= 0 else None for m in majority], dtype=object)
+    by_source = pd.DataFrame({"source": votes["source"], "agreed": agreed})
+    out = index.merge(by_source, on="source", how="inner")
+    out["true_label"] = out["agreed"].where(out["agreed"].notna(), out["label"])
+    return out[["path", "true_label"]]
+
+
+def score_flagged(args: argparse.Namespace) -> None:
+    """Score a version written by ``fercurate relabel-review flag`` against the FER+ votes."""
+    ws = Workspace(args.flagged)
+    info, df = ws.read(args.version)
+    truth = vote_truth(args.votes, args.index)
+    df = df[df[Col.STATUS] == ACTIVE].merge(truth, left_on=Col.PATH, right_on="path", how="inner")
+    scored = df[[Col.PATH, Col.LABEL, "true_label", *(prob_column(c) for c in classes_of(df))]]
+    report: dict[str, Any] = {
+        "source": f"{args.flagged} {info.version} scored against {args.votes} (>= {VOTE_MAJORITY} of 10 votes)",
+        "preset": info.extra.get("preset"),
+        "epochs": info.extra.get("epochs"),
+        "folds": info.params.get("folds"),
+        "oof_accuracy_vs_given": round(float(info.extra.get("oof_accuracy", float("nan"))), 4),
+    }
+    report["methods"] = evaluate(scored)
+    show(report, args.json)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-images", type=int, default=3000, help="demo images (before its planted faults)")
@@ -171,7 +212,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--save-probs", type=Path, help="write the scored rows (labels, truth, probabilities) here")
     ap.add_argument("--from-probs", type=Path, help="only compare methods on rows saved by --save-probs")
+    ap.add_argument("--flagged", type=Path, help="workspace holding a flagged version: only score it")
+    ap.add_argument("--version", help="the flagged version in --flagged (default: latest)")
+    ap.add_argument("--votes", type=Path, help="FER+ votes matched to the set's images (ferplus_votes.csv)")
+    ap.add_argument("--index", type=Path, help="the set's path -> source index (fer4_index.csv)")
     args = ap.parse_args()
+
+    if args.flagged:
+        if not (args.votes and args.index):
+            ap.error("--flagged needs --votes and --index (bench/real/ writes both under sets/truth/)")
+        score_flagged(args)
+        return
 
     if args.from_probs:
         saved = pd.read_parquet(args.from_probs)
