@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folder", type=Path, help="real images in FOLDER/<class>/ instead of synthetic ones")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of --folder held out for the score")
+    p.add_argument("--train-rows", type=int, default=None, help="train on only the first N training rows of --folder")
     p.add_argument("--set", action="append", default=[], help="any config field, e.g. --set lr=1e-3 (repeatable)")
     args = p.parse_args()
     args.classes_list = args.classes.split(",") if not args.classes.isdigit() else None
@@ -82,6 +83,8 @@ def main() -> None:
     if args.folder:
         classes = args.classes_list or sorted(d.name for d in args.folder.iterdir() if d.is_dir())
         tr, va, test = folder_splits(args.folder, classes, config.image_size, args.test_fraction, args.seed)
+        if args.train_rows is not None:  # a quick probe: fewer training rows, same val and test
+            tr = ArraySplit(tr.x[: args.train_rows], tr.y[: args.train_rows])
     else:
         n_val = args.n // 8
         # Harder than the default noise so accuracy is informative rather than 100% in one epoch.
