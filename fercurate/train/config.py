@@ -234,7 +234,7 @@ PRESETS: dict[str, TrainConfig] = {
 # One line per preset, for CLI help and reports.
 PRESET_HELP: dict[str, str] = {
     "bpp": "the full recipe (widths 64/128/256, 75 epochs); for a GPU, ~0.6 s/epoch on an H100",
-    "cpu": "quarter width, one-cycle, 10 epochs; 15K training images in ~5 min on 2 CPU cores",
+    "cpu": "quarter width, one-cycle, 10 epochs; sized for ~15K training images in ~5 min on 2 CPU cores",
     "tiny": "tests only: a toy network (3 epochs), too small for real faces",
 }
 
