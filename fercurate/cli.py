@@ -915,8 +915,8 @@ def relabel_flag_cmd(
     folds: Annotated[
         int | None,
         typer.Option(
-            help="Cross-fitting folds; duplicate groups stay in one fold [default: the preset's plan, 3-5 by size].",
-            show_default=False,
+            help="Cross-fitting folds; duplicate groups stay in one fold.",
+            show_default="the preset's plan: 3-5 by size",
         ),
     ] = FlagParams.folds,
     preset: Annotated[
