@@ -51,6 +51,7 @@ from fercurate.scan import ScanParams
 from fercurate.split.params import MIN_CLASS_ROWS, TOLERANCE_PP, SplitParams
 from fercurate.split.strategies import STRATEGIES
 from fercurate.train.config import PRESETS
+from fercurate.votes.params import SCHEMES, VotesParams
 from fercurate.workspace import WORKSPACE_ENV, Workspace
 
 
@@ -375,6 +376,9 @@ def scan_cmd(
             help="Scan into a workspace that already holds versions, as a second lineage that becomes latest.",
         ),
     ] = ScanParams.new_lineage,
+    vote_scheme: Annotated[
+        str, typer.Option(help="FER+ release only: label = the votes' majority | plurality | drop pick.")
+    ] = ScanParams.vote_scheme,
     as_json: JsonOpt = False,
 ) -> None:
     """Read a dataset into a new root manifest version (v0000 in a new workspace).
@@ -395,6 +399,7 @@ def scan_cmd(
         workers=workers,
         max_pixels=max_pixels,
         new_lineage=new_lineage,
+        vote_scheme=vote_scheme,
     )
     with progress_bar() as progress:
         result = scan(Workspace(workspace), params, progress)
@@ -1055,6 +1060,87 @@ def relabel_apply_cmd(
         out.print(counts_table("Changes", result.changes))
     if result.skipped:
         out.print(counts_table("Decisions skipped", result.skipped))
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+# -- votes (annotator votes: fercurate.votes) --------------------------------------------------------
+votes_app = typer.Typer(
+    help="Annotator votes (FER+): attach them to a version, then flag, apply and train with them.\n\n"
+    "Example: fercurate votes import ~/FERPlus/fer2013new.csv",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(votes_app, name="votes")
+
+
+@command("import", VotesParams, group=votes_app)
+def votes_import_cmd(
+    votes: Annotated[
+        Path, typer.Argument(help="FER+'s fer2013new.csv, its data folder (FER2013Train/ ...), or one label.csv.")
+    ],
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to attach the votes to [default: latest].", show_default=False),
+    ] = VotesParams.version,
+    scheme: Annotated[str, typer.Option(help=f"How vote_majority is read: {choices(SCHEMES)}.")] = VotesParams.scheme,
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            "--map", help="FER+ class -> dataset class, as merge-affectnet's (contempt=disgust).", show_default=False
+        ),
+    ] = VotesParams.mapping,
+    max_distance: Annotated[
+        float, typer.Option(help="Largest RMS grey-level difference of a pixel match.")
+    ] = VotesParams.max_distance,
+    min_margin: Annotated[
+        float, typer.Option(help="Rows within this of the nearest are equally near (copies of one photo).")
+    ] = VotesParams.min_margin,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = VotesParams.dry_run,
+    as_json: JsonOpt = False,
+) -> None:
+    """Attach FER+ annotator votes to a version's rows and write a new version.
+
+    fer2013new.csv pairs with a version scanned from fer2013.csv by row order (Usage must agree); FER+
+    images with label.csv are matched to any layout (the Kaggle JPEG folders, say) by pixels. Adds
+    votes_<class> counts, vote_n, vote_majority, vote_agreement, vote_entropy and how each row was
+    matched; rows without votes hold nulls. The per-image matches go to vote_matches.csv in the report.
+
+    Example: fercurate votes import ~/FERPlus/data --scheme majority
+    """
+    from fercurate.votes import VotesParams, import_votes
+
+    params = VotesParams(
+        votes=votes,
+        version=version,
+        scheme=scheme,
+        mapping=mapping,
+        max_distance=max_distance,
+        min_margin=min_margin,
+        dry_run=dry_run,
+    )
+    with progress_bar() as progress:
+        result = import_votes(Workspace(workspace), params, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    head = result.version.version if result.version else "dry run"
+    out.print(
+        f"[bold green]{head}[/] votes import of {result.source} into {result.parent} (by {result.method}): "
+        f"{result.matched} of {result.entries} matched, {result.unmatched} unmatched, {result.ambiguous} ambiguous; "
+        f"{result.rows_with_votes} of {result.rows} rows have votes ({result.seconds:.1f} s)"
+    )
+    if result.distance:
+        out.print(
+            "match distance (RMS grey levels): "
+            + ", ".join(f"{k} {v:g}" for k, v in result.distance.items())
+            + (f"; smallest margin {result.min_margin:g}" if result.min_margin is not None else "")
+        )
+    out.print(counts_table(f"vote_majority ({result.scheme}) of active rows", result.by_majority))
+    out.print(f"active rows whose label differs from the vote majority: {result.majority_disagrees}")
+    mapped = ", ".join(f"{k}->{v or '-'}" for k, v in result.mapping.items())
+    out.print(f"class mapping: {mapped}", soft_wrap=True)
     for note in result.notes:
         out.print(f"[yellow]note:[/] {note}")
 

@@ -139,6 +139,60 @@ _BASE_DOCS = {
     Col.SHA256: "sha256 of the file's bytes",
 }
 
+# -- annotator votes (written by fercurate.votes; null on rows without votes) ----------------------
+#: FER+'s ten vote classes, in the column order of its ``label.csv`` and ``fer2013new.csv``.
+VOTE_CLASSES: tuple[str, ...] = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
+
+
+class VoteCol:
+    """Columns of the annotator votes: one count per FER+ class, then statistics and provenance."""
+
+    PREFIX = "votes_"
+    N = "vote_n"  # votes cast (FER+: about 10 per image)
+    MAJORITY = "vote_majority"  # the dataset class the votes pick under the import's scheme, or null
+    AGREEMENT = "vote_agreement"  # share of the votes the most-voted class got
+    ENTROPY = "vote_entropy"  # entropy of the vote distribution over the ten classes, in bits
+    IMAGE = "vote_image"  # FER+'s image name (``fer0000123.png``)
+    MATCH = "vote_match"  # how the row was matched: ``row`` (CSV order) or ``pixels``
+    MATCH_DISTANCE = "vote_match_distance"  # RMS grey-level difference to the FER+ image (pixels)
+    MATCH_MARGIN = "vote_match_margin"  # how much further the nearest untied row was
+    FLAG_KIND = "flag_kind"  # relabel-review flag: wrong / ambiguous (written with votes present)
+
+
+def vote_column(cls: str) -> str:
+    """The count column of FER+ class ``cls`` (``votes_happiness``, ``votes_nf``)."""
+    return VoteCol.PREFIX + cls.lower()
+
+
+VOTE_COUNT_COLUMNS: tuple[str, ...] = tuple(vote_column(c) for c in VOTE_CLASSES)
+#: The vote columns' declarations (part of :data:`COLUMNS`).
+VOTE_DECLARATIONS: tuple[Column, ...] = (
+    *(Column(vote_column(c), pa.int16(), "votes-import", f"annotator votes for {c} (FER+)") for c in VOTE_CLASSES),
+    Column(VoteCol.N, pa.int16(), "votes-import", "annotator votes cast"),
+    Column(VoteCol.MAJORITY, pa.string(), "votes-import", "the class the votes pick under the import's scheme"),
+    Column(VoteCol.AGREEMENT, pa.float32(), "votes-import", "share of the votes the most-voted FER+ class got"),
+    Column(VoteCol.ENTROPY, pa.float32(), "votes-import", "entropy of the ten-class vote distribution, bits"),
+    Column(VoteCol.IMAGE, pa.string(), "votes-import", "FER+'s image name"),
+    Column(VoteCol.MATCH, pa.string(), "votes-import", "how the row was matched: row, pixels or file"),
+    Column(VoteCol.MATCH_DISTANCE, pa.float32(), "votes-import", "RMS grey-level difference to the FER+ image"),
+    Column(VoteCol.MATCH_MARGIN, pa.float32(), "votes-import", "how much further the nearest untied row was"),
+    Column(VoteCol.FLAG_KIND, pa.string(), "relabel-flag", "wrong or ambiguous (annotator votes; model: wrong)"),
+)
+VOTE_COLUMNS: tuple[str, ...] = tuple(c.name for c in VOTE_DECLARATIONS if c.stage == "votes-import")
+# -- end of annotator votes ------------------------------------------------------------------------
+
+
 #: Every column any stage writes, with its type and owning stage: the base columns first.
 COLUMNS: tuple[Column, ...] = (
     *(Column(f.name, f.type, "scan", _BASE_DOCS[f.name]) for f in SCHEMA),
@@ -161,6 +215,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(Col.FACE_Y, pa.int32(), "merge-affectnet", "face box top edge in the source image"),
     Column(Col.FACE_WIDTH, pa.int32(), "merge-affectnet", "face box width"),
     Column(Col.FACE_HEIGHT, pa.int32(), "merge-affectnet", "face box height"),
+    # annotator votes (votes-import), and the kind of a flag (relabel-flag)
+    *VOTE_DECLARATIONS,
 )
 
 

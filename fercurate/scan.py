@@ -6,7 +6,9 @@ Three layouts are recognised:
   usual synonyms: training, validation, valid, dev, publictest, testing, privatetest);
 * class folders with no split level (every row goes to ``train``; run ``fercurate split`` next);
 * a FER2013-style CSV (``emotion,pixels[,Usage]``), whose pixel strings become PNG files in the
-  workspace's image store.
+  workspace's image store;
+* the FER+ release (``FER2013Train/`` ... with PNGs and ``label.csv``): labels from the annotators'
+  votes, which are kept (see :mod:`fercurate.votes.scan`).
 
 Every file becomes a row. Empty, truncated, non-image and degenerate files are recorded as
 ``invalid`` with a reason; none of them stops the scan.
@@ -83,6 +85,7 @@ class ScanParams:
     max_pixels: int = DEFAULT_MAX_PIXELS
     #: start a second lineage (a new root version) in a workspace that already holds versions
     new_lineage: bool = False
+    vote_scheme: str = "majority"  # FER+ release only: how labels are read from votes (fercurate.votes)
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,13 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
             layout, root = "csv", dataset.parent
         else:
             root = _descend(dataset)
-            layout, files, notes = _discover(root, classes, {n.lower() for n in params.ignore})
-            df = _scan_files(workspace, root, files, params, progress)
+            from fercurate.votes.scan import ferplus_folders, scan_ferplus  # the FER+ release layout
+
+            if ferplus := ferplus_folders(root):
+                layout, (df, root, notes) = "ferplus", scan_ferplus(workspace, ferplus, params, progress)
+            else:
+                layout, files, notes = _discover(root, classes, {n.lower() for n in params.ignore})
+                df = _scan_files(workspace, root, files, params, progress)
         if df.empty:
             raise DatasetError(f"no image files found under {dataset}; expected split/class folders or a CSV")
         _check_some_valid(df, dataset)
@@ -157,6 +165,7 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
                 "ignore": list(params.ignore),
                 "image_size": params.image_size,
                 "max_pixels": params.max_pixels,
+                **({"vote_scheme": params.vote_scheme} if layout == "ferplus" else {}),
             },
             dataset_root=root,
             extra={"image_size": params.image_size, "classes": sorted(df[Col.LABEL].unique().tolist())},

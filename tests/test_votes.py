@@ -1,0 +1,337 @@
+"""Annotator votes: FER+ readers, statistics, schemes, pixel matching, import, FER+ scanning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import blob_image, jpeg_bytes, png_bytes
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+from fercurate.errors import DatasetError, InputError
+from fercurate.manifest import VOTE_COUNT_COLUMNS, Col, VoteCol
+from fercurate.scan import ScanParams, scan
+from fercurate.votes import VotesParams, import_votes, match_images, scheme_labels
+from fercurate.votes.ferplus import read_label_csv, read_new_csv
+from fercurate.votes.match import AMBIGUOUS, MATCHED, UNMATCHED
+from fercurate.votes.stats import agreement, class_map, entropy_bits, vote_distribution
+from fercurate.workspace import Workspace
+
+runner = CliRunner()
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # FER2013 codes 0-6
+FOLDER = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
+#: votes (10 FER+ columns) by kind, for an image whose Kaggle label is happy (code 3)
+VOTES = {
+    "agree": [0, 9, 1, 0, 0, 0, 0, 0, 0, 0],
+    "wrong": [8, 1, 0, 1, 0, 0, 0, 0, 0, 0],  # clearly neutral
+    "split": [4, 3, 0, 3, 0, 0, 0, 0, 0, 0],
+    "nf": [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],
+}
+
+
+@dataclass
+class FerPlus:
+    """A generated FER2013 + FER+ pair: the CSV, fer2013new.csv, the FER+ folders and a Kaggle tree."""
+
+    root: Path
+    csv: Path
+    new_csv: Path
+    data: Path
+    kaggle: Path
+    usages: list[str]
+    kinds: list[str]
+    kept: list[bool]  # FER+ kept the image (the last one of each usage is dropped)
+    kaggle_names: list[str]
+
+
+def _ferplus(tmp: Path, per_usage: int = 6) -> FerPlus:
+    rng = np.random.default_rng(7)
+    usages = ["Training"] * per_usage + ["PublicTest"] * per_usage + ["PrivateTest"] * per_usage
+    images = [blob_image(rng, i % 4) for i in range(len(usages))]
+    images[1] = images[0].copy()  # the same photo twice (FER2013 has such rows): one to one
+    kinds = [list(VOTES)[i % len(VOTES)] for i in range(len(usages))]
+    kept = [(i % per_usage) != per_usage - 1 for i in range(len(usages))]
+    root = tmp / "ferplus"
+    data = root / "data"
+    kaggle = tmp / "kaggle"
+    csv_lines = ["emotion,pixels,Usage"]
+    new_lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    labels: dict[str, list[str]] = {u: [] for u in FOLDER}
+    names = []
+    for i, (usage, img, kind, keep) in enumerate(zip(usages, images, kinds, kept, strict=True)):
+        code = 6 if kind == "nf" else 3  # the given labels: neutral for the not-a-face ones, else happy
+        csv_lines.append(f"{code},{' '.join(map(str, img.ravel()))},{usage}")
+        name = f"fer{i:07d}.png" if keep else ""
+        votes = VOTES[kind]
+        new_lines.append(f"{usage},{name},{','.join(map(str, votes))}")
+        if keep:
+            folder = data / FOLDER[usage]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(png_bytes(img))
+            labels[usage].append(f'{name},"(0, 0, 48, 48)",{",".join(map(str, votes))}')
+        split = "train" if usage == "Training" else "test"
+        kname = f"{split}/{EMOTIONS[code]}/{usage}_{1000 + i}.jpg"
+        (kaggle / kname).parent.mkdir(parents=True, exist_ok=True)
+        (kaggle / kname).write_bytes(jpeg_bytes(img, quality=85))
+        names.append(kname)
+    for usage, lines in labels.items():
+        (data / FOLDER[usage] / "label.csv").write_text("\n".join(lines) + "\n")
+    csv = tmp / "fer2013.csv"
+    csv.write_text("\n".join(csv_lines) + "\n")
+    new_csv = root / "fer2013new.csv"
+    new_csv.write_text("\n".join(new_lines) + "\n")
+    return FerPlus(root, csv, new_csv, data, kaggle, usages, kinds, kept, names)
+
+
+@pytest.fixture(scope="module")
+def ferplus(tmp_path_factory: pytest.TempPathFactory) -> FerPlus:
+    return _ferplus(tmp_path_factory.mktemp("ferplus"))
+
+
+# -- readers ---------------------------------------------------------------------------------------
+def test_label_csv_reads_names_and_counts(ferplus: FerPlus) -> None:
+    table = read_label_csv(ferplus.data / "FER2013Train" / "label.csv", "Training")
+    assert table.names[0] == "fer0000000.png"
+    assert table.counts.shape == (5, 10)
+    assert table.counts[0].tolist() == VOTES["agree"]
+    assert table.lines == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('a.png,"(0, 0, 48, 48)",1,2,3', "5 columns, expected 12"),
+        ('a.png,"(0, 0, 48, 48)",1,2,3,-1,0,0,0,0,0,0', "the sadness count -1 is negative"),
+        ('a.png,"(0, 0, 48, 48)",1,2,x,0,0,0,0,0,0,0', "the surprise count 'x' is not a whole number"),
+        ('a.png,"0 0 48 48",1,2,3,0,0,0,0,0,0,0', "face box"),
+    ],
+)
+def test_label_csv_errors_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "label.csv"
+    path.write_text('ok.png,"(0, 0, 48, 48)",1,2,3,0,0,0,0,0,0,0\n' + line + "\n")
+    with pytest.raises(DatasetError) as exc:
+        read_label_csv(path, "Training")
+    assert f"{path} line 2: " in str(exc.value) and message in str(exc.value)
+
+
+def test_new_csv_keeps_dropped_rows_and_checks_the_header(ferplus: FerPlus, tmp_path: Path) -> None:
+    table = read_new_csv(ferplus.new_csv)
+    assert len(table) == len(ferplus.usages)
+    assert [bool(n) for n in table.names] == ferplus.kept
+    bad = tmp_path / "new.csv"
+    bad.write_text("Usage,Image name,neutral\nTraining,a.png,1\n")
+    with pytest.raises(DatasetError, match="line 1: header"):
+        read_new_csv(bad)
+    bad.write_text(ferplus.new_csv.read_text().replace("PublicTest,", "Public,", 1))
+    with pytest.raises(DatasetError, match=r"line \d+: Usage 'Public'"):
+        read_new_csv(bad)
+
+
+# -- statistics and schemes ------------------------------------------------------------------------
+def test_agreement_and_entropy() -> None:
+    counts = np.array([[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [5, 5, 0, 0, 0, 0, 0, 0, 0, 0], [0] * 10])
+    assert agreement(counts)[:2].tolist() == [1.0, 0.5]
+    assert np.isnan(agreement(counts)[2])
+    entropy = entropy_bits(counts)
+    assert entropy[0] == 0.0 and entropy[1] == pytest.approx(1.0) and np.isnan(entropy[2])
+
+
+def test_schemes_on_ties_unknown_and_absent_classes() -> None:
+    classes = ["happy", "neutral", "sad", "surprise"]
+    mapping = class_map(classes)
+    assert mapping["happiness"] == "happy" and mapping["anger"] is None and mapping["NF"] is None
+    counts = np.array(
+        [
+            [6, 4, 0, 0, 0, 0, 0, 0, 0, 0],  # neutral has a majority
+            [4, 4, 0, 2, 0, 0, 0, 0, 0, 0],  # neutral / happy tie, no majority
+            [0, 0, 0, 0, 6, 0, 0, 0, 0, 4],  # anger: no class of this dataset
+            [1, 2, 0, 0, 0, 0, 0, 0, 7, 0],  # mostly unknown
+        ]
+    )
+    current = ["neutral", "happy", "sad", "neutral"]
+    majority = scheme_labels(counts, mapping, classes, "majority", current)
+    assert majority.labels == ["neutral", None, None, None]
+    assert majority.reasons[1] == "no_majority" and majority.reasons[2] == "not_a_dataset_class"
+    assert majority.reasons[3] == "unknown"
+    plurality = scheme_labels(counts, mapping, classes, "plurality", current)
+    # a tie keeps the row's label when tied; unknown is an abstention, so happy wins row 4
+    assert plurality.labels == ["neutral", "happy", None, "happy"]
+    drop = scheme_labels(counts, mapping, classes, "drop", current)
+    assert drop.labels == ["neutral", None, None, None]
+    assert drop.reasons[1] == "tie"
+
+
+def test_map_merges_classes_and_checks_the_dataset() -> None:
+    classes = ["disgust", "happy"]
+    mapping = class_map(classes, {"contempt": "disgust"})
+    dist = vote_distribution(np.array([[0, 2, 0, 0, 0, 1, 0, 1, 0, 0]]), mapping, classes)
+    assert dist.tolist() == [[0.5, 0.5]]
+    with pytest.raises(InputError, match="'sadly' is not a class of the dataset"):
+        class_map(classes, {"sadness": "sadly"})
+    with pytest.raises(InputError, match="not SOURCE=CLASS"):
+        VotesParams(votes=Path("x"), mapping="contempt")
+    with pytest.raises(InputError, match="--scheme 'vote'"):
+        VotesParams(votes=Path("x"), scheme="vote")
+
+
+# -- pixel matching --------------------------------------------------------------------------------
+def _jpeg(img: np.ndarray) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.asarray(Image.open(BytesIO(jpeg_bytes(img, quality=85))).convert("L"))
+
+
+def test_match_finds_reencodings_one_to_one_within_usage() -> None:
+    rng = np.random.default_rng(3)
+    faces = np.stack([blob_image(rng, i % 4) for i in range(10)])
+    faces[1] = faces[0]
+    rows = np.stack([_jpeg(f) for f in faces])[::-1]  # rows in another order than the queries
+    row_usage = ["Training"] * 10
+    query = np.concatenate([faces, blob_image(rng, 2)[None]])  # the last one is in no row
+    usage = ["Training"] * 9 + ["PublicTest", "Training"]  # the 10th is filed under another Usage
+    found = match_images(query, usage, rows, row_usage, max_distance=4.0, min_margin=1.0)
+    truth = np.arange(9, -1, -1)  # row of each face
+    assert found.status.tolist() == [MATCHED] * 9 + [UNMATCHED, UNMATCHED]
+    assert {int(found.row[0]), int(found.row[1])} == {int(truth[0]), int(truth[1])}  # identical pair: one each
+    assert (found.row[2:9] == truth[2:9]).all()
+    assert (found.distance[:9] < 4).all() and (found.distance[:9] > 0).all()
+    exact = match_images(faces[:3], ["Training"] * 3, faces, row_usage, 0.0, 0.0)
+    assert exact.distance.tolist() == [0.0, 0.0, 0.0] and len(set(exact.row.tolist())) == 3
+    # three identical FER+ images and two rows with those pixels: the third is ambiguous, not doubled
+    triple = match_images(faces[[0, 0, 0]], ["Training"] * 3, faces, row_usage, 0.0, 0.0)
+    assert sorted(triple.status.tolist()) == [AMBIGUOUS, MATCHED, MATCHED]
+
+
+# -- import ----------------------------------------------------------------------------------------
+def _scanned(tmp_path: Path, dataset: Path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    scan(ws, ScanParams(dataset=dataset, workers=1))
+    return ws
+
+
+def test_import_label_csv_against_kaggle_folders_by_pixels(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = _scanned(tmp_path, ferplus.kaggle)
+    result = import_votes(ws, VotesParams(votes=ferplus.root))
+    kept = sum(ferplus.kept)
+    assert (result.matched, result.unmatched, result.ambiguous) == (kept, 0, 0)
+    _, df = ws.read()
+    by_path = df.set_index(Col.PATH)
+    for i, name in enumerate(ferplus.kaggle_names):
+        row = by_path.loc[name]
+        if not ferplus.kept[i]:
+            assert pd.isna(row[VoteCol.N]) and pd.isna(row[VoteCol.MAJORITY])
+            continue
+        assert [int(row[c]) for c in VOTE_COUNT_COLUMNS] == VOTES[ferplus.kinds[i]]
+        assert row[VoteCol.MATCH] == "pixels" and 0 < row[VoteCol.MATCH_DISTANCE] < 4
+        if ferplus.kinds[i] != "agree" or i > 1:  # the identical pair may swap rows: same pixels
+            assert row[VoteCol.IMAGE] == f"fer{i:07d}.png"
+    expected = {"agree": "happy", "wrong": "neutral", "split": None, "nf": None}
+    for i, name in enumerate(ferplus.kaggle_names):
+        if ferplus.kept[i]:
+            got = by_path.loc[name, VoteCol.MAJORITY]
+            assert (None if pd.isna(got) else got) == expected[ferplus.kinds[i]]
+    report = pd.read_csv(result.report)
+    assert len(report) == kept and set(report["status"]) == {MATCHED}
+
+
+def test_import_new_csv_by_row_order_full_and_rebuilt(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = _scanned(tmp_path / "full", ferplus.csv)
+    result = import_votes(ws, VotesParams(votes=ferplus.new_csv))
+    assert result.method == "row" and result.matched == len(ferplus.usages)
+    _, df = ws.read()
+    assert df[VoteCol.N].notna().all()
+    # a CSV rebuilt from the images FER+ kept: its rows are fer2013new.csv's named lines
+    rebuilt = tmp_path / "rebuilt.csv"
+    lines = ferplus.csv.read_text().splitlines()
+    rebuilt.write_text("\n".join([lines[0]] + [ln for ln, k in zip(lines[1:], ferplus.kept, strict=True) if k]) + "\n")
+    ws2 = _scanned(tmp_path / "rebuilt", rebuilt)
+    result2 = import_votes(ws2, VotesParams(votes=ferplus.new_csv))
+    assert result2.matched == sum(ferplus.kept) and result2.unmatched == len(ferplus.usages) - sum(ferplus.kept)
+    _, df2 = ws2.read()
+    order = df2[Col.PATH].str.extract(r"(\d+)\.png$")[0].astype(int).argsort().to_numpy()
+    kinds = [k for k, kept in zip(ferplus.kinds, ferplus.kept, strict=True) if kept]
+    got = df2.iloc[order][list(VOTE_COUNT_COLUMNS)].astype(int).to_numpy().tolist()
+    assert got == [VOTES[k] for k in kinds]
+
+
+def test_import_subset_new_csv_matches_its_images_by_pixels(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = _scanned(tmp_path, ferplus.csv)
+    subset = ferplus.root / "subset.csv"
+    lines = ferplus.new_csv.read_text().splitlines()
+    chosen = [ln for ln in lines[1:] if ",," not in ln][::2]  # named lines only, every other one
+    subset.write_text("\n".join([lines[0], *chosen]) + "\n")
+    try:
+        result = import_votes(ws, VotesParams(votes=subset))
+    finally:
+        subset.unlink()
+    assert result.method == "pixels" and (result.matched, result.unmatched) == (len(chosen), 0)
+    _, df = ws.read()
+    with_votes = df[df[VoteCol.N].notna()]
+    assert sorted(with_votes[VoteCol.IMAGE]) == sorted(ln.split(",")[1] for ln in chosen)
+    assert (with_votes[VoteCol.MATCH_DISTANCE] == 0).all()
+    # each row got the votes of the FER+ image with its very pixels (the CSV row index names it)
+    index = with_votes[Col.PATH].str.extract(r"(\d+)\.png$")[0].astype(int)
+    for row_index, (_, row) in zip(index, with_votes.iterrows(), strict=True):
+        if row_index > 1:  # rows 0 and 1 hold the same pixels: either may carry either's votes
+            assert row[VoteCol.IMAGE] == f"fer{row_index:07d}.png"
+
+
+def test_import_errors_write_nothing(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = _scanned(tmp_path, ferplus.csv)
+    before = len(ws.versions())
+    shifted = tmp_path / "shifted.csv"
+    lines = ferplus.new_csv.read_text().splitlines()
+    shifted.write_text("\n".join([lines[0], *lines[2:], lines[1]]) + "\n")  # out of order: Usage disagrees
+    with pytest.raises(DatasetError, match="Usage .* but CSV row"):
+        import_votes(ws, VotesParams(votes=shifted))
+    folder = tmp_path / "FER2013Train"
+    folder.mkdir()
+    (folder / "label.csv").write_text('ghost.png,"(0, 0, 48, 48)",1,0,0,0,0,0,0,0,0,0\n')
+    with pytest.raises(DatasetError, match=r"label.csv line 1: votes for image 'ghost.png'"):
+        import_votes(ws, VotesParams(votes=tmp_path))
+    assert len(ws.versions()) == before
+
+
+def test_cli_votes_import_json_and_one_line_errors(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = _scanned(tmp_path, ferplus.kaggle)
+    ok = runner.invoke(app, ["votes", "import", str(ferplus.data), "-w", str(ws.root), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["matched"] == sum(ferplus.kept)
+    bad = tmp_path / "FER2013Valid"
+    bad.mkdir()
+    (bad / "label.csv").write_text('a.png,"(0, 0, 48, 48)",1,0,0,-2,0,0,0,0,0,0\n')
+    before = len(ws.versions())
+    res = runner.invoke(app, ["votes", "import", str(tmp_path), "-w", str(ws.root)])
+    assert res.exit_code == 1
+    assert res.output.strip().count("\n") == 0 and "line 1" in res.output and "negative" in res.output
+    assert len(ws.versions()) == before
+    assert "Example:" in runner.invoke(app, ["votes", "import", "--help"]).output
+
+
+# -- scanning the FER+ release ---------------------------------------------------------------------
+def test_scan_reads_the_ferplus_release_with_votes(ferplus: FerPlus, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    result = scan(ws, ScanParams(dataset=ferplus.root, workers=1))
+    assert result.layout == "ferplus"
+    _, df = ws.read()
+    assert len(df) == sum(ferplus.kept)
+    assert set(df[Col.SPLIT]) == {"train", "val", "test"}
+    kinds = {f"fer{i:07d}.png": k for i, k in enumerate(ferplus.kinds)}
+    kind = df[Col.PATH].str.split("/").str[-1].map(kinds)
+    assert (df.loc[kind == "agree", Col.LABEL] == "happy").all()
+    assert (df.loc[kind == "wrong", Col.LABEL] == "neutral").all()
+    split_rows = df[kind == "split"]
+    assert (split_rows[Col.STATUS] == "removed").all() and (split_rows[Col.REASON] == "votes:no_majority").all()
+    assert (df.loc[kind == "nf", Col.REASON] == "votes:not_a_face").all()
+    assert df[VoteCol.N].notna().all() and (df[VoteCol.MATCH] == "file").all()
+    plural = scan(Workspace(tmp_path / "ws2"), ScanParams(dataset=ferplus.root, workers=1, vote_scheme="plurality"))
+    _, df2 = Workspace(tmp_path / "ws2").read()
+    assert plural.by_status.get("active", 0) > result.by_status.get("active", 0)
+    assert (df2.loc[(kind == "split").to_numpy(), Col.LABEL] == "neutral").all()
