@@ -171,18 +171,32 @@ def split_votes(counts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, counts - a
 
 
-def bench_flag(work: Path, dataset: Path, seeds: int, grid: list[float]) -> dict[str, Any]:
+def bench_flag(
+    work: Path, dataset: Path, index: Path | None, seeds: int, grid: list[tuple[float, float]]
+) -> dict[str, Any]:
     from fercurate.manifest import ACTIVE, VOTE_COUNT_COLUMNS, Col, VoteCol
     from fercurate.votes.flagging import WRONG, vote_flags
     from fercurate.votes.params import FERPLUS_CLASSES
     from fercurate.votes.stats import class_map, mapped_votes
     from fercurate.workspace import Workspace
 
-    ws = work / f"ws-{dataset.name}"
-    if not ws.exists():
-        timed(["scan", str(dataset), "-w", str(ws)])
-        timed(["votes", "import", str(REAL / "ferplus"), "-w", str(ws)])
-    _, df = Workspace(ws).read()
+    if index is not None:
+        # the set's rows are Kaggle JPEGs with their Kaggle labels (index: path,source,label,...): take
+        # their votes from the Kaggle workspace of import-kaggle instead of decoding them all again
+        ws = work / "ws-kaggle"
+        if not ws.exists():
+            bench_import_kaggle(work, REAL / "sets" / "truth" / "ferplus_votes.csv")
+        _, df = Workspace(ws).read()
+        sources = pd.read_csv(index)
+        df = df[df[Col.PATH].isin(set(sources["source"]))]
+        if (df[Col.LABEL].to_numpy() != df[Col.PATH].map(sources.set_index("source")["label"]).to_numpy()).any():
+            raise SystemExit(f"{index}: labels differ from the Kaggle folders'; scan the set instead")
+    else:
+        ws = work / f"ws-{dataset.name}"
+        if not ws.exists():
+            timed(["scan", str(dataset), "-w", str(ws)])
+            timed(["votes", "import", str(REAL / "ferplus"), "-w", str(ws)])
+        _, df = Workspace(ws).read()
     rows = df[(df[Col.STATUS] == ACTIVE) & df[VoteCol.N].notna()]
     classes = sorted(df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL].unique())
     mapping = class_map(classes)
@@ -193,38 +207,43 @@ def bench_flag(work: Path, dataset: Path, seeds: int, grid: list[float]) -> dict
     index = {c: j for j, c in enumerate(classes)}
     given = np.array([index[c] for c in labels])
 
-    def score(max_support: float, subset: np.ndarray) -> dict[str, Any]:
-        flagged = confirmed = 0
+    def score(rule: tuple[float, float], subset: np.ndarray) -> dict[str, Any]:
+        """Flags from half A; precision by half B: ``no_majority`` = B gives the label no majority
+        (the import's default scheme would not pick it), ``outvoted`` = some class beats it outright in B."""
+        flagged = no_majority = outvoted = 0
         for seed in range(seeds):
             a, b = split_votes(counts[subset], seed)
-            flags = vote_flags(a, labels[subset], classes, mapping, max_support)
-            wrong = flags.kind == WRONG
+            wrong = vote_flags(a, labels[subset], classes, mapping, *rule).kind == WRONG
             held = np.concatenate([mapped_votes(b, mapping, classes), b[:, unmapped]], axis=1)
             g = held[np.arange(len(held)), given[subset]]
             others = held.copy()
             others[np.arange(len(held)), given[subset]] = -1
             flagged += int(wrong.sum())
-            confirmed += int((wrong & (others.max(axis=1) > g)).sum())
+            no_majority += int((wrong & (2 * g <= held.sum(axis=1))).sum())
+            outvoted += int((wrong & (others.max(axis=1) > g)).sum())
         return {
-            "max_support": max_support,
-            "wrong_flags_per_split": flagged / seeds,
-            "precision": round(confirmed / max(flagged, 1), 4),
+            "max_support": rule[0],
+            "min_majority": rule[1],
+            "wrong_flags_per_split": round(flagged / seeds, 1),
+            "precision_no_majority": round(no_majority / max(flagged, 1), 4),
+            "precision_outvoted": round(outvoted / max(flagged, 1), 4),
         }
 
-    tuning = [score(s, training) for s in grid]
-    chosen = max(
-        (t for t in tuning if t["precision"] >= 0.95),
-        key=lambda t: t["wrong_flags_per_split"],
-        default=max(tuning, key=lambda t: t["precision"]),
-    )
-    everything = score(chosen["max_support"], np.ones(len(rows), bool))
-    full = vote_flags(counts, labels, classes, mapping, chosen["max_support"])
+    tuning = [score(rule, training) for rule in grid]
+    passing = [t for t in tuning if t["precision_no_majority"] >= 0.95]
+    if passing:
+        chosen = max(passing, key=lambda t: t["wrong_flags_per_split"])
+    else:
+        chosen = max(tuning, key=lambda t: t["precision_no_majority"])
+    rule = (chosen["max_support"], chosen["min_majority"])
+    everything = score(rule, np.ones(len(rows), bool))
+    full = vote_flags(counts, labels, classes, mapping, *rule)
     return {
         "dataset": str(dataset),
         "rows_with_votes": int(len(rows)),
         "training_rows": int(training.sum()),
         "tuning_on_training_rows": tuning,
-        "chosen_max_support": chosen["max_support"],
+        "chosen": {"max_support": rule[0], "min_majority": rule[1]},
         "held_out_precision_all_rows": everything,
         "flags_with_all_ten_votes": {k: int((full.kind == k).sum()) for k in ("wrong", "ambiguous")},
         "seeds": seeds,
@@ -237,6 +256,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/votes/bench"))
     parser.add_argument("--csv", type=Path, default=None, help="fer2013.csv (default: rebuilt from FER+)")
     parser.add_argument("--dataset", type=Path, default=REAL / "sets" / "fer4", help="set for the flag bench")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        default=REAL / "sets" / "truth" / "fer4_index.csv",
+        help="the set's index (path,source,label): votes from the Kaggle workspace; 'none' to scan --dataset",
+    )
     parser.add_argument("--truth", type=Path, default=REAL / "sets" / "truth" / "ferplus_votes.csv")
     parser.add_argument("--seeds", type=int, default=5, help="random 5/5 vote splits averaged")
     args = parser.parse_args()
@@ -247,7 +272,9 @@ def main() -> None:
     if args.what in ("import-kaggle", "all"):
         out["import_kaggle"] = bench_import_kaggle(args.workdir, args.truth)
     if args.what in ("flag", "all"):
-        out["flag"] = bench_flag(args.workdir, args.dataset, args.seeds, [0.0, 0.1, 0.2, 0.3])
+        index = None if str(args.index) == "none" else args.index
+        grid = [(s, m) for s in (0.0, 0.1, 0.2) for m in (0.6, 0.8, 0.9, 1.0)]
+        out["flag"] = bench_flag(args.workdir, args.dataset, index, args.seeds, grid)
     print(json.dumps(out, indent=2))
 
 

@@ -443,13 +443,13 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         if len(lineages) > 1:
             title = f"Lineage {lineages.index(root) + 1} of {len(lineages)} in {root_dir}: from {root}"
         table = Table(title=title, title_justify="left")
-        for col in ("version", "stage", "parent", "created", "rows", "active", "train/val/test"):
+        for col in ("version", "stage", "parent", "created", "rows", "active", "train/val/test", "votes"):
             table.add_column(col)
         table.add_column("state")
         for e in entries:
             if "stage" not in e:  # a damaged record: nothing but its number is known (in the last table)
                 if root == (lineages[-1] if lineages else None):
-                    table.add_row(e["version"], *["?"] * 6, "[red]damaged[/]")
+                    table.add_row(e["version"], *["?"] * 7, "[red]damaged[/]")
                 continue
             if e["lineage"] != root:
                 continue
@@ -463,6 +463,7 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
                 str(e["rows"]),
                 str(e["active"]),
                 f"{split.get('train', 0)}/{split.get('val', 0)}/{split.get('test', 0)}",
+                _vote_coverage(e["votes"]),
                 state + (" (report incomplete)" if e["report_incomplete"] else ""),
             )
         out.print(table)
@@ -498,6 +499,11 @@ def check_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+def _vote_coverage(coverage: dict[str, int] | None) -> str:
+    """``"k/n"`` active rows with annotator votes, or ``-`` for a version without votes."""
+    return f"{coverage['active_with_votes']}/{coverage['active']}" if coverage else "-"
+
+
 @command("diff")
 def diff_cmd(
     a: Annotated[str, typer.Argument(help="Older version (v0001, 1, -1, latest).")],
@@ -523,6 +529,9 @@ def diff_cmd(
         ("Split moves (active rows)", d.split_moves),
     ):
         out.print(counts_table(title, counts) if counts else f"{title}: none")
+    if d.votes_before or d.votes_after:
+        coverage = f"{_vote_coverage(d.votes_before)} -> {_vote_coverage(d.votes_after)}"
+        out.print(f"active rows with annotator votes: {coverage}")
     out.print(frame_table(f"Active rows before ({d.a.version})", d.before, "class"))
     out.print(frame_table(f"Active rows after ({d.b.version})", d.after, "class"))
 
@@ -537,7 +546,8 @@ def export_cmd(
     workspace: WorkspaceOpt = None,
     mode: Annotated[str, typer.Option(help=f"{choices(MODES)} (folders format).")] = ExportParams.mode,
     format: Annotated[
-        str, typer.Option("--format", help=f"{choices(FORMATS)} (csv: FER2013-style emotion,pixels,Usage).")
+        str,
+        typer.Option("--format", help=f"{choices(FORMATS)} (csv: FER2013 emotion,pixels,Usage; + fer2013new.csv)."),
     ] = ExportParams.format,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty DEST.")] = ExportParams.overwrite,
     as_json: JsonOpt = False,
@@ -942,6 +952,15 @@ def relabel_flag_cmd(
     num_threads: Annotated[
         int | None, typer.Option("--threads", help="torch CPU threads.", show_default="torch's")
     ] = FlagParams.num_threads,
+    votes: Annotated[
+        str, typer.Option(help="Annotator votes: auto (they decide rows that have them) | only (no model) | off.")
+    ] = FlagParams.votes,
+    max_support: Annotated[
+        float, typer.Option(help="Votes: a label with at most this share is wrong when another class has a majority.")
+    ] = FlagParams.max_support,
+    min_majority: Annotated[
+        float, typer.Option(help="Votes: ...and the annotators' class has at least this share (wrong needs both).")
+    ] = FlagParams.min_majority,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every active row for a likely wrong label by k-fold cross-fitting of the built-in CNN.
@@ -949,6 +968,9 @@ def relabel_flag_cmd(
     Writes a new version with prob_<class>, mislabel_score, suggested_label and flagged columns, plus
     review_queue.parquet, flagged.html and flagged.png in its report folder. Out-of-fold probabilities are
     cached: a re-run with unchanged rows and settings trains nothing.
+
+    With annotator votes (fercurate votes import) a label they clearly reject is flagged wrong with their
+    class as the suggestion, a face they split on ambiguous (flag_kind); --votes only uses them alone.
 
     Example: fercurate relabel-review flag --preset cpu
     """
@@ -965,6 +987,9 @@ def relabel_flag_cmd(
         filter_by=filter_by,
         top_per_class=top_per_class,
         num_threads=num_threads,
+        votes=votes,
+        max_support=max_support,
+        min_majority=min_majority,
     )
     with progress_bar() as progress:
         result = flag(Workspace(workspace), params, progress)
@@ -974,8 +999,12 @@ def relabel_flag_cmd(
     out.print(
         f"[bold green]{result.version.version}[/] relabel-review flag of {result.parent}: "
         f"[bold]{result.flagged}[/] of {result.rows} active rows flagged in {result.seconds:.1f} s "
-        f"({result.folds_trained} folds trained, {result.folds_cached} from cache; "
-        f"out-of-fold accuracy {result.oof_accuracy:.1%})"
+        + (
+            f"({result.folds_trained} folds trained, {result.folds_cached} from cache; "
+            f"out-of-fold accuracy {result.oof_accuracy:.1%})"
+            if params.votes != "only"
+            else "(annotator votes only)"
+        )
     )
     if result.by_pair:
         out.print(counts_table("Flagged, given->suggested", result.by_pair))
@@ -1035,6 +1064,14 @@ def relabel_apply_cmd(
             show_default=False,
         ),
     ] = ApplyParams.auto_accept,
+    accept_votes: Annotated[
+        int | None,
+        typer.Option(
+            help="Also relabel undecided rows to the annotators' class where at least K votes agree on it "
+            "(recorded as decided by votes; needs fercurate votes import).",
+            show_default=False,
+        ),
+    ] = ApplyParams.accept_votes,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a new version with the review's decisions applied: relabels change label, removals set status.
@@ -1046,14 +1083,17 @@ def relabel_apply_cmd(
     """
     from fercurate.relabel.apply import apply
 
-    result = apply(Workspace(workspace), ApplyParams(version=version, auto_accept=auto_accept))
+    result = apply(
+        Workspace(workspace), ApplyParams(version=version, auto_accept=auto_accept, accept_votes=accept_votes)
+    )
     if as_json:
         print_json(result.to_dict())
         return
     out.print(
         f"[bold green]{result.version.version}[/] relabel-review apply to {result.parent}: "
         f"{result.relabeled_by_human} relabeled and {result.removed} removed by people, "
-        f"{result.relabeled_by_model} relabeled by the model, {result.kept} kept, "
+        f"{result.relabeled_by_model} relabeled by the model, {result.relabeled_by_votes} by votes, "
+        f"{result.kept} kept, "
         f"{result.already_applied} already in effect"
     )
     if result.changes:

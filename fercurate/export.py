@@ -1,5 +1,8 @@
 """``fercurate export``: materialise a manifest version as folders or as a FER2013-style CSV.
 
+A CSV export of a version with annotator votes also writes ``fer2013new.csv`` (FER+'s layout, same
+rows in the same order) beside ``fer2013.csv``.
+
 The output is built in a temporary sibling folder and renamed into place, so an interrupted export
 never leaves a half-written DEST.
 """
@@ -18,7 +21,7 @@ import pandas as pd
 
 from fercurate.errors import InputError
 from fercurate.images import load_gray_files
-from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, active, atomic_write, temp_dir
+from fercurate.manifest import FER2013_CLASSES, SOURCE_ORIGINAL, Col, VoteCol, active, atomic_write, temp_dir
 from fercurate.progress import NullProgress, Progress
 from fercurate.reports import to_dict
 from fercurate.workspace import PixelCache, Workspace
@@ -187,4 +190,8 @@ def _export_csv(
         {"emotion": codes, "pixels": strings, "Usage": [CSV_USAGE[s] for s in rows[Col.SPLIT]]}
     )
     frame.to_csv(out, index=False)
+    if VoteCol.N in rows.columns and rows[VoteCol.N].notna().any():  # annotator votes: FER+'s layout beside
+        from fercurate.votes.stage import fer2013new_frame
+
+        fer2013new_frame(rows).to_csv(out.parent / "fer2013new.csv", index=False)
     progress.advance(len(rows))

@@ -24,6 +24,8 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
     twice with ``--new-lineage`` holds two lineages, and no version of one descends from the other
     (a damaged record has none).
     """
+    from fercurate.votes.stage import vote_coverage
+
     infos = workspace.require_versions()
     roots = lineage_roots(infos)
     out: list[dict[str, Any]] = []
@@ -47,6 +49,8 @@ def log(workspace: Workspace) -> list[dict[str, Any]]:
                 "state": "damaged" if problem else ("unverified" if info.file_sha256 is None else "ok"),
                 "problem": problem,
                 "report_incomplete": workspace.report_incomplete(info.version),
+                # annotator votes: active rows with votes, or None
+                "votes": vote_coverage(info.path) if not problem else None,
             }
         )
     for bad in workspace.damaged():
@@ -86,6 +90,8 @@ class Diff:
     split_moves: dict[str, int]
     before: pd.DataFrame  # active counts, class x split
     after: pd.DataFrame
+    votes_before: dict[str, int] | None = None  # annotator votes on active rows (fercurate.votes)
+    votes_after: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self, rename={"before": "class_by_split_before", "after": "class_by_split_after"})
@@ -93,6 +99,8 @@ class Diff:
 
 def diff(workspace: Workspace, a: str, b: str) -> Diff:
     """Compare versions ``a`` and ``b`` (any spec :meth:`Workspace.resolve` takes)."""
+    from fercurate.votes.stage import vote_coverage
+
     info_a, df_a = workspace.read(a)
     info_b, df_b = workspace.read(b)
     cols = [Col.IMAGE_ID, Col.STATUS, Col.LABEL, Col.SPLIT]
@@ -108,6 +116,8 @@ def diff(workspace: Workspace, a: str, b: str) -> Diff:
         split_moves=_transitions(both[(both["status_a"] == ACTIVE) & (both["status_b"] == ACTIVE)], Col.SPLIT),
         before=class_by_split(df_a),
         after=class_by_split(df_b),
+        votes_before=vote_coverage(info_a.path),
+        votes_after=vote_coverage(info_b.path),
     )
 
 

@@ -335,3 +335,139 @@ def test_scan_reads_the_ferplus_release_with_votes(ferplus: FerPlus, tmp_path: P
     _, df2 = Workspace(tmp_path / "ws2").read()
     assert plural.by_status.get("active", 0) > result.by_status.get("active", 0)
     assert (df2.loc[(kind == "split").to_numpy(), Col.LABEL] == "neutral").all()
+
+
+# -- flagging and applying with votes --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def voted(ferplus: FerPlus, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The Kaggle tree scanned, with FER+ votes imported (classes: happy, neutral)."""
+    ws = _scanned(tmp_path_factory.mktemp("voted"), ferplus.kaggle)
+    import_votes(ws, VotesParams(votes=ferplus.root))
+    return ws
+
+
+def _kinds_by_path(ferplus: FerPlus) -> dict[str, str]:
+    return {
+        name: kind for name, kind, kept in zip(ferplus.kaggle_names, ferplus.kinds, ferplus.kept, strict=True) if kept
+    }
+
+
+def test_vote_flags_rules() -> None:
+    from fercurate.votes.flagging import vote_flags
+
+    classes = ["happy", "neutral"]
+    counts = np.array([VOTES["agree"], VOTES["wrong"], VOTES["split"], VOTES["nf"], [0] * 10])
+    labels = np.array(["happy", "happy", "happy", "neutral", "happy"])
+    flags = vote_flags(counts, labels, classes, class_map(classes), max_support=0.1, min_majority=0.8)
+    assert flags.kind.tolist() == [None, "wrong", "ambiguous", "wrong", None]
+    assert flags.suggested.tolist() == [None, "neutral", "neutral", None, None]
+    assert flags.score[:4].tolist() == pytest.approx([0.1, 0.9, 0.7, 1.0]) and np.isnan(flags.score[4])
+    strict = vote_flags(counts, labels, classes, class_map(classes), max_support=0.0, min_majority=0.8)
+    assert strict.kind[1] == "ambiguous"  # one annotator agreed with the label: not clearly wrong at 0
+    assert vote_flags(counts, labels, classes, class_map(classes), 0.1, 0.9).kind[1] == "ambiguous"  # 8 < 9
+
+
+def test_flag_votes_only_writes_a_reviewable_version(ferplus: FerPlus, voted: Workspace) -> None:
+    from fercurate.relabel.flag import FLAGGED, SUGGESTED_LABEL, FlagParams, flag
+
+    result = flag(voted, FlagParams(votes="only", min_majority=0.8))
+    assert result.folds_trained == 0
+    _, df = voted.read(result.version.version)
+    kinds = df[Col.PATH].map(_kinds_by_path(ferplus))
+    assert (df.loc[kinds == "wrong", "flag_kind"] == "wrong").all()
+    assert (df.loc[kinds == "wrong", SUGGESTED_LABEL] == "neutral").all()
+    assert (df.loc[kinds == "split", "flag_kind"] == "ambiguous").all()
+    assert df.loc[kinds == "nf", SUGGESTED_LABEL].isna().all() and (df.loc[kinds == "nf", "flag_kind"] == "wrong").all()
+    assert not df.loc[kinds == "agree", FLAGGED].any()
+    assert df.loc[kinds.isna(), FLAGGED].isna().all()  # rows without votes: not judged
+    assert result.flagged == int((kinds != "agree").sum() - kinds.isna().sum())
+    assert (df.loc[kinds == "agree", "prob_happy"] == 0.9).all()  # vote shares stand in for probabilities
+    queue = pd.read_parquet(result.queue_path)
+    assert len(queue) == result.flagged
+
+
+def test_votes_decide_where_they_exist_when_combined(ferplus: FerPlus, voted: Workspace) -> None:
+    from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL
+    from fercurate.votes.flagging import combine_with_model
+
+    info, df = voted.read()
+    rows = df[df[Col.STATUS] == "active"]
+    model = df.copy()
+    model[FLAGGED] = pd.array([True] * len(df), dtype="boolean")  # the model doubts every label
+    model[SUGGESTED_LABEL] = pd.array(["sad"] * len(df), dtype="string")
+    model[MISLABEL_SCORE] = 0.5
+    out = combine_with_model(model, rows, ["happy", "neutral"], voted, info, 0.1, 0.8)
+    kinds = out[Col.PATH].map(_kinds_by_path(ferplus))
+    assert not out.loc[kinds == "agree", FLAGGED].any()  # ten people outvote the model
+    assert (out.loc[kinds == "wrong", SUGGESTED_LABEL] == "neutral").all()
+    no_votes = kinds.isna()
+    assert out.loc[no_votes, FLAGGED].all() and (out.loc[no_votes, "flag_kind"] == "wrong").all()
+    assert (out.loc[no_votes, SUGGESTED_LABEL] == "sad").all()
+
+
+def test_apply_accept_votes(ferplus: FerPlus, voted: Workspace) -> None:
+    from fercurate.relabel.apply import ApplyParams, apply
+
+    base = voted.resolve().version
+    none = apply(voted, ApplyParams(version=base, accept_votes=9))
+    assert none.relabeled_by_votes == 0  # the wrong labels have 8 votes against them, not 9
+    result = apply(voted, ApplyParams(version=base, accept_votes=8))
+    _, df = voted.read(result.version.version)
+    kinds = df[Col.PATH].map(_kinds_by_path(ferplus))
+    assert result.relabeled_by_votes == int((kinds == "wrong").sum()) > 0
+    assert (df.loc[kinds == "wrong", Col.LABEL] == "neutral").all()
+    assert df.loc[kinds == "wrong", Col.REASON].str.endswith("relabel:happy->neutral by votes").all()
+    assert (df.loc[kinds == "nf", Col.LABEL] == "neutral").all()  # NF is no class: nothing to accept
+    again = apply(voted, ApplyParams(version=result.version.version, accept_votes=8))
+    assert again.relabeled_by_votes == 0  # applying twice changes nothing
+    with pytest.raises(InputError, match="--accept-votes 0"):
+        apply(voted, ApplyParams(version=base, accept_votes=0))
+
+
+# -- training on vote distributions ----------------------------------------------------------------
+def test_soft_targets_loss_and_check() -> None:
+    import torch
+
+    from fercurate.train import ArraySplit, make_config, train
+    from fercurate.train.loop import focal_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    target = torch.tensor([0, 2])
+    kw = {"gamma": 2.0, "alpha": 0.25, "label_smoothing": 0.1}
+    onehot = torch.nn.functional.one_hot(target, 3).float()
+    assert torch.allclose(focal_loss(logits, target, **kw), focal_loss(logits, target, soft_target=onehot, **kw))
+    split_votes = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    assert not torch.allclose(
+        focal_loss(logits, target, **kw), focal_loss(logits, target, soft_target=split_votes, **kw)
+    )
+
+    rng = np.random.default_rng(0)
+    x = np.stack([blob_image(rng, i % 2) for i in range(40)])
+    y = np.arange(40) % 2
+    config = make_config("tiny", epochs=1, targets="votes", device="cpu", num_threads=1)
+    with pytest.raises(InputError, match="targets='votes' needs"):
+        train(config, ArraySplit(x, y), ArraySplit(x, y), ["a", "b"])
+    soft = np.eye(2)[y] * 0.7 + 0.15
+    result = train(config, ArraySplit(x, y, soft), ArraySplit(x, y), ["a", "b"])
+    assert result.config.targets == "votes" and len(result.history) == 1
+    with pytest.raises(InputError, match="targets='vote'"):
+        make_config("tiny", targets="vote")
+
+
+# -- log, diff and export ----------------------------------------------------------------------------
+def test_log_diff_show_vote_coverage_and_export_writes_fer2013new(ferplus: FerPlus, tmp_path: Path) -> None:
+    from fercurate.export import ExportParams, export
+    from fercurate.history import diff, log
+
+    ws = _scanned(tmp_path, ferplus.csv)
+    import_votes(ws, VotesParams(votes=ferplus.new_csv))
+    entries = log(ws)
+    assert entries[0]["votes"] is None
+    assert entries[1]["votes"] == {"active_with_votes": len(ferplus.usages), "active": len(ferplus.usages)}
+    d = diff(ws, "v0000", "v0001")
+    assert d.votes_before is None and d.votes_after == entries[1]["votes"]
+    res = runner.invoke(app, ["log", "-w", str(ws.root)])
+    assert f"{len(ferplus.usages)}/{len(ferplus.usages)}" in res.output
+    export(ws, ExportParams(version="latest", dest=tmp_path / "out", format="csv"))
+    written = (tmp_path / "out" / "fer2013new.csv").read_text()
+    assert written == ferplus.new_csv.read_text()  # the same rows, order, names and votes as FER+'s

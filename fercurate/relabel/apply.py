@@ -52,6 +52,7 @@ class ApplyParams:
 
     version: str | None = None
     auto_accept: float | None = None
+    accept_votes: int | None = None  # accept the annotators' majority where at least this many agree
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,11 @@ class ApplyResult:
     log: Path
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    relabeled_by_votes: int = 0
 
     @property
     def changed(self) -> int:
-        return self.relabeled_by_human + self.relabeled_by_model + self.removed
+        return self.relabeled_by_human + self.relabeled_by_model + self.relabeled_by_votes + self.removed
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self, changed=self.changed)
@@ -118,7 +120,7 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         skipped: Counter[str] = Counter()
 
         decisions = log.current()
-        if not decisions and params.auto_accept is None:
+        if not decisions and params.auto_accept is None and params.accept_votes is None:
             raise InputError(
                 f"the decision log {log.path} holds no decisions, so there is nothing to apply; review the "
                 "flagged images with `fercurate relabel-review serve` first, or pass auto_accept P",
@@ -162,6 +164,16 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
                 counts["relabeled_by_model"] += 1
                 changes[change] += 1
 
+        if params.accept_votes is not None:  # the annotators' majority (fercurate.votes.flagging)
+            from fercurate.votes.flagging import accept_candidates
+
+            for i, new in accept_candidates(workspace, info, out, set(decisions), params.accept_votes):
+                change = f"{labels[i]}->{new}"
+                reasons[i] = _with_reason(reasons[i], f"relabel:{change} by votes")
+                labels[i] = new
+                counts["relabeled_by_votes"] += 1
+                changes[change] += 1
+
         out[Col.LABEL] = labels
         out[Col.STATUS] = statuses
         out[Col.REASON] = pd.array(reasons, dtype="string")
@@ -169,7 +181,12 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
             out,
             stage=STAGE,
             parent=info,
-            params={"version": info.version, "auto_accept": params.auto_accept, "log": str(log.path)},
+            params={
+                "version": info.version,
+                "auto_accept": params.auto_accept,
+                "accept_votes": params.accept_votes,
+                "log": str(log.path),
+            },
             extra={"changes": dict(changes), "counts": dict(counts), "skipped": dict(skipped)},
         )
     return ApplyResult(
@@ -185,6 +202,7 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         decisions=len(decisions),
         log=log.path,
         seconds=time.perf_counter() - started,
+        relabeled_by_votes=counts["relabeled_by_votes"],
     )
 
 

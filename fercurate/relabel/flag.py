@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fercurate.errors import InputError
-from fercurate.manifest import ACTIVE, Col, atomic_write, atomic_write_text
+from fercurate.manifest import ACTIVE, Col, VoteCol, atomic_write, atomic_write_text
 from fercurate.progress import NullProgress, Progress
 from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, score_labels
 from fercurate.reports import to_dict
@@ -124,7 +124,8 @@ def prob_column(cls: str) -> str:
 
 def flag_columns(df: pd.DataFrame) -> list[str]:
     """The columns a previous flag wrote into ``df`` (replaced, not stacked, by a new flag)."""
-    return [c for c in df.columns if c.startswith(PROB_PREFIX) or c in (MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED)]
+    written = (MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED, VoteCol.FLAG_KIND)
+    return [c for c in df.columns if c.startswith(PROB_PREFIX) or c in written]
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -165,6 +166,10 @@ class FlagParams:
     top_per_class: int = 24
     val_fraction: float = 0.1
     num_threads: int | None = None
+    # annotator votes (fercurate.votes.flagging): auto = votes decide rows that have them, only = no model
+    votes: str = "auto"
+    max_support: float = 0.1
+    min_majority: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,10 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
     progress = progress or NullProgress()
     started = time.perf_counter()
     _check_params(params)
+    if params.votes == "only":  # annotator votes alone, no model trained
+        from fercurate.votes.flagging import flag_by_votes
+
+        return flag_by_votes(workspace, params, progress)  # type: ignore[no-any-return]
     plan = CROSS_FIT.get(params.preset)
     execution = {"seed": params.seed, "device": params.device, "num_threads": params.num_threads}
     config = make_config(params.preset, **(plan.overrides if plan else {}), **execution)
@@ -238,6 +247,11 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
 
     out = _with_flag_columns(df, rows, classes, probs, scores)
     n_flagged = int(scores.flagged.sum())
+    if params.votes == "auto":  # rows with annotator votes: the votes decide (fercurate.votes.flagging)
+        from fercurate.votes.flagging import combine_with_model
+
+        out = combine_with_model(out, rows, classes, workspace, info, params.max_support, params.min_majority)
+        n_flagged = int(out[FLAGGED].fillna(False).astype(bool).sum())
     given, suggested = labels[scores.flagged], scores.suggested[scores.flagged]
     pairs = Counter(f"{classes[g]}->{classes[s]}" for g, s in zip(given, suggested, strict=True))
     thresholds = {c: float(t) for c, t in zip(classes, scores.thresholds, strict=True)}
@@ -310,6 +324,18 @@ def _check_params(params: FlagParams) -> None:
         raise InputError(f"val_fraction {params.val_fraction} must be between 0 and 0.5 (default 0.1)")
     if params.top_per_class < 0:
         raise InputError(f"top_per_class {params.top_per_class} must be 0 or more", param="top_per_class")
+    from fercurate.votes.flagging import VOTE_MODES
+
+    if params.votes not in VOTE_MODES:
+        raise InputError(f"votes '{params.votes}' is not one of: {', '.join(VOTE_MODES)}", param="votes")
+    if not 0.0 <= params.max_support < 0.5:
+        raise InputError(
+            f"max_support {params.max_support} must be from 0 to below 0.5 (default 0.1)", param="max_support"
+        )
+    if not 0.5 < params.min_majority <= 1.0:
+        raise InputError(
+            f"min_majority {params.min_majority} must be above 0.5 and at most 1 (default 0.9)", param="min_majority"
+        )
 
 
 def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -484,6 +510,7 @@ def review_queue(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     flagged = df[(df[Col.STATUS] == ACTIVE) & df[FLAGGED].fillna(False).astype(bool)]
     cols = [Col.IMAGE_ID, Col.PATH, Col.SPLIT, Col.LABEL, SUGGESTED_LABEL, MISLABEL_SCORE]
     cols += [prob_column(c) for c in classes]
+    cols += [c for c in (VoteCol.FLAG_KIND,) if c in flagged.columns]  # wrong / ambiguous, with annotator votes
     queue = flagged[cols].sort_values([MISLABEL_SCORE, Col.IMAGE_ID], ascending=[False, True], kind="stable")
     queue = queue.reset_index(drop=True)
     queue.insert(0, "rank", np.arange(1, len(queue) + 1))
@@ -551,7 +578,10 @@ def flagged_sheet(top: pd.DataFrame, pixels: dict[str, np.ndarray], title: str) 
         if img is None:
             continue
         images.append(img)
-        p = float(rec[prob_column(str(rec[SUGGESTED_LABEL]))])
-        captions.append(f"{rec[Col.LABEL]}>{rec[SUGGESTED_LABEL]} {p:.2f}")
+        suggested = rec[SUGGESTED_LABEL]
+        if pd.isna(suggested):  # annotator votes for no class of the dataset (not a face, say)
+            captions.append(f"{rec[Col.LABEL]}>none")
+        else:
+            captions.append(f"{rec[Col.LABEL]}>{suggested} {float(rec[prob_column(str(suggested))]):.2f}")
         groups.append(order[rec[Col.LABEL]])
     return contact_sheet(images, captions, groups=groups, title=title, columns=8, scale=3)

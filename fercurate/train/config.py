@@ -86,6 +86,9 @@ class TrainConfig:
             probabilities over the image and its mirror image (faces are left-right symmetric
             in meaning), so every prediction is flip-invariant. Costs a second forward pass at
             evaluation only.
+        targets: ``labels`` (one-hot of each row's label) or ``votes``: cross-entropy against the
+            normalised annotator votes where a row has them (``ArraySplit.soft``), as FER+ trained;
+            label smoothing and the focal term apply to either.
     """
 
     image_size: int = 48
@@ -120,6 +123,7 @@ class TrainConfig:
     cuda_graphs: bool = True
     num_threads: int | None = None
     tta_flip: bool = False
+    targets: Literal["labels", "votes"] = "labels"
 
     def __post_init__(self) -> None:
         # Checkpoints and JSON give lists back; keep the tuples so configs stay hashable/equal.
@@ -133,6 +137,8 @@ class TrainConfig:
 def _problems(c: TrainConfig) -> list[str]:
     """Every way ``c`` is unusable, as messages naming the field, value and what is accepted."""
     out: list[str] = []
+    if c.targets not in ("labels", "votes"):
+        out.append(f"targets={c.targets!r} must be 'labels' or 'votes'")
     if c.image_size < 8:
         out.append(f"image_size={c.image_size} must be at least 8 (three 2x2 max-pools)")
     if len(c.widths) != 3 or any(w < 1 for w in c.widths):

@@ -34,10 +34,13 @@ class ArraySplit:
     Attributes:
         x: uint8 ``(N, H, W)`` grayscale images.
         y: int64 ``(N,)`` class indices into the class list passed alongside.
+        soft: optional float ``(N, C)`` target distributions (normalised annotator votes; a row
+            without votes holds the one-hot of its label); used when ``config.targets == "votes"``.
     """
 
     x: np.ndarray
     y: np.ndarray
+    soft: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -104,6 +107,7 @@ class DeviceSplit:
 
     x: torch.Tensor
     y: torch.Tensor
+    soft: torch.Tensor | None = None
 
     @classmethod
     def from_arrays(cls, split: ArraySplit, device: torch.device) -> DeviceSplit:
@@ -114,7 +118,8 @@ class DeviceSplit:
         # from_numpy warns about, and on CPU the split must not alias memory it does not own.
         x = torch.tensor(np.asarray(split.x), dtype=torch.uint8).unsqueeze(1)
         y = torch.tensor(np.asarray(split.y), dtype=torch.int64)
-        return cls(x=x.to(device), y=y.to(device))
+        soft = None if split.soft is None else torch.tensor(np.asarray(split.soft), dtype=torch.float32).to(device)
+        return cls(x=x.to(device), y=y.to(device), soft=soft)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

@@ -159,6 +159,7 @@ def focal_loss(
     alpha: float,
     label_smoothing: float,
     weights: torch.Tensor | None = None,
+    soft_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example categorical focal loss on label-smoothed targets (Keras semantics).
 
@@ -173,6 +174,8 @@ def focal_loss(
         alpha: Overall scale.
         label_smoothing: ``s``.
         weights: Optional ``(C,)`` class weights; example ``i`` is scaled by ``weights[target_i]``.
+        soft_target: Optional ``(N, C)`` target distributions (annotator votes) used instead of the
+            one-hot of ``target``; smoothed the same way.
 
     Returns:
         ``(N,)`` losses; the caller reduces them.
@@ -182,7 +185,10 @@ def focal_loss(
     # scatter, not F.one_hot: one_hot range-checks the labels with a host sync, which a CUDA
     # graph capture forbids (labels were validated up front).
     off = label_smoothing / n_classes
-    soft = torch.full_like(logp, off).scatter_(1, target[:, None], 1.0 - label_smoothing + off)
+    if soft_target is None:
+        soft = torch.full_like(logp, off).scatter_(1, target[:, None], 1.0 - label_smoothing + off)
+    else:  # --targets votes: the normalised votes (FER+'s cross-entropy training)
+        soft = soft_target.float() * (1.0 - label_smoothing) + off
     # log-softmax instead of Keras's clip(p, 1e-7) then log: same value, no gradient cliff.
     loss = (alpha * (1.0 - logp.exp()).pow(gamma) * -soft * logp).sum(dim=1)
     return loss if weights is None else loss * weights[target]
@@ -295,6 +301,7 @@ def make_train_step(
             alpha=config.focal_alpha,
             label_smoothing=config.label_smoothing,
             weights=weights,
+            soft_target=data.soft[idx] if config.targets == "votes" and data.soft is not None else None,
         )
         # Keras class_weight semantics: the weighted sum over the batch size, not over the weight
         # sum, so a batch of rare classes takes a larger step.
@@ -390,6 +397,15 @@ def _check_inputs(config: TrainConfig, train: ArraySplit, val: ArraySplit, class
         raise InputError(f"training needs at least two classes, got {list(classes)}")
     check_split(train, "train", len(classes), config.image_size)
     check_split(val, "val", len(classes), config.image_size)
+    if config.targets == "votes":
+        soft = train.soft
+        if soft is None or soft.shape != (len(train), len(classes)):
+            raise InputError(
+                f"targets='votes' needs the train split's vote distributions, shape ({len(train)}, {len(classes)}); "
+                "import votes first (fercurate votes import) or train with targets='labels'"
+            )
+        if (soft < 0).any() or not np.allclose(soft.sum(axis=1), 1.0, atol=1e-4):
+            raise InputError("train split's vote distributions must be non-negative rows summing to 1")
     counts = np.bincount(np.asarray(train.y), minlength=len(classes))
     for name, count in zip(classes, counts, strict=True):
         if count == 0:

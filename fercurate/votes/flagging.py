@@ -8,9 +8,9 @@ for the schemes (one per dataset class, one per FER+ class the dataset lacks):
 
 A row is
 
-* ``wrong`` when ``support <= max_support`` and another bin has a majority (``top > 1/2``): the
-  suggestion is that bin's class (none when it is no dataset class: ``NF``, ``unknown``, or an
-  absent class, so a reviewer removes it);
+* ``wrong`` when ``support <= max_support`` and another bin has at least ``min_majority`` of the
+  votes (and more than half): the suggestion is that bin's class (none when it is no dataset
+  class: ``NF``, ``unknown``, or an absent class, so a reviewer removes it);
 * ``ambiguous`` when it is not wrong and no bin has a majority or the majority is another class;
 * not flagged when the annotators' majority is its label.
 
@@ -40,13 +40,15 @@ from fercurate.manifest import ACTIVE, VOTE_COUNT_COLUMNS, Col, VoteCol, atomic_
 from fercurate.votes.params import FERPLUS_CLASSES
 from fercurate.votes.stats import class_map, mapped_votes
 
-FLAG_KIND = "flag_kind"
+FLAG_KIND = VoteCol.FLAG_KIND
 WRONG, AMBIGUOUS = "wrong", "ambiguous"
 #: ``--votes`` of ``relabel-review flag``: combine where votes exist, votes alone, or ignore them.
 VOTE_MODES: tuple[str, ...] = ("auto", "only", "off")
-#: Default largest share of the votes a label may get and still be called wrong (tuned on FER2013
-#: Training rows against a held-out half of the annotators; see docs/votes.md).
+#: Defaults of the ``wrong`` rule: the label has at most MAX_SUPPORT of the votes and another class
+#: at least MIN_MAJORITY. Tuned on FER2013 Training rows against a held-out half of the annotators
+#: (bench/bench_votes.py; docs/votes.md): on five votes they mean "all five name one other class".
 MAX_SUPPORT = 0.1
+MIN_MAJORITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def vote_flags(
     classes: list[str],
     mapping: dict[str, str | None],
     max_support: float = MAX_SUPPORT,
+    min_majority: float = MIN_MAJORITY,
 ) -> VoteFlags:
     """Flag rows from their votes ``counts`` (N, 10) and given ``labels`` (class names)."""
     n = counts.sum(axis=1).astype(np.float64)
@@ -78,7 +81,7 @@ def vote_flags(
     top_share = share.max(axis=1)
     has = n > 0
     majority = top_share > 0.5
-    wrong = has & majority & (top != given) & (support <= max_support)
+    wrong = has & majority & (top_share >= min_majority) & (top != given) & (support <= max_support)
     ambiguous = has & ~wrong & (~majority | (top != given))
     kind = np.full(len(counts), None, dtype=object)
     kind[wrong] = WRONG
@@ -97,13 +100,13 @@ def has_votes(df: pd.DataFrame) -> bool:
 
 
 def _rows_flags(
-    rows: pd.DataFrame, classes: list[str], mapping: dict[str, str | None], max_support: float
+    rows: pd.DataFrame, classes: list[str], mapping: dict[str, str | None], max_support: float, min_majority: float
 ) -> tuple[np.ndarray, VoteFlags]:
     """Which of ``rows`` have votes, and the flags of those rows."""
     voted = rows[VoteCol.N].notna().to_numpy() if VoteCol.N in rows.columns else np.zeros(len(rows), bool)
     counts = rows.loc[voted, list(VOTE_COUNT_COLUMNS)].astype("int64").to_numpy()
     labels = rows.loc[voted, Col.LABEL].astype(str).to_numpy()
-    return voted, vote_flags(counts, labels, classes, mapping, max_support)
+    return voted, vote_flags(counts, labels, classes, mapping, max_support, min_majority)
 
 
 def _mapping_of(workspace: Any, info: Any, classes: list[str]) -> dict[str, str | None]:
@@ -114,7 +117,13 @@ def _mapping_of(workspace: Any, info: Any, classes: list[str]) -> dict[str, str 
 
 
 def combine_with_model(
-    out: pd.DataFrame, rows: pd.DataFrame, classes: list[str], workspace: Any, info: Any, max_support: float
+    out: pd.DataFrame,
+    rows: pd.DataFrame,
+    classes: list[str],
+    workspace: Any,
+    info: Any,
+    max_support: float = MAX_SUPPORT,
+    min_majority: float = MIN_MAJORITY,
 ) -> pd.DataFrame:
     """``out`` (a flagged manifest) with the votes' flags where rows have votes, and ``flag_kind``."""
     from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL
@@ -124,7 +133,7 @@ def combine_with_model(
     model_flagged = out[FLAGGED].fillna(False).astype(bool)
     kind[model_flagged] = WRONG
     if has_votes(rows):
-        voted, flags = _rows_flags(rows, classes, _mapping_of(workspace, info, classes), max_support)
+        voted, flags = _rows_flags(rows, classes, _mapping_of(workspace, info, classes), max_support, min_majority)
         where = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())
         at = where.loc[rows.loc[voted, Col.IMAGE_ID].to_numpy()].to_numpy()
         flagged = out[FLAGGED].astype("boolean").to_numpy(copy=True)
@@ -138,6 +147,38 @@ def combine_with_model(
         out[MISLABEL_SCORE] = score
         kind.iloc[at] = pd.array(flags.kind, dtype="string")
     out[FLAG_KIND] = kind.to_numpy()
+    return out
+
+
+def accept_candidates(workspace: Any, info: Any, df: pd.DataFrame, decided: set[str], k: int) -> list[tuple[int, str]]:
+    """``relabel-review apply --accept-votes K``: (position, new label) of every active row without a
+    standing decision whose votes name a dataset class other than its label with at least ``k`` votes
+    and more votes than any other class.
+
+    Raises:
+        InputError: for ``k`` below 1, or a version without votes.
+    """
+    if k < 1:
+        raise InputError(f"--accept-votes {k} must be 1 or more (of about 10 FER+ votes; e.g. 7)")
+    if VoteCol.N not in df.columns:
+        raise InputError(
+            f"version {info.version} has no annotator votes for --accept-votes; run `fercurate votes import` first"
+        )
+    active = (df[Col.STATUS] == ACTIVE).to_numpy() & df[VoteCol.N].notna().to_numpy()
+    active &= ~df[Col.IMAGE_ID].isin(decided).to_numpy()
+    at = np.flatnonzero(active)
+    classes = sorted(df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL].unique().tolist())
+    counts = df.iloc[at][list(VOTE_COUNT_COLUMNS)].astype("int64").to_numpy()
+    mapping = _mapping_of(workspace, info, classes)
+    unmapped = [j for j, c in enumerate(FERPLUS_CLASSES) if mapping.get(c) is None]
+    bins = np.concatenate([mapped_votes(counts, mapping, classes), counts[:, unmapped]], axis=1)
+    top = bins.argmax(axis=1)
+    unique_top = (bins == bins.max(axis=1, keepdims=True)).sum(axis=1) == 1
+    labels = df[Col.LABEL].to_numpy(dtype=object)
+    out = []
+    for row, t, votes, single in zip(at, top, bins.max(axis=1), unique_top, strict=True):
+        if single and t < len(classes) and votes >= k and classes[t] != labels[row]:
+            out.append((int(row), classes[t]))
     return out
 
 
@@ -177,7 +218,8 @@ def flag_by_votes(workspace: Any, params: Any, progress: Any = None) -> Any:
         )
     act = df[df[Col.STATUS] == ACTIVE]
     classes = sorted(act[Col.LABEL].unique().tolist())
-    voted, flags = _rows_flags(act, classes, _mapping_of(workspace, info, classes), params.max_support)
+    mapping = _mapping_of(workspace, info, classes)
+    voted, flags = _rows_flags(act, classes, mapping, params.max_support, params.min_majority)
     out = df.drop(columns=[c for c in (*flag_columns(df), FLAG_KIND) if c in df.columns]).copy()
     pos = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())
     at = pos.loc[act.loc[voted, Col.IMAGE_ID].to_numpy()].to_numpy()
@@ -208,7 +250,13 @@ def flag_by_votes(workspace: Any, params: Any, progress: Any = None) -> Any:
             out,
             stage=STAGE,
             parent=info,
-            params={"version": info.version, "votes": "only", "max_support": params.max_support, "classes": classes},
+            params={
+                "version": info.version,
+                "votes": "only",
+                "max_support": params.max_support,
+                "min_majority": params.min_majority,
+                "classes": classes,
+            },
             extra={"classes": classes, "flagged": int(sum(kinds.values())), "kinds": dict(kinds), "votes": "only"},
         )
     report = workspace.report_dir(version.version)

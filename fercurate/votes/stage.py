@@ -422,3 +422,39 @@ def _match_report(table: VoteTable, matches: Matches, df: pd.DataFrame) -> pd.Da
     for j, cls in enumerate(FERPLUS_CLASSES):
         frame[cls] = table.counts[:, j]
     return frame
+
+
+def vote_coverage(path: Path | str) -> dict[str, int] | None:
+    """Active rows with votes, and active rows, of a version's Parquet file; None when it has no votes.
+
+    Reads two columns only, so ``fercurate log`` stays fast on large versions.
+    """
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(path).schema_arrow.names
+    if VoteCol.N not in names:
+        return None
+    table = pq.read_table(path, columns=[Col.STATUS, VoteCol.N])
+    active = table.column(Col.STATUS).to_numpy(zero_copy_only=False) == ACTIVE
+    voted = ~table.column(VoteCol.N).is_null().to_numpy(zero_copy_only=False)
+    return {"active_with_votes": int((active & voted).sum()), "active": int(active.sum())}
+
+
+def fer2013new_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` in FER+'s ``fer2013new.csv`` layout (same order): Usage, Image name, the ten counts.
+
+    Rows without votes get an empty name and zero counts (FER+ writes its dropped rows the same way,
+    with their votes).
+    """
+    from fercurate.votes.ferplus import NEW_CSV_HEADER
+
+    voted = rows[VoteCol.N].notna().to_numpy()
+    frame = pd.DataFrame(
+        {
+            NEW_CSV_HEADER[0]: rows[Col.SPLIT].map(SPLIT_USAGE).to_numpy(),
+            NEW_CSV_HEADER[1]: rows[VoteCol.IMAGE].astype("string").fillna("").to_numpy(),
+        }
+    )
+    for name, col in zip(FERPLUS_CLASSES, VOTE_COUNT_COLUMNS, strict=True):
+        frame[name] = np.where(voted, rows[col].fillna(0).astype("int64").to_numpy(), 0)
+    return frame
