@@ -883,6 +883,12 @@ def benchmark_cmd(
     ] = BenchmarkParams.preset,
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = BenchmarkParams.device,
+    targets: Annotated[
+        str, typer.Option(help="Train on: labels | votes (normalised annotator votes, as FER+).")
+    ] = BenchmarkParams.targets,
+    gold_labels: Annotated[
+        str, typer.Option(help="Score gold against: labels | votes (the vote majority where gold rows have one).")
+    ] = BenchmarkParams.gold_labels,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the built-in CNN on each version and report what each curation step bought.
@@ -900,6 +906,8 @@ def benchmark_cmd(
         preset=preset,
         overrides=(("epochs", epochs),) if epochs else (),
         device=device,
+        targets=targets,
+        gold_labels=gold_labels,
     )
     with progress_bar() as progress:
         result = benchmark(Workspace(workspace), params, progress)

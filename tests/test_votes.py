@@ -175,7 +175,7 @@ def test_map_merges_classes_and_checks_the_dataset() -> None:
         class_map(classes, {"sadness": "sadly"})
     with pytest.raises(InputError, match="not SOURCE=CLASS"):
         VotesParams(votes=Path("x"), mapping="contempt")
-    with pytest.raises(InputError, match="--scheme 'vote'"):
+    with pytest.raises(InputError, match="scheme 'vote'"):
         VotesParams(votes=Path("x"), scheme="vote")
 
 
@@ -420,7 +420,7 @@ def test_apply_accept_votes(ferplus: FerPlus, voted: Workspace) -> None:
     assert (df.loc[kinds == "nf", Col.LABEL] == "neutral").all()  # NF is no class: nothing to accept
     again = apply(voted, ApplyParams(version=result.version.version, accept_votes=8))
     assert again.relabeled_by_votes == 0  # applying twice changes nothing
-    with pytest.raises(InputError, match="--accept-votes 0"):
+    with pytest.raises(InputError, match="accept_votes 0"):
         apply(voted, ApplyParams(version=base, accept_votes=0))
 
 
@@ -471,3 +471,23 @@ def test_log_diff_show_vote_coverage_and_export_writes_fer2013new(ferplus: FerPl
     export(ws, ExportParams(version="latest", dest=tmp_path / "out", format="csv"))
     written = (tmp_path / "out" / "fer2013new.csv").read_text()
     assert written == ferplus.new_csv.read_text()  # the same rows, order, names and votes as FER+'s
+
+
+def test_benchmark_vote_targets_and_gold_labels() -> None:
+    from fercurate.benchmark import BenchmarkParams
+    from fercurate.votes.stats import gold_against_votes, soft_targets
+
+    classes = ["happy", "neutral"]
+    rows = pd.DataFrame({c: pd.array([pd.NA] * 3, dtype="Int16") for c in VOTE_COUNT_COLUMNS})
+    rows[VoteCol.N] = pd.array([10, pd.NA, 10], dtype="Int16")
+    rows.loc[0, ["votes_neutral", "votes_happiness"]] = [2, 8]
+    rows.loc[2, "votes_nf"] = 10  # votes, but none for a dataset class: the label's one-hot
+    y = np.array([1, 0, 1])
+    soft = soft_targets(rows, y, classes)
+    assert soft is not None and np.allclose(soft, [[0.8, 0.2], [1.0, 0.0], [0.0, 1.0]])
+    assert soft_targets(rows.drop(columns=[VoteCol.N]), y, classes) is None
+    rows[VoteCol.MAJORITY] = pd.array(["happy", None, None], dtype="string")
+    gold, note = gold_against_votes(rows, y, classes)
+    assert gold.tolist() == [0, 0, 1] and "on 1 of 3 gold images" in note and "1 differ" in note
+    with pytest.raises(InputError, match="targets 'vote'"):
+        BenchmarkParams(targets="vote")

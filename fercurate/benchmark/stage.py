@@ -106,6 +106,7 @@ class VersionData:
     y_val: np.ndarray
     x_test: np.ndarray | None
     y_test: np.ndarray | None
+    soft_train: np.ndarray | None = None  # normalised annotator votes, for targets=votes
 
 
 def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress | None = None) -> BenchmarkResult:
@@ -126,13 +127,18 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
     progress = progress or NullProgress()
     started = time.perf_counter()
     device = resolve_device(params.device)  # fail before any work
-    base_config = make_config(params.preset, device=params.device, **dict(params.overrides))
+    base_config = make_config(params.preset, device=params.device, targets=params.targets, **dict(params.overrides))
 
     infos = _chosen_versions(workspace, params.versions)
     frames = {info.version: workspace.read(info.version)[1] for info in infos}
     newest = infos[-1]
     classes = sorted(frames[newest.version].loc[lambda d: d[Col.STATUS] == ACTIVE, Col.LABEL].unique().tolist())
     gold = _choose_gold(workspace, infos, frames, classes, progress)
+    if params.gold_labels == "votes":  # score against the annotators' majority where gold rows have votes
+        from fercurate.votes.stats import gold_against_votes
+
+        gold.y[:], note = gold_against_votes(gold.rows, gold.y, classes)
+        gold.warnings.append(note)
 
     runs: list[dict[str, Any]] = []
     scores: list[VersionScore] = []
@@ -222,7 +228,15 @@ def _version_data(
         y_val=y_va,
         x_test=load_pixels(workspace, info, te) if not te.empty else None,
         y_test=_encode(te[Col.LABEL], classes, info.version, "test") if not te.empty else None,
+        soft_train=_soft_targets(tr, y_tr, classes),
     )
+
+
+def _soft_targets(rows: pd.DataFrame, y: np.ndarray, classes: list[str]) -> np.ndarray | None:
+    """The train rows' vote distributions (one-hot of the label where a row has none), or None without votes."""
+    from fercurate.votes.stats import soft_targets
+
+    return soft_targets(rows, y, classes)
 
 
 def _score_seed(
@@ -250,6 +264,7 @@ def _score_seed(
         classes,
         progress,
         f"{info.version} seed {config.seed}",
+        data.soft_train,
     )
     gold_pred = _predict(model, gold.pixels, device)
     train_acc = float((_predict(model, data.x_train, device) == data.y_train).mean())
@@ -425,6 +440,7 @@ def _trained_model(
     classes: list[str],
     progress: Progress,
     label: str,
+    soft_tr: np.ndarray | None = None,
 ) -> tuple[Any, float, int]:
     """A model for (data, config, seed): loaded from the cache, or trained and cached."""
     from fercurate.train import ArraySplit, load_checkpoint, save_checkpoint, train
@@ -435,7 +451,11 @@ def _trained_model(
         return cached.model, float(cached.best_metric), int(cached.best_epoch)
     progress.start(f"Training {label}", config.epochs)
     result = train(
-        config, ArraySplit(x_tr, y_tr), ArraySplit(x_va, y_va), classes, progress=lambda _e: progress.advance(1)
+        config,
+        ArraySplit(x_tr, y_tr, soft_tr if config.targets == "votes" else None),
+        ArraySplit(x_va, y_va),
+        classes,
+        progress=lambda _e: progress.advance(1),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result, path)

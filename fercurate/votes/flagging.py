@@ -159,10 +159,11 @@ def accept_candidates(workspace: Any, info: Any, df: pd.DataFrame, decided: set[
         InputError: for ``k`` below 1, or a version without votes.
     """
     if k < 1:
-        raise InputError(f"--accept-votes {k} must be 1 or more (of about 10 FER+ votes; e.g. 7)")
+        raise InputError(f"accept_votes {k} must be 1 or more (of about 10 FER+ votes; e.g. 7)", param="accept_votes")
     if VoteCol.N not in df.columns:
         raise InputError(
-            f"version {info.version} has no annotator votes for --accept-votes; run `fercurate votes import` first"
+            f"version {info.version} has no annotator votes for accept_votes; run `fercurate votes import` first",
+            param="accept_votes",
         )
     active = (df[Col.STATUS] == ACTIVE).to_numpy() & df[VoteCol.N].notna().to_numpy()
     active &= ~df[Col.IMAGE_ID].isin(decided).to_numpy()
@@ -214,7 +215,8 @@ def flag_by_votes(workspace: Any, params: Any, progress: Any = None) -> Any:
     info, df = workspace.read(params.version)
     if not has_votes(df):
         raise InputError(
-            f"version {info.version} has no annotator votes for --votes only; run `fercurate votes import` first"
+            f"version {info.version} has no annotator votes for votes=only; run `fercurate votes import` first",
+            param="votes",
         )
     act = df[df[Col.STATUS] == ACTIVE]
     classes = sorted(act[Col.LABEL].unique().tolist())

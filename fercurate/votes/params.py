@@ -55,9 +55,14 @@ class VotesParams:
     def __post_init__(self) -> None:
         check_scheme(self.scheme)
         if not 0.0 <= self.max_distance <= 255.0:
-            raise InputError(f"--max-distance {self.max_distance} is out of range; use 0 to 255 (RMS grey levels)")
+            raise InputError(
+                f"max_distance {self.max_distance} is out of range; use 0 to 255 (RMS grey levels)",
+                param="max_distance",
+            )
         if not 0.0 <= self.min_margin <= 255.0:
-            raise InputError(f"--min-margin {self.min_margin} is out of range; use 0 to 255 (RMS grey levels)")
+            raise InputError(
+                f"min_margin {self.min_margin} is out of range; use 0 to 255 (RMS grey levels)", param="min_margin"
+            )
         self.overrides()  # a bad --map fails here, before any file is read
 
     def overrides(self) -> dict[str, str]:
@@ -70,4 +75,4 @@ class VotesParams:
 def check_scheme(scheme: str) -> None:
     """Raise :class:`InputError` for a scheme that is not one of :data:`SCHEMES`."""
     if scheme not in SCHEMES:
-        raise InputError(f"--scheme '{scheme}' is not one of: {', '.join(SCHEMES)}")
+        raise InputError(f"scheme '{scheme}' is not one of: {', '.join(SCHEMES)}", param="scheme")

@@ -231,9 +231,7 @@ def _by_pixels(
     act = np.flatnonzero((df[Col.STATUS] == ACTIVE).to_numpy())
     pixels = load_pixels(workspace, info, df.iloc[act], 48, progress)
     progress.start("Matching by pixels", None)
-    matches = match_images(
-        query, table.usages, pixels, row_usage(df.iloc[act]), params.max_distance, params.min_margin
-    )
+    matches = match_images(query, table.usages, pixels, row_usage(df.iloc[act]), params.max_distance, params.min_margin)
     rows = np.where(matches.row >= 0, act[np.maximum(matches.row, 0)], -1)
     return rows, Matches(row=rows, distance=matches.distance, margin=matches.margin, status=matches.status)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from fercurate.votes.params import FERPLUS_CLASSES, NON_EMOTION
 
@@ -152,3 +153,37 @@ def scheme_labels(
 
 def _why(name: str) -> str:
     return {"unknown": UNKNOWN, "NF": NOT_A_FACE}.get(name, OTHER_CLASS)
+
+
+def soft_targets(rows: pd.DataFrame, y: np.ndarray, classes: Sequence[str]) -> np.ndarray | None:
+    """Training targets from votes: each row's normalised votes over ``classes`` (default mapping), or
+    the one-hot of its label ``y`` where it has no votes for any of them; None when no row has votes."""
+    from fercurate.manifest import VOTE_COUNT_COLUMNS, VoteCol
+
+    if VoteCol.N not in rows.columns or not rows[VoteCol.N].notna().any():
+        return None
+    counts = rows[list(VOTE_COUNT_COLUMNS)].fillna(0).astype("int64").to_numpy()
+    dist = vote_distribution(counts, class_map(classes), classes)
+    none = dist.sum(axis=1) == 0
+    dist[none] = np.eye(len(classes))[np.asarray(y)[none]]
+    return dist.astype(np.float32)
+
+
+def gold_against_votes(rows: pd.DataFrame, y: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, str]:
+    """Gold labels with the annotators' majority (``vote_majority``) where a gold row has one, and a note
+    saying how many labels that changed."""
+    from fercurate.manifest import VoteCol
+
+    out = np.asarray(y).copy()
+    if VoteCol.MAJORITY not in rows.columns:
+        return out, "gold scored against the labels: the gold rows have no annotator votes"
+    majority = rows[VoteCol.MAJORITY].to_numpy(dtype=object)
+    index = {c: j for j, c in enumerate(classes)}
+    use = np.array([isinstance(m, str) and m in index for m in majority])
+    out[use] = [index[m] for m in majority[use]]
+    changed = int((out != np.asarray(y)).sum())
+    note = (
+        f"gold scored against the annotators' vote majority on {int(use.sum())} of {len(out)} gold images "
+        f"(the label elsewhere); {changed} differ from the label"
+    )
+    return out, note
