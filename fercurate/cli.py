@@ -1114,6 +1114,7 @@ def relabel_apply_cmd(
 
 # -- votes (annotator votes: fercurate.votes) --------------------------------------------------------
 votes_app = typer.Typer(
+    cls=HelpGroup,
     help="Annotator votes (FER+): attach them to a version, then flag, apply and train with them.\n\n"
     "Example: fercurate votes import ~/FERPlus/fer2013new.csv",
     no_args_is_help=True,
@@ -1130,7 +1131,7 @@ def votes_import_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version to attach the votes to [default: latest].", show_default=False),
+        typer.Option("--version", help="Version to attach the votes to (v0003, 3, -1).", show_default="latest"),
     ] = VotesParams.version,
     scheme: Annotated[str, typer.Option(help=f"How vote_majority is read: {choices(SCHEMES)}.")] = VotesParams.scheme,
     mapping: Annotated[
