@@ -969,6 +969,14 @@ def relabel_flag_cmd(
     min_majority: Annotated[
         float, typer.Option(help="Votes: ...and the annotators' class has at least this share (wrong needs both).")
     ] = FlagParams.min_majority,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            help="Flagged images to review, from the top of the queue [default: the estimated number of "
+            "wrong labels, at most 1000, while the expected precision stays at least 0.5; at least 20].",
+            show_default=False,
+        ),
+    ] = FlagParams.budget,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every active row for a likely wrong label by k-fold cross-fitting of the built-in CNN.
@@ -980,7 +988,10 @@ def relabel_flag_cmd(
     With annotator votes (fercurate votes import) a label they clearly reject is flagged wrong with their
     class as the suggestion, a face they split on ambiguous (flag_kind); --votes only uses them alone.
 
-    Example: fercurate relabel-review flag --preset cpu
+    Also estimates how many labels are wrong (confident joint) and sizes a review budget, with the
+    expected precision at each rank (queue_precision.png); flags past the budget stay in the manifest.
+
+    Example: fercurate relabel-review flag --preset cpu --budget 300
     """
     from fercurate.relabel.flag import flag
 
@@ -998,6 +1009,7 @@ def relabel_flag_cmd(
         votes=votes,
         max_support=max_support,
         min_majority=min_majority,
+        budget=budget,
     )
     with progress_bar() as progress:
         result = flag(Workspace(workspace), params, progress)
@@ -1016,6 +1028,21 @@ def relabel_flag_cmd(
     )
     if result.by_pair:
         out.print(counts_table("Flagged, given->suggested", result.by_pair))
+    if result.estimated_by_pair:
+        out.print(counts_table("Estimated wrong labels, given->true (confident joint)", result.estimated_by_pair))
+    precision = Table(title="Review queue: expected precision of the top k")
+    for name in ("rank k", "expected precision", "expected wrong found"):
+        precision.add_column(name, justify="right")
+    for row in result.precision_table:
+        precision.add_row(str(row["rank"]), f"{row['expected_precision']:.3f}", f"{row['expected_wrong_found']:.0f}")
+    out.print(precision)
+    out.print(
+        f"estimated wrong labels: [bold]{result.estimated_wrong}[/] (confident joint; "
+        f"{result.expected_wrong:.0f} by the calibrated per-image probabilities); "
+        f"review budget: [bold]{result.budget}[/] of {result.flagged} flagged "
+        "(the rest stay flagged; --budget N to change it)"
+    )
+    out.print(f"expected precision plot: {result.precision_png}")
     out.print(f"review queue: {result.queue_path}")
     out.print(f"contact sheet: {result.html_path}")
     for note in result.notes:
@@ -1067,8 +1094,8 @@ def relabel_apply_cmd(
     auto_accept: Annotated[
         float | None,
         typer.Option(
-            help="Also relabel flagged, undecided rows whose suggestion has at least this probability "
-            "(recorded as decided by the model).",
+            help="A precision in (0, 1], e.g. 0.9: also relabel flagged, undecided rows whose suggestion is "
+            "estimated right with at least this probability (recorded as decided by the model).",
             show_default=False,
         ),
     ] = ApplyParams.auto_accept,
@@ -1104,6 +1131,8 @@ def relabel_apply_cmd(
         f"{result.kept} kept, "
         f"{result.already_applied} already in effect"
     )
+    if result.auto_expected_precision is not None:
+        out.print(f"expected precision of the model's relabels: {result.auto_expected_precision:.3f}")
     if result.changes:
         out.print(counts_table("Changes", result.changes))
     if result.skipped:

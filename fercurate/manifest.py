@@ -62,6 +62,10 @@ class Col:
     MISLABEL_SCORE = "mislabel_score"
     SUGGESTED_LABEL = "suggested_label"
     FLAGGED = "flagged"
+    P_LABEL_WRONG = "p_label_wrong"
+    P_SUGGESTED_TRUE = "p_suggested_true"
+    QUEUE_RANK = "queue_rank"
+    IN_BUDGET = "in_budget"
 
     # merge-affectnet
     SOURCE_PATH = "source_path"
@@ -208,6 +212,10 @@ COLUMNS: tuple[Column, ...] = (
     Column(Col.MISLABEL_SCORE, pa.float64(), "relabel-flag", "how likely the label is wrong"),
     Column(Col.SUGGESTED_LABEL, pa.string(), "relabel-flag", "the class the model suggests"),
     Column(Col.FLAGGED, pa.bool_(), "relabel-flag", "the row is in the review queue"),
+    Column(Col.P_LABEL_WRONG, pa.float64(), "relabel-flag", "calibrated probability that the label is wrong"),
+    Column(Col.P_SUGGESTED_TRUE, pa.float64(), "relabel-flag", "calibrated probability that the suggestion is right"),
+    Column(Col.QUEUE_RANK, pa.int32(), "relabel-flag", "rank in the review queue (1 = most likely wrong)"),
+    Column(Col.IN_BUDGET, pa.bool_(), "relabel-flag", "the flag is within the review budget"),
     # merge-affectnet
     Column(Col.SOURCE_PATH, pa.string(), "merge-affectnet", "path inside the AffectNet source"),
     Column(Col.SOURCE_LABEL, pa.string(), "merge-affectnet", "the class name the source gave"),

@@ -39,6 +39,7 @@ from fercurate.relabel import (
     replay,
 )
 from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL, assign_folds, cache_key, prob_column
+from fercurate.relabel.queue import IN_BUDGET, P_SUGGESTED, P_WRONG, QUEUE_RANK
 from fercurate.scan import ScanParams, scan
 from fercurate.workspace import Workspace
 
@@ -160,8 +161,12 @@ def test_flag_cross_fits_and_writes_columns_queue_and_contact_sheet(trained: tup
     assert len(queue) == result.flagged == int(active[FLAGGED].sum())
     assert queue[MISLABEL_SCORE].is_monotonic_decreasing
     html = result.html_path.read_text()
-    assert html.count("data:image/png;base64,") == min(len(queue), 3 * queue[Col.LABEL].nunique())
+    assert html.count('<figure><img src="data:image/png;base64,') == min(len(queue), 3 * queue[Col.LABEL].nunique())
     assert Image.open(result.png_path).size[0] > 0
+    # the queue part of the report: the estimate, the budget, the precision table and its plot
+    assert f"review budget: <b>{result.budget}</b>" in html and "expected precision" in html
+    assert Image.open(result.precision_png).size[0] > 0
+    assert 0 <= result.budget <= result.flagged and result.precision_table[-1]["rank"] == result.flagged
 
 
 @pytest.mark.slow
@@ -344,11 +349,85 @@ def test_queue_lists_flagged_items_with_probabilities(server: Any, ws: Workspace
     queue = json.loads(call(server, "GET", "/api/queue")[1])
     _, df = ws.read("v0002")
     assert queue["flag_version"] == "v0002" and queue["classes"] == list(CLASSES)
-    assert queue["total"] == int(df[FLAGGED].fillna(False).sum()) == len(queue["items"])
+    assert queue["flagged"] == int(df[FLAGGED].fillna(False).sum())
+    assert queue["total"] == queue["budget"] == int(df[IN_BUDGET].fillna(False).sum()) == len(queue["items"]) > 0
     item = queue["items"][0]
-    assert set(item) >= {"image_id", "given", "suggested", "probs", "score", "decision", "rank"}
+    assert set(item) >= {"image_id", "given", "suggested", "probs", "score", "decision", "rank", "top3"}
     assert item["decision"] is None and queue["decided"] == 0
     assert sum(item["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the three most probable classes, most probable first, with their probabilities
+    top = sorted(item["probs"].items(), key=lambda kv: -kv[1])[:3]
+    assert [c for c, _ in item["top3"]] == [c for c, _ in top]
+    assert [p for _, p in item["top3"]] == [p for _, p in top]
+    # the estimates: the image's own, and the queue's expected precision down to its rank
+    row = df.set_index(Col.IMAGE_ID).loc[item["image_id"]]
+    assert item["p_wrong"] == pytest.approx(row[P_WRONG], abs=1e-4)
+    p_wrong = [it["p_wrong"] for it in queue["items"]]
+    for k in (1, len(p_wrong)):
+        assert queue["items"][k - 1]["expected_precision"] == pytest.approx(np.mean(p_wrong[:k]), abs=1e-3)
+    assert item["votes"] is None  # this dataset has no annotator votes
+
+
+def flagged_with(ws: Workspace, **columns: Any) -> str:
+    """Commit a copy of the flag version v0002 with extra columns, as a flag version; returns its id."""
+    info, df = ws.read("v0002")
+    for name, values in columns.items():
+        df[name] = values
+    with ws.lock("test"):
+        return ws.commit(df, stage=flag_mod.STAGE, parent=info, params={}, extra=info.extra).version
+
+
+def test_page_shows_the_vote_histogram_when_the_manifest_has_votes(ws: Workspace) -> None:
+    _, df = ws.read("v0002")
+    rng = np.random.default_rng(0)
+    votes = rng.multinomial(10, [0.5, 0.3, 0.1, 0.1], size=len(df))
+    columns: dict[str, Any] = {f"votes_{c}": pd.array(votes[:, j], dtype="Int64") for j, c in enumerate(CLASSES)}
+    columns["vote_n"] = pd.array(votes.sum(axis=1), dtype="Int64")
+    columns["votes_contempt"] = pd.array([pd.NA] * len(df), dtype="Int64")  # a class no row has votes for
+    version = flagged_with(ws, **columns)
+    srv = make_server(ws, ServeParams(version=version))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        items = json.loads(call(srv, "GET", "/api/queue")[1])["items"]
+        script = call(srv, "GET", "/static/review.js")[1].decode()
+        page = call(srv, "GET", "/")[1].decode()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    by_id = df.reset_index(drop=True).set_index(Col.IMAGE_ID)
+    for item in items:
+        i = by_id.index.get_loc(item["image_id"])
+        expected = {c: int(votes[i, j]) for j, c in enumerate(CLASSES)}
+        assert item["votes"]["counts"] == expected and item["votes"]["n"] == 10
+        assert list(item["votes"]["counts"].values()) == sorted(expected.values(), reverse=True)
+    # the page has the histogram's place and the script fills it from item.votes
+    assert 'id="votes"' in page and 'id="vote-bars"' in page and "item.votes" in script
+
+
+def test_budget_limits_the_page_and_the_rest_stay_flagged(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flag_mod, "cross_fit", oracle_cross_fit)
+    result = flag(ws, FlagParams(folds=3, preset="tiny", top_per_class=2, budget=3))
+    assert result.budget == 3 and result.flagged > 3
+    _, df = ws.read(result.version.version)
+    flagged = df[df[FLAGGED].fillna(False).astype(bool)]
+    # every flag has a rank, 1..flagged in score order; only the top 3 are in the budget
+    assert sorted(flagged[QUEUE_RANK].astype(int)) == list(range(1, len(flagged) + 1))
+    assert flagged.sort_values(QUEUE_RANK)[MISLABEL_SCORE].is_monotonic_decreasing
+    assert (flagged[IN_BUDGET] == (flagged[QUEUE_RANK] <= 3)).all()
+    assert df.loc[~df[FLAGGED].fillna(False).astype(bool), QUEUE_RANK].isna().all()
+    state = make_server(ws, ServeParams())
+    try:
+        assert state.state.budget == len(state.state.items) == 3 and state.state.flagged == len(flagged)
+    finally:
+        state.server_close()
+    # the report says the same: the budget and the expected precision at it
+    table = {row["rank"]: row["expected_precision"] for row in result.precision_table}
+    ranked = flagged.sort_values(QUEUE_RANK)[P_WRONG].to_numpy()
+    assert table[3] == pytest.approx(ranked[:3].mean(), abs=1e-4)
+    assert table[len(flagged)] == pytest.approx(ranked.mean(), abs=1e-4)
+    with pytest.raises(InputError, match="budget -1"):
+        flag(ws, FlagParams(folds=3, preset="tiny", budget=-1))
 
 
 def test_decide_appends_to_the_log_at_once_and_validates(server: Any, ws: Workspace) -> None:
@@ -451,13 +530,14 @@ def test_auto_accept_relabels_confident_undecided_flags_as_the_model(ws: Workspa
     log.append(Decision(image_id=ids[0], decision="keep"))
     _, before = ws.read("v0002")
     rows = before.set_index(Col.IMAGE_ID)
-    p_suggested = {
-        iid: rows.loc[iid, prob_column(rows.loc[iid, SUGGESTED_LABEL])] for iid in ids
-    }
+    p_suggested = {iid: float(rows.loc[iid, P_SUGGESTED]) for iid in ids}
     threshold = float(np.median(list(p_suggested.values())))
     result = apply(ws, ApplyParams(auto_accept=threshold))
     expected = {iid for iid, p in p_suggested.items() if p >= threshold and iid != ids[0]}
     assert result.relabeled_by_model == len(expected) > 0
+    # the accepted set's expected precision is the mean of its members' estimates, each >= the target
+    assert result.auto_expected_precision == pytest.approx(np.mean([p_suggested[i] for i in expected]))
+    assert result.auto_expected_precision >= threshold
     _, after = ws.read(result.version.version)
     out = after.set_index(Col.IMAGE_ID)
     for iid in ids:
@@ -470,7 +550,7 @@ def test_auto_accept_relabels_confident_undecided_flags_as_the_model(ws: Workspa
 
 
 def test_apply_rejects_bad_auto_accept(ws: Workspace) -> None:
-    with pytest.raises(InputError, match="probability in"):
+    with pytest.raises(InputError, match="precision in"):
         apply(ws, ApplyParams(auto_accept=1.5))
     with pytest.raises(InputError, match="relabel-review flag"):
         apply(ws, ApplyParams(version="v0000", auto_accept=0.9))
@@ -539,14 +619,17 @@ def test_cli_flag_and_apply_json(ws: Workspace, monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["relabel-review", "apply", "-w", str(ws.root), "--auto-accept", "0.2", "--json"])
     assert result.exit_code == 0, result.output
     applied = json.loads(result.stdout)
-    assert applied["relabeled_by_model"] == flagged["flagged"] and applied["parent"] == "v0003"
+    _, df = ws.read("v0003")
+    sure = df[df[FLAGGED].fillna(False).astype(bool) & (df[P_SUGGESTED] >= 0.2)]
+    assert applied["relabeled_by_model"] == len(sure) > 0 and applied["parent"] == "v0003"
+    assert flagged["budget"] == flagged["flagged"] and flagged["expected_precision"][-1]["rank"] == flagged["flagged"]
 
 
 def test_cli_errors_are_one_red_line(ws: Workspace) -> None:
     result = runner.invoke(app, ["relabel-review", "flag", "-w", str(ws.root), "--folds", "1"])
     assert result.exit_code == 1 and "--folds 1" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["relabel-review", "apply", "-w", str(ws.root), "--auto-accept", "2"])
-    assert result.exit_code == 1 and "probability" in result.output
+    assert result.exit_code == 1 and "precision in (0, 1]" in result.output
     result = runner.invoke(app, ["relabel-review", "serve", "-w", str(ws.root), "--port", "70000"])
     assert result.exit_code == 1 and "--port 70000" in result.output
 

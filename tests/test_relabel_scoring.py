@@ -16,7 +16,11 @@ from fercurate.relabel.scoring import (
     argmax_is_given,
     confident_joint,
     confident_thresholds,
+    estimate_noise,
+    expected_precision,
+    fit_temperature,
     score_labels,
+    temperature_scale,
 )
 
 
@@ -145,3 +149,77 @@ def test_same_flags_and_order_as_cleanlab_on_the_same_probabilities(
     assert scores.flagged.tolist() == expected.tolist()
     # cleanlab sorts with numpy's default (unstable) sort: compare the ranked scores, not tied ids
     assert np.allclose(scores.score[scores.ranked()], scores.score[expected_order])
+
+
+# -- how many are wrong, and how sure each flag is -------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(noisy_problems())
+def test_estimated_joint_and_wrong_count_match_cleanlab(problem: tuple[np.ndarray, np.ndarray]) -> None:
+    count = pytest.importorskip("cleanlab.count", reason="cleanlab (a test extra) is not installed")
+    probs, labels = problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        joint = count.estimate_joint(labels, probs) * len(labels)
+        n_issues = count.num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated")
+    scores = score_labels(probs, labels)
+    noise = estimate_noise(probs, labels, scores)
+    assert np.allclose(noise.joint, joint, atol=1e-6)
+    assert noise.wrong_total == n_issues
+    classes = [f"c{i}" for i in range(probs.shape[1])]
+    assert sum(noise.wrong_by_pair(classes).values()) == noise.wrong_total
+    assert ((noise.p_wrong >= 0) & (noise.p_wrong <= 1 + 1e-9)).all()
+
+
+def test_fit_temperature_undoes_an_over_confident_model() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4000, 4)) * 2.0
+    truth = temperature_scale(np.exp(logits), 1.0)
+    labels = (truth.cumsum(axis=1) > rng.random((4000, 1))).argmax(axis=1)
+    over_confident = temperature_scale(truth, 0.5)  # logits doubled
+    assert fit_temperature(over_confident, labels) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature(truth, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def test_expected_precision_is_the_running_mean() -> None:
+    assert expected_precision(np.array([1.0, 0.5, 0.0])).tolist() == [1.0, 0.75, 0.5]
+    assert expected_precision(np.array([])).tolist() == []
+
+
+def simulated_noisy_dataset(seed: int, n: int = 20000, k: int = 4, noise: float = 0.15) -> dict[str, np.ndarray]:
+    """Ambiguous images (a true-class posterior per image), class-conditional label noise, and an
+    over-confident model of the given labels: the setting the estimates assume, with the truth known."""
+    rng = np.random.default_rng(seed)
+    p_true = temperature_scale(np.exp(rng.normal(size=(n, k)) * 2.5), 1.0)
+    true = (p_true.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    flipped = rng.random(n) < noise
+    given = true.copy()
+    given[flipped] = (true[flipped] + rng.integers(1, k, int(flipped.sum()))) % k
+    channel = np.full((k, k), noise / (k - 1))
+    np.fill_diagonal(channel, 1 - noise)
+    model = temperature_scale(p_true @ channel.T, 0.5)
+    return {"probs": model, "given": given, "true": true, "channel": channel}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expected_precision_tracks_the_measured_precision_on_a_simulated_dataset(seed: int) -> None:
+    data = simulated_noisy_dataset(seed)
+    scores = score_labels(data["probs"], data["given"])
+    noise = estimate_noise(data["probs"], data["given"], scores)
+    order = scores.ranked()
+    wrong = (data["given"] != data["true"])[order]
+    estimated = expected_precision(noise.p_wrong[order])
+    measured = np.cumsum(wrong) / np.arange(1, len(order) + 1)
+    # the anchor-point channel recovers the simulated one (anchors are not perfectly pure)
+    assert np.abs(noise.channel - data["channel"]).max() < 0.07
+    # never above the truth by more than binomial noise (about 0.01 at k = 2000, 0.03 at k = 100),
+    # and below it by at most 0.2: the estimate errs low by design, calibrated against given labels
+    # of which 15% are wrong here (a right prediction on a wrongly labelled row counts as a miss)
+    for k in (100, 500, 1000, 2000, len(order)):
+        gap = estimated[k - 1] - measured[k - 1]
+        assert -0.2 < gap < 0.03, (k, gap)
+    n_wrong = int((data["given"] != data["true"]).sum())
+    assert 0.75 * n_wrong < noise.expected_wrong < 1.05 * n_wrong
+    # what --auto-accept 0.8 would take is right at least as often as estimated (within noise)
+    take = scores.flagged & (noise.p_suggested >= 0.8)
+    right = data["true"][take] == scores.suggested[take]
+    assert take.sum() > 100 and right.mean() >= noise.p_suggested[take].mean() - 0.03

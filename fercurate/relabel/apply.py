@@ -8,11 +8,13 @@ The standing decision per image (a replay of the decision log, see
 * ``remove`` sets ``status=removed`` with ``relabel_review:removed by human``;
 * ``keep`` changes nothing.
 
-``auto_accept=P`` also relabels, *by the model*, every flagged active row that has no standing
-decision and whose suggested label has an out-of-fold probability of at least ``P``
-(``relabel:<old>-><new> by model``). The model's picks are recorded in the new version (reason,
-params and counts), not in the decision log: the log is what people decided, and the picks follow
-from the flag columns and ``P`` alone.
+``auto_accept=PRECISION`` also relabels, *by the model*, every flagged active row that has no
+standing decision and whose suggestion is estimated right with probability at least ``PRECISION``
+(the flag's ``p_suggested_true``: out-of-fold probabilities calibrated against the given labels, see
+:func:`fercurate.relabel.scoring.estimate_noise`), so the accepted set's expected precision is at
+least ``PRECISION`` too (``relabel:<old>-><new> by model``). The model's picks are recorded in the
+new version (reason, params, counts and their expected precision), not in the decision log: the log
+is what people decided, and the picks follow from the flag columns and ``PRECISION`` alone.
 
 Every change is "make it so", never "toggle": a relabel to the label a row already has, or a removal
 of a removed row, changes nothing, so applying the same log twice (or applying again to this
@@ -33,7 +35,8 @@ import pandas as pd
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, REMOVED, Col
 from fercurate.relabel.decisions import KEEP, RELABEL, REMOVE, DecisionLog, log_path
-from fercurate.relabel.flag import FLAGGED, SUGGESTED_LABEL, classes_of, prob_column
+from fercurate.relabel.flag import FLAGGED, SUGGESTED_LABEL, classes_of
+from fercurate.relabel.queue import P_SUGGESTED
 from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace
 
@@ -47,7 +50,8 @@ class ApplyParams:
 
     Attributes:
         version: version to apply the decisions to (default: latest).
-        auto_accept: relabel flagged, undecided rows whose suggestion has at least this probability.
+        auto_accept: a precision in (0, 1]: relabel the flagged, undecided rows whose suggestion is
+            estimated right with at least this probability (``p_suggested_true``).
     """
 
     version: str | None = None
@@ -73,13 +77,20 @@ class ApplyResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     relabeled_by_votes: int = 0
+    auto_expected_precision: float | None = None
 
     @property
     def changed(self) -> int:
         return self.relabeled_by_human + self.relabeled_by_model + self.relabeled_by_votes + self.removed
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self, changed=self.changed)
+        return to_dict(
+            self,
+            changed=self.changed,
+            auto_expected_precision=None
+            if self.auto_expected_precision is None
+            else round(self.auto_expected_precision, 4),
+        )
 
 
 def _with_reason(existing: Any, new: str) -> str:
@@ -99,7 +110,9 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
     started = time.perf_counter()
     if params.auto_accept is not None and not 0.0 < params.auto_accept <= 1.0:
         raise InputError(
-            f"auto_accept {params.auto_accept} must be a probability in (0, 1], e.g. 0.9", param="auto_accept"
+            f"auto_accept {params.auto_accept} must be a precision in (0, 1], e.g. 0.9 "
+            "(accept only suggestions estimated right at least 9 times in 10)",
+            param="auto_accept",
         )
     log = DecisionLog(log_path(workspace.root))
     with workspace.lock("fercurate relabel-review apply"):
@@ -108,6 +121,12 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
             raise InputError(
                 f"version {info.version} has no suggested labels for auto_accept; run "
                 "`fercurate relabel-review flag` first (or apply a version that descends from a flag)",
+                param="auto_accept",
+            )
+        if params.auto_accept is not None and P_SUGGESTED not in df.columns:
+            raise InputError(
+                f"version {info.version} was flagged without precision estimates ({P_SUGGESTED}); run "
+                "`fercurate relabel-review flag` again (cached folds make it quick) before auto_accept",
                 param="auto_accept",
             )
         out = df.copy()
@@ -155,8 +174,10 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
                     counts["removed"] += 1
                     changes["removed"] += 1
 
+        accepted_p: list[float] = []
         if params.auto_accept is not None:
             for i in _auto_candidates(out, set(decisions), params.auto_accept):
+                accepted_p.append(float(out[P_SUGGESTED].iat[i]))
                 new = str(out[SUGGESTED_LABEL].iat[i])
                 change = f"{labels[i]}->{new}"
                 reasons[i] = _with_reason(reasons[i], f"relabel:{change} by model")
@@ -187,7 +208,12 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
                 "accept_votes": params.accept_votes,
                 "log": str(log.path),
             },
-            extra={"changes": dict(changes), "counts": dict(counts), "skipped": dict(skipped)},
+            extra={
+                "changes": dict(changes),
+                "counts": dict(counts),
+                "skipped": dict(skipped),
+                "auto_expected_precision": float(np.mean(accepted_p)) if accepted_p else None,
+            },
         )
     return ApplyResult(
         version=version,
@@ -203,11 +229,12 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         log=log.path,
         seconds=time.perf_counter() - started,
         relabeled_by_votes=counts["relabeled_by_votes"],
+        auto_expected_precision=float(np.mean(accepted_p)) if accepted_p else None,
     )
 
 
-def _auto_candidates(df: pd.DataFrame, decided: set[str], threshold: float) -> list[int]:
-    """Positions of flagged active rows without a decision whose suggestion reaches ``threshold``."""
+def _auto_candidates(df: pd.DataFrame, decided: set[str], precision: float) -> list[int]:
+    """Positions of flagged active rows without a decision whose suggestion is estimated right at ``precision``."""
     classes = set(classes_of(df))
     out = []
     flagged = df[FLAGGED].fillna(False).astype(bool).to_numpy()
@@ -216,6 +243,6 @@ def _auto_candidates(df: pd.DataFrame, decided: set[str], threshold: float) -> l
         suggested = row[SUGGESTED_LABEL]
         if row[Col.IMAGE_ID] in decided or pd.isna(suggested) or suggested not in classes:
             continue
-        if suggested != row[Col.LABEL] and float(row[prob_column(str(suggested))]) >= threshold:
+        if suggested != row[Col.LABEL] and float(row[P_SUGGESTED]) >= precision:
             out.append(int(i))
     return out

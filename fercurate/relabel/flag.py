@@ -36,7 +36,18 @@ import pandas as pd
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, Col, VoteCol, atomic_write, atomic_write_text
 from fercurate.progress import NullProgress, Progress
-from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, score_labels
+from fercurate.relabel.queue import (
+    IN_BUDGET,
+    PRECISION_PNG,
+    QUEUE_COLUMNS,
+    QUEUE_RANK,
+    QueuePlan,
+    place_columns,
+    plan_queue,
+    precision_plot,
+    queue_columns,
+)
+from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, NoiseEstimate, estimate_noise, score_labels
 from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
@@ -124,8 +135,8 @@ def prob_column(cls: str) -> str:
 
 def flag_columns(df: pd.DataFrame) -> list[str]:
     """The columns a previous flag wrote into ``df`` (replaced, not stacked, by a new flag)."""
-    written = (MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED, VoteCol.FLAG_KIND)
-    return [c for c in df.columns if c.startswith(PROB_PREFIX) or c in written]
+    own = (MISLABEL_SCORE, SUGGESTED_LABEL, FLAGGED, VoteCol.FLAG_KIND, *QUEUE_COLUMNS)
+    return [c for c in df.columns if c.startswith(PROB_PREFIX) or c in own]
 
 
 def classes_of(df: pd.DataFrame) -> list[str]:
@@ -153,6 +164,8 @@ class FlagParams:
         val_fraction: share of each fold's training rows held out for early stopping.
         num_threads: torch CPU threads while training (None keeps torch's default); execution only,
             so it is not part of the cache key.
+        budget: flagged images the review page asks a person to decide, from the top of the queue
+            (None: sized from the estimated number of wrong labels, see ``queue.default_budget``).
     """
 
     version: str | None = None
@@ -170,6 +183,7 @@ class FlagParams:
     votes: str = "auto"
     max_support: float = 0.1
     min_majority: float = 0.9
+    budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,13 +207,27 @@ class FlagResult:
     cache_key: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    estimated_wrong: int = 0
+    expected_wrong: float = 0.0
+    estimated_by_pair: dict[str, int] = field(default_factory=dict)
+    budget: int = 0
+    precision_table: list[dict[str, float | int]] = field(default_factory=list)
+    temperature: float = 1.0
+    precision_png: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(
             self,
-            rename={"queue_path": "queue", "html_path": "html", "png_path": "png"},
+            rename={
+                "queue_path": "queue",
+                "html_path": "html",
+                "png_path": "png",
+                "precision_table": "expected_precision",
+            },
             thresholds={k: round(v, 4) for k, v in self.thresholds.items()},
             oof_accuracy=round(self.oof_accuracy, 4),
+            expected_wrong=round(self.expected_wrong, 1),
+            temperature=round(self.temperature, 4),
         )
 
 
@@ -244,8 +272,10 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
         x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress
     )
     scores = score_labels(probs, labels, method=params.method, filter_by=params.filter_by)
+    noise = estimate_noise(probs, labels, scores)
+    queue_plan = plan_queue(scores, noise, params.budget)
 
-    out = _with_flag_columns(df, rows, classes, probs, scores)
+    out = _with_flag_columns(df, rows, classes, probs, scores, queue_columns(len(rows), noise, queue_plan))
     n_flagged = int(scores.flagged.sum())
     if params.votes == "auto":  # rows with annotator votes: the votes decide (fercurate.votes.flagging)
         from fercurate.votes.flagging import combine_with_model
@@ -273,6 +303,12 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
                 "preset": params.preset,
                 "epochs": config.epochs,
                 "confident_joint": scores.joint.astype(int).tolist(),
+                "estimated_wrong": queue_plan.estimated_wrong,
+                "expected_wrong": noise.expected_wrong,
+                "noise_channel": noise.channel.round(4).tolist(),
+                "budget": queue_plan.budget,
+                "temperature": noise.temperature,
+                "expected_precision": queue_plan.table(),
             },
         )
     with workspace.report(version.version) as report:
@@ -281,7 +317,10 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
         top = _top_per_class(queue, params.top_per_class)
         shown = set(top[Col.IMAGE_ID])
         pixels = {iid: x[i] for i, iid in enumerate(rows[Col.IMAGE_ID]) if iid in shown}
-        atomic_write_text(report / HTML_FILE, flagged_html(top, classes, pixels, version.version))
+        plot = precision_plot(queue_plan, f"{version.version}: expected precision of the review queue")
+        atomic_write(report / PRECISION_PNG, lambda tmp: Path(tmp).write_bytes(plot))
+        section = _queue_section(queue_plan, noise, classes, plot)
+        atomic_write_text(report / HTML_FILE, flagged_html(top, classes, pixels, version.version, section))
         sheet = flagged_sheet(top, pixels, f"{version.version}: top flagged per given class (given>suggested p)")
         atomic_write(report / PNG_FILE, lambda tmp: sheet.save(tmp, format="PNG"))
 
@@ -306,6 +345,13 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
         cache_key=key,
         seconds=time.perf_counter() - started,
         notes=notes,
+        estimated_wrong=queue_plan.estimated_wrong,
+        expected_wrong=noise.expected_wrong,
+        estimated_by_pair=noise.wrong_by_pair(classes),
+        budget=queue_plan.budget,
+        precision_table=queue_plan.table(),
+        temperature=noise.temperature,
+        precision_png=report / PRECISION_PNG,
     )
 
 
@@ -335,6 +381,11 @@ def _check_params(params: FlagParams) -> None:
     if not 0.5 < params.min_majority <= 1.0:
         raise InputError(
             f"min_majority {params.min_majority} must be above 0.5 and at most 1 (default 0.9)", param="min_majority"
+        )
+    if params.budget is not None and params.budget < 0:
+        raise InputError(
+            f"budget {params.budget} must be 0 or more (default: sized from the estimated wrong labels)",
+            param="budget",
         )
 
 
@@ -481,7 +532,12 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 # -- outputs ---------------------------------------------------------------------------------------
 def _with_flag_columns(
-    df: pd.DataFrame, rows: pd.DataFrame, classes: list[str], probs: np.ndarray, scores: LabelScores
+    df: pd.DataFrame,
+    rows: pd.DataFrame,
+    classes: list[str],
+    probs: np.ndarray,
+    scores: LabelScores,
+    extra: dict[str, np.ndarray],
 ) -> pd.DataFrame:
     """``df`` with fresh flag columns; rows that are not active get nulls."""
     out = df.drop(columns=flag_columns(df)).copy()
@@ -502,6 +558,7 @@ def _with_flag_columns(
     flagged = pd.array([pd.NA] * len(out), dtype="boolean")
     flagged[has] = scores.flagged[idx]
     out[FLAGGED] = flagged
+    place_columns(out, has, idx, extra)
     return out
 
 
@@ -509,12 +566,27 @@ def review_queue(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """The flagged active rows, most likely wrong first, with what a reviewer needs to decide."""
     flagged = df[(df[Col.STATUS] == ACTIVE) & df[FLAGGED].fillna(False).astype(bool)]
     cols = [Col.IMAGE_ID, Col.PATH, Col.SPLIT, Col.LABEL, SUGGESTED_LABEL, MISLABEL_SCORE]
+    cols += [c for c in QUEUE_COLUMNS if c in df.columns and c != QUEUE_RANK]
     cols += [prob_column(c) for c in classes]
     cols += [c for c in (VoteCol.FLAG_KIND,) if c in flagged.columns]  # wrong / ambiguous, with annotator votes
+    cols += [c for c in vote_columns(df) if c not in cols]
     queue = flagged[cols].sort_values([MISLABEL_SCORE, Col.IMAGE_ID], ascending=[False, True], kind="stable")
     queue = queue.reset_index(drop=True)
     queue.insert(0, "rank", np.arange(1, len(queue) + 1))
+    if IN_BUDGET not in queue.columns:  # a version flagged before budgets: the whole queue is in it
+        queue[IN_BUDGET] = True
     return queue
+
+
+#: Annotator-vote columns (``votes_<class>`` counts and ``vote_n``) the queue carries when present.
+VOTES_PREFIX = "votes_"
+VOTE_N = "vote_n"
+
+
+def vote_columns(df: pd.DataFrame) -> list[str]:
+    """The annotator-vote count columns of ``df`` (``votes_<class>``, then ``vote_n``), if any."""
+    votes = [c for c in df.columns if c.startswith(VOTES_PREFIX)]
+    return votes + ([VOTE_N] if votes and VOTE_N in df.columns else [])
 
 
 def _top_per_class(queue: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -529,7 +601,30 @@ def _png_data_uri(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode("ascii")
 
 
-def flagged_html(top: pd.DataFrame, classes: list[str], pixels: dict[str, np.ndarray], version: str) -> str:
+def _queue_section(plan: QueuePlan, noise: NoiseEstimate, classes: list[str], plot: bytes) -> str:
+    """The flag report's queue part: estimated wrong labels, the budget, expected precision by rank."""
+    by_pair = noise.wrong_by_pair(classes)
+    pairs = "".join(f"<tr><td>{html.escape(p)}</td><td>{n}</td></tr>" for p, n in by_pair.items())
+    ranks = "".join(
+        f"<tr><td>{r['rank']}</td><td>{r['expected_precision']:.3f}</td><td>{r['expected_wrong_found']:.0f}</td></tr>"
+        for r in plan.table()
+    )
+    sized = "sized from the estimate" if plan.default_budget else "set with --budget"
+    src = "data:image/png;base64," + base64.b64encode(plot).decode("ascii")
+    return (
+        f"<h2>Review queue</h2><p>Estimated wrong labels (confident joint): <b>{plan.estimated_wrong}</b> "
+        f"(by the calibrated per-image probabilities: {noise.expected_wrong:.0f}); "
+        f"flagged: {len(plan.order)}; review budget: <b>{plan.budget}</b> ({sized}), expected precision "
+        f"{plan.precision_at(plan.budget):.2f}. The rest stay flagged in the manifest.</p>"
+        f"<table><tr><th>given&rarr;true</th><th>estimated wrong</th></tr>{pairs}</table>"
+        f"<table><tr><th>rank</th><th>expected precision</th><th>expected wrong found</th></tr>{ranks}</table>"
+        f'<p><img class=plot src="{src}" alt="expected precision by rank"></p>'
+    )
+
+
+def flagged_html(
+    top: pd.DataFrame, classes: list[str], pixels: dict[str, np.ndarray], version: str, queue_section: str = ""
+) -> str:
     """A self-contained page (images inline as base64 PNG) of the top flagged rows per given class."""
     sections = []
     for given, part in top.groupby(Col.LABEL, sort=True):
@@ -558,10 +653,14 @@ figure {{ margin: 0; width: 160px; }}
 img {{ image-rendering: pixelated; background: #000; display: block; }}
 figcaption {{ font-size: 13px; }}
 .path {{ color: #777; word-break: break-all; }}
+table {{ border-collapse: collapse; display: inline-table; margin: 0 2em 1em 0; vertical-align: top; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 2px 10px; text-align: right; }}
+img.plot {{ image-rendering: auto; background: none; }}
 </style></head><body>
 <h1>{version}: likely wrong labels, top flagged per given class</h1>
 <p>given &rarr; <b>suggested</b>, then the three most probable classes (out-of-fold).
 Review them all with <code>fercurate relabel-review serve</code>.</p>
+{queue_section}
 {body}
 </body></html>
 """

@@ -286,3 +286,244 @@ def score_labels(
         suggested=suggest_labels(probs, labels, thresholds, flagged),
         flagged=flagged,
     )
+
+
+# -- how many labels are wrong, and how sure each flag is ------------------------------------------
+#: Bounds of the temperature fitted to the out-of-fold probabilities (see :func:`fit_temperature`).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature ``T`` that makes ``softmax(log p / T)`` best predict the given labels (least NLL).
+
+    Cross-fitted probabilities come from models that never saw the row, so they can be calibrated
+    against the given labels themselves (temperature scaling, Guo et al. 2017); most labels are right,
+    and the few wrong ones are what the model should not believe anyway. ``T > 1`` softens an
+    over-confident model, ``T < 1`` sharpens a timid one; the ranking of a row's classes is unchanged.
+    """
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None))
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, labels]))
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    best = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(best.x))
+
+
+def top_label_calibrate(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Recalibrate each row's top probability, per predicted class, to how often it is the given label.
+
+    Top-label calibration (Gupta and Ramdas, ICLR 2022): for each class ``c``, an isotonic
+    regression over the rows whose most probable class is ``c`` of "``c`` is the given label" on
+    ``p_c``; the row's other classes share what is left in their old proportions. One temperature
+    calibrates a model on average, so it sharpens a model that is timid on its easy classes and
+    then over-states its confidence on the hard ones (on the demo: sure of happy and surprise,
+    torn on sad and neutral). Against given labels that are sometimes wrong this errs low (a right
+    prediction on a wrongly labelled row counts as a miss): the safe direction.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    top = probs.argmax(axis=1)
+    rows = np.arange(len(labels))
+    conf = probs[rows, top]
+    new_conf = conf.copy()
+    for c in range(k):
+        mine = top == c
+        if mine.sum() < 2:
+            continue
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        new_conf[mine] = iso.fit(conf[mine], (labels[mine] == c).astype(np.float64)).predict(conf[mine])
+    new_conf = np.clip(new_conf, 1.0 / k, 1.0)
+    rest = 1.0 - conf
+    scale = np.where(rest > 1e-12, (1.0 - new_conf) / np.clip(rest, 1e-12, None), 0.0)
+    out = probs * scale[:, None]
+    out[rows, top] = new_conf
+    empty = rest <= 1e-12  # the top class held all the mass: spread the remainder evenly
+    if empty.any():
+        out[empty] = ((1.0 - new_conf[empty]) / max(k - 1, 1))[:, None]
+        out[empty, top[empty]] = new_conf[empty]
+    return out
+
+
+def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / temperature)`` row by row."""
+    z = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """How many labels are wrong, and how likely each given label (and each suggestion) is right.
+
+    Attributes:
+        joint: (K, K) calibrated confident joint: estimated row counts by given label (rows) and
+            true label (columns); the same as cleanlab's ``estimate_joint`` times N.
+        channel: (K, K) ``P(given i | true j)`` from the anchor points (:func:`anchor_channel`).
+        temperature: the temperature fitted to the out-of-fold probabilities.
+        p_wrong: (N,) calibrated probability that the given label is wrong.
+        p_suggested: (N,) calibrated probability that the suggested label is the true one.
+    """
+
+    joint: np.ndarray
+    channel: np.ndarray
+    temperature: float
+    p_wrong: np.ndarray
+    p_suggested: np.ndarray
+
+    @property
+    def expected_wrong(self) -> float:
+        """Expected number of wrong labels by the per-row probabilities (sum of ``p_wrong``)."""
+        return float(self.p_wrong.sum())
+
+    @property
+    def wrong_total(self) -> int:
+        """Estimated number of wrong labels: the off-diagonal sum of the joint."""
+        return int(round(float(self.joint.sum() - np.trace(self.joint))))
+
+    def wrong_by_pair(self, classes: list[str]) -> dict[str, int]:
+        """Estimated wrong labels per ``"given->true"`` pair, largest first (empty pairs left out)."""
+        pairs = {
+            f"{classes[i]}->{classes[j]}": int(round(float(self.joint[i, j])))
+            for i in range(len(classes))
+            for j in range(len(classes))
+            if i != j and round(float(self.joint[i, j])) > 0
+        }
+        return dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+#: The share of rows with the highest ``p_j`` taken as surely of class ``j`` (anchor points) ...
+ANCHOR_SHARE = 0.01
+#: ... and never fewer rows than this (small datasets).
+MIN_ANCHORS = 10
+#: Anchors of which at least this share carry their class's label are trusted fully (see anchor_channel).
+MAJORITY = 0.5
+
+
+#: Cohen's kappa (model vs given labels) from which a model's noise estimate is trusted in full.
+SKILLED_KAPPA = 0.5
+
+
+def model_skill(probs: np.ndarray, labels: np.ndarray) -> float:
+    """How far the out-of-fold predictions beat chance, in [0, 1]: Cohen's kappa over ``SKILLED_KAPPA``.
+
+    Kappa is agreement with the given labels beyond what the class shares alone give (0 at chance,
+    1 when every prediction matches). A model near chance cannot tell a wrong label from its own
+    mistake, so its noise estimate is shrunk towards none (see :func:`anchor_channel`).
+    """
+    k = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    observed = float((pred == labels).mean()) if len(labels) else 0.0
+    chance = float(np.dot(np.bincount(pred, minlength=k), np.bincount(labels, minlength=k))) / max(len(labels), 1) ** 2
+    kappa = (observed - chance) / max(1.0 - chance, 1e-12)
+    return float(np.clip(kappa / SKILLED_KAPPA, 0.0, 1.0))
+
+
+def anchor_channel(probs: np.ndarray, labels: np.ndarray, share: float = ANCHOR_SHARE) -> np.ndarray:
+    """``T[i, j] = P(given label i | true label j)`` estimated from anchor points, shrunk to trust.
+
+    The anchors of class ``j`` are the rows most surely of class ``j`` (the ``share`` of rows with
+    the highest ``p_j``, at least :data:`MIN_ANCHORS`); column ``j`` is how their *given* labels
+    are spread: among images that surely are ``j``, the share filed under ``i`` (anchor points:
+    Patrini et al., CVPR 2017; Xia et al., NeurIPS 2019). Counting the anchors' given labels, not
+    averaging the model's probabilities on them, keeps an over-confident model from inventing noise.
+    The confident joint is not used here: when many images are ambiguous it counts the model's doubt
+    as label noise and, with a weak model, over-states the noise two-fold and more.
+
+    Anchors are only as sure as the model: a model at chance has "anchors" no surer of ``j`` than
+    any row, whose labels are spread like the whole dataset's, and taken at face value they would
+    say three labels in four are wrong. So each column is shrunk towards "labels of ``j`` are right"
+    by how far its anchors stand out: ``w_j = clip((a_j - m_j) / (0.5 - m_j), 0, 1)``, with ``a_j``
+    the share of anchors labelled ``j`` and ``m_j`` the share of all rows. Anchors mostly labelled
+    ``j`` are taken as they are (annotators file a class's images under it more often than not);
+    a model at chance estimates no noise, hence no confident flags: the safe direction for a
+    reviewer's budget and for ``--auto-accept``. The whole channel is shrunk the same way by the
+    model's skill (:func:`model_skill`): a model that barely beats chance has anchors in name only.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = probs.shape[1]
+    channel = np.eye(k)
+    prior = np.bincount(labels, minlength=k) / max(len(labels), 1)
+    skill = model_skill(probs, labels)
+    n_anchors = min(len(probs), max(MIN_ANCHORS, int(np.ceil(share * len(probs)))))
+    for j in range(k):
+        if not n_anchors:
+            continue
+        # the n surest rows, and every row tied with the last of them (a sharp model gives many ties)
+        cutoff = np.partition(probs[:, j], len(probs) - n_anchors)[len(probs) - n_anchors]
+        top = probs[:, j] >= cutoff - EPS
+        spread = np.bincount(labels[top], minlength=k) / int(top.sum())
+        # full trust once the anchors are mostly labelled j; a linear ramp from "like any row"
+        ramp = MAJORITY - prior[j]
+        trust = float(np.clip((spread[j] - prior[j]) / ramp, 0.0, 1.0)) if ramp > 1e-6 else float(spread[j] > prior[j])
+        trust *= skill
+        channel[:, j] = trust * spread + (1.0 - trust) * channel[:, j]
+    return channel
+
+
+def true_class_posterior(probs: np.ndarray, labels: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """``P(true class = j | image, given label)`` per row, under class-conditional noise.
+
+    ``probs`` (calibrated out-of-fold probabilities of the *given* label, since the models learned
+    from given labels) are ``T @ p_true``: solve for the true-class probabilities ``p_true`` (clipped
+    at 0, renormalised), then weigh each class by how often annotators file it under the given
+    label: ``P(j | x, given i) ∝ T[i, j] * p_true_j``. The given label is evidence: where the model
+    is torn between two classes, the annotator's choice of one of them tips the balance.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    p_true = np.clip(probs @ np.linalg.pinv(channel).T, 0.0, None)
+    total = p_true.sum(axis=1, keepdims=True)
+    p_true = np.where(total > 0, p_true / np.clip(total, 1e-12, None), probs)
+    post = channel[labels] * p_true
+    norm = post.sum(axis=1, keepdims=True)
+    # a row whose recovered true-class probabilities miss every class its label is filed under
+    # (only with a degenerate channel) falls back to the model's own probabilities
+    return np.where(norm > 1e-12, post / np.clip(norm, 1e-12, None), probs)
+
+
+def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -> NoiseEstimate:
+    """Count the wrong labels (confident joint) and give each row calibrated probabilities.
+
+    The count comes from confident learning's calibrated joint (Northcutt et al. 2021, cleanlab's
+    ``estimate_joint``). The per-row probabilities: the out-of-fold probabilities, temperature-scaled
+    against the given labels (:func:`fit_temperature`), combined with the noise channel of the
+    anchor points (:func:`anchor_channel`, :func:`true_class_posterior`):
+    ``p_wrong = 1 - P(true = given | x, given)``, ``p_suggested = P(true = suggested | x, given)``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = probs.shape[1] if probs.ndim == 2 else 0
+    if not len(labels):
+        empty = np.zeros(0)
+        return NoiseEstimate(scores.joint, np.eye(k), 1.0, empty, empty)
+    temperature = fit_temperature(probs, labels)
+    calibrated = top_label_calibrate(temperature_scale(probs, temperature), labels)
+    channel = anchor_channel(calibrated, labels)
+    post = true_class_posterior(calibrated, labels, channel)
+    rows = np.arange(len(labels))
+    # a suggestion is taken as right only as far as both views agree: the posterior, and the model
+    # itself (calibrated, it says how often annotators would file this image under the suggestion)
+    p_suggested = np.minimum(post[rows, scores.suggested], calibrated[rows, scores.suggested])
+    return NoiseEstimate(
+        joint=scores.joint,
+        channel=channel,
+        temperature=temperature,
+        p_wrong=1.0 - post[rows, labels],
+        p_suggested=p_suggested,
+    )
+
+
+def expected_precision(p_wrong_ranked: np.ndarray) -> np.ndarray:
+    """Expected precision of the top ``k`` of a ranked queue, for every ``k`` (the running mean)."""
+    p = np.asarray(p_wrong_ranked, dtype=np.float64)
+    return np.cumsum(p) / np.arange(1, len(p) + 1) if len(p) else p

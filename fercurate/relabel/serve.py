@@ -39,7 +39,8 @@ from fercurate.errors import InputError, WorkspaceError
 from fercurate.images import encode_png
 from fercurate.manifest import Col
 from fercurate.relabel.decisions import ACTIONS, KEEP, RELABEL, UNDO, Decision, DecisionLog, log_path
-from fercurate.relabel.flag import FLAGGED, STAGE, classes_of, prob_column, review_queue
+from fercurate.relabel.flag import FLAGGED, STAGE, VOTE_N, VOTES_PREFIX, classes_of, prob_column, review_queue
+from fercurate.relabel.queue import IN_BUDGET, P_SUGGESTED, P_WRONG
 from fercurate.workspace import Workspace, load_pixels
 
 HOST = "127.0.0.1"
@@ -87,7 +88,14 @@ class ReviewState:
             raise WorkspaceError(f"version {info.version} has no flag columns; run `fercurate relabel-review flag`")
         self.flag_version = info.version
         self.classes = classes_of(df)
-        queue = review_queue(df, self.classes)
+        full = review_queue(df, self.classes)
+        # the page is the review budget; the flags past it stay in the manifest (a larger --budget reaches them)
+        queue = full[full[IN_BUDGET].fillna(False).astype(bool)].reset_index(drop=True)
+        self.flagged = len(full)
+        self.budget = len(queue)
+        p_wrong = queue[P_WRONG].to_numpy(dtype=float) if P_WRONG in queue.columns else np.zeros(0)
+        # expected precision of the top k, k = 1..budget (the page shows it at the image's rank)
+        self.precision = (np.cumsum(p_wrong) / np.arange(1, len(p_wrong) + 1)).tolist() if len(p_wrong) else []
         rows = df.set_index(Col.IMAGE_ID).loc[queue[Col.IMAGE_ID]].reset_index()
         size = int(info.extra.get("image_size", 48))
         pixels = load_pixels(workspace, info, rows, size=size) if len(rows) else np.zeros((0, size, size), np.uint8)
@@ -100,15 +108,22 @@ class ReviewState:
         self._lock = threading.Lock()
 
     def _item(self, rec: dict[str, Any]) -> dict[str, Any]:
+        probs = {c: round(float(rec[prob_column(c)]), 4) for c in self.classes}
+        rank = int(rec["rank"])
         return {
             "image_id": rec[Col.IMAGE_ID],
-            "rank": int(rec["rank"]),
+            "rank": rank,
             "path": rec[Col.PATH],
             "split": rec[Col.SPLIT],
             "given": rec[Col.LABEL],
             "suggested": None if pd.isna(rec[Col.SUGGESTED_LABEL]) else str(rec[Col.SUGGESTED_LABEL]),
             "score": round(float(rec[Col.MISLABEL_SCORE]), 4),
-            "probs": {c: round(float(rec[prob_column(c)]), 4) for c in self.classes},
+            "probs": probs,
+            "top3": [[c, p] for c, p in sorted(probs.items(), key=lambda kv: (-kv[1], kv[0]))[:3]],
+            "p_wrong": _rounded(rec.get(P_WRONG)),
+            "p_suggested": _rounded(rec.get(P_SUGGESTED)),
+            "expected_precision": _rounded(self.precision[rank - 1]) if rank <= len(self.precision) else None,
+            "votes": _votes(rec),
         }
 
     # -- what the API answers --------------------------------------------------------------------
@@ -123,6 +138,9 @@ class ReviewState:
             "history": history,
             "total": len(items),
             "decided": sum(1 for item in items if item["decision"]),
+            "flagged": self.flagged,
+            "budget": self.budget,
+            "expected_precision": _rounded(self.precision[-1]) if self.precision else None,
         }
 
     def decide(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +194,21 @@ class ReviewState:
             if image_id not in self._png:
                 self._png[image_id] = encode_png(pixels)
             return self._png[image_id]
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), 4)
+
+
+def _votes(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The row's annotator votes (``votes_<class>`` counts, ``vote_n``), or None when it has none."""
+    counts = {k[len(VOTES_PREFIX) :]: rec[k] for k in rec if k.startswith(VOTES_PREFIX)}
+    known = {c: int(v) for c, v in counts.items() if v is not None and not pd.isna(v)}
+    if not known:
+        return None
+    n = rec.get(VOTE_N)
+    total = int(n) if n is not None and not pd.isna(n) else sum(known.values())
+    return {"counts": dict(sorted(known.items(), key=lambda kv: (-kv[1], kv[0]))), "n": total}
 
 
 def _public(dec: Decision | None) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@
   const withToken = (path) => path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
   const $ = (id) => document.getElementById(id);
 
-  const state = { classes: [], items: [], history: [], index: 0 };
+  const state = { classes: [], items: [], history: [], index: 0, flagged: 0 };
   // Actions run one after another, so fast typing keeps its order and nothing is sent twice at once.
   let chain = Promise.resolve();
 
@@ -31,6 +31,9 @@
     const total = state.items.length;
     const decided = decidedCount();
     $("progress").textContent = decided + " / " + total + " decided";
+    $("budget").textContent = state.flagged > total
+      ? "review budget " + total + " of " + state.flagged + " flagged (the rest stay flagged; flag --budget N shows more)"
+      : "";
     document.body.dataset.decided = String(decided);
     if (total === 0) {
       $("position").textContent = "nothing is flagged";
@@ -48,6 +51,9 @@
     $("caption").textContent = item.path + " (" + item.split + ")";
     $("given").textContent = item.given;
     $("suggested").textContent = item.suggested || "–";
+    renderTop3(item);
+    renderEstimate(item);
+    renderVotes(item);
     const dec = $("decision");
     dec.textContent = describe(item.decision);
     dec.dataset.decision = item.decision ? item.decision.decision : "";
@@ -65,24 +71,70 @@
       if (chosen) li.classList.add("chosen");
       const key = document.createElement("kbd");
       key.textContent = String(i + 1);
-      const name = document.createElement("span");
-      name.className = "name";
-      name.textContent = cls;
-      const bar = document.createElement("span");
-      bar.className = "bar";
-      const fill = document.createElement("span");
-      fill.style.width = (100 * p).toFixed(1) + "%";
-      bar.appendChild(fill);
-      const value = document.createElement("span");
-      value.className = "p";
-      value.textContent = p.toFixed(2);
-      li.append(key, name, bar, value);
+      li.append(key, ...barCells(cls, p, p.toFixed(2)));
       list.appendChild(li);
     });
     // warm the cache for the next image so moving on is instant
     if (state.index + 1 < total) {
       new Image().src = withToken("/img/" + encodeURIComponent(state.items[state.index + 1].image_id) + ".png");
     }
+  }
+
+  // a class name, a bar filled to `share` (0-1) and the value shown beside it
+  function barCells(cls, share, text) {
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = cls;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = (100 * share).toFixed(1) + "%";
+    bar.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "p";
+    value.textContent = text;
+    return [name, bar, value];
+  }
+
+  // the three most probable classes, with their (out-of-fold) probabilities
+  function renderTop3(item) {
+    const top = $("top3");
+    top.replaceChildren(document.createTextNode("most probable: "));
+    (item.top3 || []).forEach(([cls, p], i) => {
+      if (i > 0) top.appendChild(document.createTextNode(" · "));
+      const b = document.createElement("b");
+      b.textContent = cls;
+      top.append(b, document.createTextNode(" " + p.toFixed(2)));
+    });
+  }
+
+  function renderEstimate(item) {
+    const parts = [];
+    if (item.p_wrong !== null && item.p_wrong !== undefined) {
+      parts.push("given label wrong with probability " + item.p_wrong.toFixed(2));
+    }
+    if (item.expected_precision !== null && item.expected_precision !== undefined) {
+      parts.push("expected precision of the queue down to rank " + item.rank + ": " + item.expected_precision.toFixed(2));
+    }
+    $("estimate").textContent = parts.join(" · ");
+  }
+
+  // annotator votes as a histogram, when the dataset carries them (votes_<class>, vote_n)
+  function renderVotes(item) {
+    const box = $("votes");
+    const votes = item.votes;
+    box.hidden = !votes;
+    const bars = $("vote-bars");
+    bars.replaceChildren();
+    if (!votes) return;
+    $("votes-title").textContent = "annotator votes (" + votes.n + ")";
+    const n = Math.max(1, votes.n);
+    Object.entries(votes.counts).forEach(([cls, count]) => {
+      const li = document.createElement("li");
+      li.dataset.cls = cls;
+      li.append(...barCells(cls, count / n, String(count)));
+      bars.appendChild(li);
+    });
   }
 
   async function load() {
@@ -95,6 +147,7 @@
     state.classes = data.classes;
     state.items = data.items;
     state.history = data.history;
+    state.flagged = data.flagged || data.items.length;
     const firstOpen = state.items.findIndex((it) => !it.decision);
     state.index = firstOpen >= 0 ? firstOpen : Math.max(0, state.items.length - 1);
     $("title").textContent = "fercurate relabel review · " + data.flag_version;
