@@ -972,8 +972,8 @@ def relabel_flag_cmd(
     budget: Annotated[
         int | None,
         typer.Option(
-            help="Flagged images to review, from the top of the queue [default: the estimated number of "
-            "wrong labels, at most 1000, while the expected precision stays at least 0.5; at least 20].",
+            help="Flagged images to review, from the top of the queue; by default the estimated number of "
+            "wrong labels, at most 1000, while the expected precision stays at least 0.5, and at least 20.",
             show_default=False,
         ),
     ] = FlagParams.budget,
