@@ -18,6 +18,7 @@ from fercurate.demo import (
     generate_demo,
     render_face,
 )
+from fercurate.demo.params import BURST_SHARE, COPY_KINDS, DUP_TRANSFORMS
 from fercurate.errors import InputError
 
 PARAMS = DemoParams(n_images=400, n_affectnet=60, seed=7)
@@ -36,8 +37,8 @@ def truth(demo: DemoResult) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def originals(truth: pd.DataFrame) -> pd.DataFrame:
-    """Clean renders: neither planted copies nor invalid files."""
-    return truth[truth.dup_of.isna() & truth.invalid_reason.isna()]
+    """Clean renders before faults: neither planted copies, burst frames nor invalid files."""
+    return truth[truth.dup_of.isna() & truth.burst_of.isna() & truth.invalid_reason.isna()]
 
 
 def _pixels(path: Path, size: int = 48) -> np.ndarray:
@@ -126,15 +127,28 @@ def test_duplicates_really_copy_their_originals(demo: DemoResult, truth: pd.Data
     relabelled = (src.given_label.to_numpy() != copies.given_label.to_numpy()).mean()
     assert 0.0 < relabelled < 0.4
     assert (src.true_label.to_numpy() == copies.true_label.to_numpy()).all()
-    assert set(copies.dup_transform) == {"reencode", "brightness", "contrast", "resize", "shift", "exact"}
+    assert set(copies.dup_transform) == set(DUP_TRANSFORMS)
+    assert (copies.copy_kind == copies.dup_transform.map(COPY_KINDS)).all()
+    assert set(copies.copy_kind) == {"exact", "near", "recrop", "watermark", "tone"}
 
     root = demo.dataset_dir
+    recrops = []
     for path, original, transform in copies[["path", "dup_of", "dup_transform"]].itertuples(index=False):
         if transform == "exact":
             assert (root / path).read_bytes() == (root / original).read_bytes()
         else:
             assert (root / path).read_bytes() != (root / original).read_bytes()
-        assert _ncc(_pixels(root / original), _pixels(root / path)) > 0.9, (path, transform)
+        if transform == "recrop":
+            # Another face box: the plain correlation drops, undoing a zoom in 0.85-1.15 restores it.
+            recrops.append(
+                (_ncc(_pixels(root / original), _pixels(root / path)), _rescaled_ncc(root / original, root / path))
+            )
+        elif transform == "watermark":
+            assert _ncc(_pixels(root / original), _pixels(root / path)) > 0.75, (path, transform)
+        else:
+            assert _ncc(_pixels(root / original), _pixels(root / path)) > 0.9, (path, transform)
+    plain, undone = np.array(recrops).T
+    assert np.median(plain) < 0.9 and (undone > 0.75).all() and np.median(undone) > 0.9
 
     # Unrelated images of different people do not match like that.
     rng = np.random.default_rng(0)
@@ -146,6 +160,49 @@ def test_duplicates_really_copy_their_originals(demo: DemoResult, truth: pd.Data
         if people[i] != people[j]:
             scores.append(_ncc(_pixels(root / paths[i]), _pixels(root / paths[j])))
     assert np.quantile(scores, 0.95) < 0.9
+
+
+def _rescaled_ncc(original: Path, copy: Path) -> float:
+    """Best correlation over zooms of 0.84-1.16 applied to the original, centres compared."""
+
+    def centre(a: np.ndarray, m: int) -> np.ndarray:
+        o = (a.shape[0] - m) // 2
+        return a[o : o + m, o : o + m]
+
+    a, b = _pixels(original), _pixels(copy)
+    best = -1.0
+    for zoom in np.linspace(0.84, 1.16, 17):
+        m = round(48 * zoom)
+        scaled = np.asarray(Image.fromarray(a.astype(np.uint8)).resize((m, m), Image.Resampling.BILINEAR), float)
+        k = min(m, 48) - 8
+        best = max(best, _ncc(centre(scaled, k), centre(b, k), 3))
+    return best
+
+
+def test_watermarks_are_light_text_over_the_face(demo: DemoResult, truth: pd.DataFrame) -> None:
+    marked = truth[truth.dup_transform == "watermark"]
+    assert len(marked) > 0
+    for path, original in marked[["path", "dup_of"]].itertuples(index=False):
+        diff = _pixels(demo.dataset_dir / path) - _pixels(demo.dataset_dir / original)
+        # Semi-transparent white: some pixels brighten clearly, a small part of the image is covered.
+        assert np.quantile(diff, 0.98) > 12, path
+        assert (diff > 12).mean() < 0.35, path
+
+
+def test_burst_frames_are_the_same_moment_with_another_expression(
+    demo: DemoResult, truth: pd.DataFrame, originals: pd.DataFrame
+) -> None:
+    frames = truth[truth.burst_of.notna()]
+    assert len(frames) == demo.counts["bursts"] == round(BURST_SHARE * PARAMS.n_images)
+    assert frames.dup_of.isna().all() and not frames.mislabeled.any()
+    src = truth.set_index("path").loc[frames.burst_of]
+    assert set(frames.burst_of) <= set(originals.path)
+    assert (src.identity.to_numpy() == frames.identity.to_numpy()).all()
+    assert (src.true_label.to_numpy() != frames.true_label.to_numpy()).all()
+    # Hard negatives: they look more like their frame than most re-crops look like their original.
+    root = demo.dataset_dir
+    alike = [_rescaled_ncc(root / o, root / p) for o, p in zip(frames.burst_of, frames.path, strict=True)]
+    assert np.median(alike) > 0.8
 
 
 def test_invalid_files_really_are_invalid(demo: DemoResult, truth: pd.DataFrame) -> None:

@@ -658,6 +658,7 @@ def render_face(
     intensity: float,
     size: int = 48,
     identity: Identity | None = None,
+    box: tuple[float, float, float] = (1.0, 0.0, 0.0),
 ) -> np.ndarray:
     """Render one FER-style face crop: grayscale, the face filling the frame.
 
@@ -667,6 +668,10 @@ def render_face(
         intensity: 0-1; see :func:`expression_shape`.
         size: edge of the square output in pixels.
         identity: the person; a new one is drawn from ``rng`` when None.
+        box: (zoom, dx, dy) of the face box on the photo: the face drawn ``zoom`` times as large
+            and its centre moved by (dx, dy) output pixels. Redrawing the same ``rng`` with another
+            box is a re-crop of the same photo (same pose, light and expression), drawn afresh at
+            the supersampled size rather than resampled from the 48x48.
 
     Returns:
         ``size x size`` uint8 array, before any JPEG encoding.
@@ -679,6 +684,8 @@ def render_face(
     ss = _supersample(size)
     # Smooth at output size already, so a blocky upsample to the drawing size loses nothing.
     backdrop = soft_background(rng, size, size, "L", 25, 225).resize((size * ss, size * ss), Image.Resampling.NEAREST)
-    img, _, _ = render_head(backdrop, ss, who, shape, pose, rng, float(size))
+    zoom, dx, dy = box
+    margin = size * (1.0 - zoom) / 2
+    img, _, _ = render_head(backdrop, ss, who, shape, pose, rng, size * zoom, (margin + dx, margin + dy))
     arr = _blur(img, rng.uniform(0.25, 0.65) * size / 48)
     return camera(arr, rng)[..., 0].round().astype(np.uint8)

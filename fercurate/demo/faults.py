@@ -1,4 +1,5 @@
-"""Planting the faults of a real FER dataset: wrong labels, near-duplicates across splits, invalid files."""
+"""Planting the faults of a real FER dataset: wrong labels, near-duplicates across splits, burst
+frames, invalid files."""
 
 from __future__ import annotations
 
@@ -6,19 +7,29 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from fercurate.demo.files import Row, class_counts, encode, split_counts
 from fercurate.demo.params import (
+    BURST_SHARE,
+    BURST_SHIFT_PX,
+    BURST_ZOOM_CHANGE,
     DUP_RELABEL_SHARE,
     DUP_TRANSFORM_WEIGHTS,
     DUP_TRANSFORMS,
     INTENSITY_RANGES,
     INVALID_REASONS,
     NOT_AN_IMAGE,
+    RECROP_MIN_ZOOM_CHANGE,
+    RECROP_SHIFT_PX,
+    RECROP_ZOOM,
     SAD_NEUTRAL_FLIP_SHARE,
     SPLIT_FRACTIONS,
     SPLITS,
+    TONE_GAMMA,
+    TONE_MIN_CHANGE,
+    WATERMARK_ALPHA,
+    WATERMARK_WORDS,
     DemoParams,
 )
 
@@ -76,6 +87,38 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(img)
 
 
+def _away_from_one(rng: np.random.Generator, lo: float, hi: float, min_change: float) -> float:
+    """A factor in [lo, hi] at least ``min_change`` away from 1 (no invisible edits)."""
+    while True:
+        value = float(rng.uniform(lo, hi))
+        if abs(value - 1.0) >= min_change:
+            return value
+
+
+def _watermark(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blend a semi-transparent stock-photo word over ``arr`` (float, HxW or HxWxC), drawn 4x
+    supersampled, as large as the crop is wide, often diagonal."""
+    h, w = arr.shape[:2]
+    ss = 4
+    word = str(rng.choice(WATERMARK_WORDS))
+    layer = Image.new("L", (w * ss, h * ss), 0)
+    draw = ImageDraw.Draw(layer)
+    probe = draw.textbbox((0, 0), word, font=ImageFont.load_default(size=100))
+    size = max(8, round(100 * rng.uniform(0.8, 1.2) * w * ss / (probe[2] - probe[0])))
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
+    x = (w * ss - (right - left)) / 2 + rng.uniform(-0.1, 0.1) * w * ss - left
+    y = (h * ss - (bottom - top)) / 2 + rng.uniform(-0.3, 0.3) * h * ss - top
+    draw.text((x, y), word, fill=255, font=font)
+    if rng.random() < 0.6:
+        layer = layer.rotate(float(rng.choice([-1, 1]) * rng.uniform(20, 40)), Image.Resampling.BICUBIC)
+    cover = np.asarray(layer.reduce(ss), dtype=np.float32) / 255 * np.float32(rng.uniform(*WATERMARK_ALPHA))
+    if arr.ndim == 3:
+        cover = cover[..., None]
+    out: np.ndarray = arr * (1 - cover) + 255 * cover
+    return out
+
+
 def _transform_copy(original: Row, transform: str, rng: np.random.Generator) -> tuple[bytes, str]:
     """Re-make an original's file the way a scraper or an editor would. Returns (bytes, format)."""
     if transform == "exact":
@@ -103,6 +146,11 @@ def _transform_copy(original: Row, transform: str, rng: np.random.Generator) -> 
         pad = [(2, 2), (2, 2)] + [(0, 0)] * (arr.ndim - 2)
         padded = np.pad(arr, pad, mode="edge")
         arr = padded[2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
+    elif transform == "watermark":
+        arr = _watermark(arr, rng)
+    elif transform == "tone":
+        gamma = _away_from_one(rng, *TONE_GAMMA, TONE_MIN_CHANGE)
+        arr = 255.0 * (np.clip(arr, 0, 255) / 255.0) ** gamma
     return encode(np.clip(arr, 0, 255).round().astype(np.uint8), original.fmt, quality), original.fmt
 
 
@@ -152,7 +200,14 @@ def plant_duplicates(rows: list[Row], p: DemoParams, rng: np.random.Generator) -
         label = original.given_label
         if rng.random() < DUP_RELABEL_SHARE:
             label = str(rng.choice([c for c in p.classes if c != label]))
-        data, fmt = _transform_copy(original, str(transform), rng)
+        box: tuple[float, float, float] | None = None
+        if transform == "recrop":
+            # Another face box on the same photo: redrawn by the renderer (see generate), not resampled.
+            zoom = _away_from_one(rng, *RECROP_ZOOM, RECROP_MIN_ZOOM_CHANGE)
+            dx, dy = (float(v) for v in rng.uniform(-RECROP_SHIFT_PX, RECROP_SHIFT_PX, size=2))
+            box, data, fmt = (zoom, dx, dy), b"", original.fmt
+        else:
+            data, fmt = _transform_copy(original, str(transform), rng)
         copies.append(
             Row(
                 0,
@@ -165,10 +220,43 @@ def plant_duplicates(rows: list[Row], p: DemoParams, rng: np.random.Generator) -
                 mode=original.mode,
                 dup_of=src,
                 dup_transform=str(transform),
+                box=box,
                 data=data,
             )
         )
     return copies
+
+
+def plant_bursts(rows: list[Row], p: DemoParams, rng: np.random.Generator) -> list[Row]:
+    """Burst frames: for a few originals, the same person, pose, light and backdrop with another,
+    clearly shown expression and the camera a pixel off. Not duplicates: the rows to redraw (their
+    ``box`` set, their ``data`` empty) with their own, correct label."""
+    n = round(BURST_SHARE * len(rows))
+    fractions = np.array([SPLIT_FRACTIONS[s] for s in SPLITS])
+    frames: list[Row] = []
+    for src in rng.choice(len(rows), size=n, replace=False):
+        original = rows[int(src)]
+        expression = str(rng.choice([c for c in p.classes if c != original.true_label]))
+        lo, hi = INTENSITY_RANGES[expression]
+        # Far from the other class on the sadness axis, so the frame really shows another expression.
+        intensity = rng.uniform(0.0, 0.2) if expression == "neutral" else rng.uniform((lo + hi) / 2, hi)
+        zoom = 1.0 + float(rng.uniform(-BURST_ZOOM_CHANGE, BURST_ZOOM_CHANGE))
+        dx, dy = (float(v) for v in rng.uniform(-BURST_SHIFT_PX, BURST_SHIFT_PX, size=2))
+        frames.append(
+            Row(
+                0,
+                str(rng.choice(SPLITS, p=fractions)),
+                expression,
+                expression,
+                float(intensity),
+                original.identity,
+                fmt=original.fmt,
+                mode=original.mode,
+                burst_of=int(src),
+                box=(zoom, dx, dy),
+            )
+        )
+    return frames
 
 
 def plant_invalid(p: DemoParams, donor: bytes, rng: np.random.Generator) -> list[Row]:

@@ -51,6 +51,9 @@ class Row:
     invalid_reason: str | None = None
     dup_of: int | None = None  # row index of the original
     dup_transform: str | None = None
+    burst_of: int | None = None  # row index of the frame this one was shot beside
+    # (zoom, dx, dy) of a face box to redraw the original's photo with; None: the bytes are set
+    box: tuple[float, float, float] | None = None
     data: bytes = b""
 
     @property

@@ -31,9 +31,10 @@ import numpy as np
 
 from fercurate.demo.affectnet_copy import write_affectnet
 from fercurate.demo.faces import Identity, make_identity, render_face
-from fercurate.demo.faults import plan_originals, plant_duplicates, plant_invalid
+from fercurate.demo.faults import plan_originals, plant_bursts, plant_duplicates, plant_invalid
 from fercurate.demo.files import Row, encode, map_tasks, write_files
 from fercurate.demo.params import (
+    COPY_KINDS,
     STREAM_FAULTS,
     STREAM_IDENTITY,
     STREAM_IMAGE,
@@ -64,6 +65,7 @@ class _FaceTask:
     size: int
     fmt: str  # JPEG or PNG
     mode: str  # L or RGB
+    box: tuple[float, float, float] = (1.0, 0.0, 0.0)  # see render_face
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,7 +76,7 @@ def _identity_for(seed: int, identity: int) -> Identity:
 def _render_dataset_image(task: _FaceTask) -> bytes:
     rng = np.random.default_rng([task.seed, STREAM_IMAGE, task.index])
     who = _identity_for(task.seed, task.identity)
-    arr = render_face(rng, task.expression, task.intensity, task.size, identity=who)
+    arr = render_face(rng, task.expression, task.intensity, task.size, identity=who, box=task.box)
     if task.mode == "RGB":
         # The odd RGB file in a gray set: a faint colour cast, as from a different camera.
         tint = np.array([1.0 + rng.uniform(0.02, 0.08), 1.0, 1.0 - rng.uniform(0.02, 0.08)])
@@ -103,13 +105,45 @@ TRUTH_MD = """\
 - `identity`: the rendered person (several images per person); -1 for invalid files.
 - `invalid_reason`: null, or empty, truncated, not_image, uniform, near_uniform, tiny.
 - `dup_of`: null, or the `path` of the original this file is a copy of (originals have null).
-- `dup_transform`: null, or reencode, brightness, contrast, resize, shift, exact.
+- `dup_transform`: null, or reencode, brightness, contrast, resize, shift, exact, recrop
+  (another face box on the same photo: zoom 0.85-1.15, shifted up to 3 px, redrawn), watermark
+  (a semi-transparent stock-photo word), tone (a gamma curve, 0.7-1.4).
+- `copy_kind`: what dedup's score counts the copy as: exact, near (reencode, brightness,
+  contrast, resize, shift), recrop, watermark or tone; null for originals.
+- `burst_of`: null, or the `path` of the image this one was shot beside: the same person, pose,
+  light and backdrop with another expression. A burst frame is NOT a duplicate (a hard negative
+  for dedup); its labels are its own.
 - `mode`: L or RGB as stored (null when the file is not an image); `format`: JPEG or PNG.
 
 `affectnet/` is an AffectNet-style source: `Manually_Annotated_Images/<dir>/<name>.jpg`, the
 official `training.csv` columns, and `affectnet/truth.parquet` (`subDirectory_filePath`,
 `expression`, `true_label`, `intensity`, `fault`: null, missing_file, box_outside or corrupt).
 """
+
+
+def _redraw(redrawn: list[Row], originals: list[Row], params: DemoParams, workers: int) -> None:
+    """Render re-crops and burst frames: the original's random stream (pose, light, backdrop,
+    noise) through another face box, with the row's own expression and intensity."""
+    tasks = []
+    for row in redrawn:
+        src = row.dup_of if row.dup_of is not None else row.burst_of
+        assert src is not None and row.box is not None, "only copies and burst frames are redrawn"
+        original = originals[src]
+        tasks.append(
+            _FaceTask(
+                params.seed,
+                src,
+                original.identity,
+                str(row.true_label),
+                float(row.intensity or 0.0),
+                params.image_size,
+                row.fmt,
+                str(row.mode),
+                row.box,
+            )
+        )
+    for row, data in zip(redrawn, map_tasks(_render_dataset_image, tasks, workers), strict=True):
+        row.data = data
 
 
 def _check_dest(dest: Path, overwrite: bool) -> None:
@@ -138,6 +172,8 @@ def _truth_table(rows: list[Row]) -> Any:
         Truth.INVALID_REASON: [r.invalid_reason for r in rows],
         Truth.DUP_OF: [paths[r.dup_of] if r.dup_of is not None else None for r in rows],
         Truth.DUP_TRANSFORM: [r.dup_transform for r in rows],
+        Truth.COPY_KIND: [COPY_KINDS[r.dup_transform] if r.dup_transform else None for r in rows],
+        Truth.BURST_OF: [paths[r.burst_of] if r.burst_of is not None else None for r in rows],
         Truth.MODE: [r.mode for r in rows],
         Truth.FORMAT: [r.fmt for r in rows],
     }
@@ -207,9 +243,11 @@ def generate_demo(
 
     fault_rng = np.random.default_rng([params.seed, STREAM_FAULTS])
     copies = plant_duplicates(rows, params, fault_rng)
+    bursts = plant_bursts(rows, params, fault_rng)
+    _redraw([r for r in copies + bursts if r.box is not None], rows, params, n_workers)
     donor = _render_dataset_image(_FaceTask(params.seed, len(rows), 0, "neutral", 0.2, params.image_size, "JPEG", "L"))
     invalid = plant_invalid(params, donor, fault_rng)
-    everything = rows + copies + invalid
+    everything = rows + copies + bursts + invalid
     # Numeric names, unique across the whole dataset, in no particular order.
     names = fault_rng.choice(np.arange(10000, 10000 + 20 * len(everything)), size=len(everything), replace=False)
     for row, name in zip(everything, names, strict=True):
@@ -245,6 +283,7 @@ def generate_demo(
         "images": len(rows),
         "mislabeled": sum(r.true_label is not None and r.given_label != r.true_label for r in everything),
         "duplicates": len(copies),
+        "bursts": len(bursts),
         "invalid": len(invalid),
         "rgb": sum(r.mode == "RGB" for r in everything),
         "png": sum(r.fmt == "PNG" for r in everything),

@@ -52,8 +52,46 @@ INVALID_REASONS: tuple[str, ...] = (
     "near_uniform",
     "tiny",
 )
-DUP_TRANSFORMS: tuple[str, ...] = ("reencode", "brightness", "contrast", "resize", "shift", "exact")
-DUP_TRANSFORM_WEIGHTS = (0.2, 0.2, 0.15, 0.2, 0.1, 0.15)
+DUP_TRANSFORMS: tuple[str, ...] = (
+    "reencode",
+    "brightness",
+    "contrast",
+    "resize",
+    "shift",
+    "exact",
+    "recrop",
+    "watermark",
+    "tone",
+)
+DUP_TRANSFORM_WEIGHTS = (0.1, 0.1, 0.08, 0.1, 0.07, 0.1, 0.25, 0.1, 0.1)
+#: What each transform is, as the dedup score counts it: byte copies, small edits of the same
+#: pixels, another face box on the same photo, a stock-photo watermark, a tone curve.
+COPY_KINDS: dict[str, str] = {
+    "exact": "exact",
+    "reencode": "near",
+    "brightness": "near",
+    "contrast": "near",
+    "resize": "near",
+    "shift": "near",
+    "recrop": "recrop",
+    "watermark": "watermark",
+    "tone": "tone",
+}
+# A re-crop: the face box zoomed by 0.85-1.15 (at least 4% away from 1) and moved a few pixels.
+RECROP_ZOOM = (0.85, 1.15)
+RECROP_MIN_ZOOM_CHANGE = 0.04
+RECROP_SHIFT_PX = 3.0
+# A watermark: one stock-photo word, white, at this opacity, often diagonal.
+WATERMARK_WORDS: tuple[str, ...] = ("shutterstock", "iStock", "alamy", "123RF", "Getty Images", "dreamstime")
+WATERMARK_ALPHA = (0.2, 0.4)
+# A tone curve: gamma in 0.7-1.4, at least 12% away from 1 so the change is visible.
+TONE_GAMMA = (0.7, 1.4)
+TONE_MIN_CHANGE = 0.12
+# Burst frames: the same person, pose, light and backdrop a moment later with another expression
+# (and the camera a pixel off). Hard negatives: not duplicates. Share of the clean renders.
+BURST_SHARE = 0.02
+BURST_ZOOM_CHANGE = 0.03
+BURST_SHIFT_PX = 1.0
 
 # Share of the under-represented class relative to the others, as in the real case.
 MINORITY_CLASS = "surprise"
@@ -104,7 +142,8 @@ class DemoResult:
     """Where the demo was written and how many of each thing it holds.
 
     ``counts`` keys: ``files`` (every file under ``dataset/``), ``images`` (clean renders before
-    faults), ``mislabeled``, ``duplicates`` (planted copies), ``invalid``, ``rgb``, ``png``,
+    faults), ``mislabeled``, ``duplicates`` (planted copies), ``bursts`` (burst frames: another
+    expression of an image's moment, not a copy), ``invalid``, ``rgb``, ``png``,
     ``affectnet`` (CSV rows) and ``affectnet_faults``.
     """
 
@@ -149,6 +188,8 @@ class Truth:
     INVALID_REASON = "invalid_reason"
     DUP_OF = "dup_of"
     DUP_TRANSFORM = "dup_transform"
+    COPY_KIND = "copy_kind"
+    BURST_OF = "burst_of"
     MODE = "mode"
     FORMAT = "format"
 
@@ -169,6 +210,8 @@ def truth_schema() -> Any:
             (Truth.INVALID_REASON, pa.string()),
             (Truth.DUP_OF, pa.string()),
             (Truth.DUP_TRANSFORM, pa.string()),
+            (Truth.COPY_KIND, pa.string()),
+            (Truth.BURST_OF, pa.string()),
             (Truth.MODE, pa.string()),
             (Truth.FORMAT, pa.string()),
         ]

@@ -343,7 +343,27 @@ def score_dedup(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
         "pair recall": len(hit) / max(1, len(real_pairs)),
         "group precision": 1 - wrong / max(1, total),
         "planted copies still active beside original": len(leak_left),
+        **_recall_per_kind(planted, group_of),
+        **_bursts_joined(joined, group_of),
     }
+
+
+def _recall_per_kind(planted: pd.DataFrame, group_of: dict[str, Any]) -> dict[str, str]:
+    """Pairs found per kind of copy (exact, near, recrop, watermark, tone), as found/planted."""
+    out = {}
+    for kind, part in planted.groupby(Truth.COPY_KIND, sort=True):
+        found = sum(_same_group(group_of, p, o) for p, o in zip(part[Col.PATH], part[Truth.DUP_OF], strict=True))
+        out[f"recall {kind}"] = f"{found}/{len(part)}"
+    return out
+
+
+def _bursts_joined(joined: pd.DataFrame, group_of: dict[str, Any]) -> dict[str, str]:
+    """Burst frames (same face, another expression) that dedup wrongly put in their frame's group."""
+    if Truth.BURST_OF not in joined.columns:
+        return {}
+    bursts = joined[joined[Truth.BURST_OF].notna()]
+    false = sum(_same_group(group_of, p, o) for p, o in zip(bursts[Col.PATH], bursts[Truth.BURST_OF], strict=True))
+    return {"burst pairs joined (false pairs)": f"{false}/{len(bursts)}"}
 
 
 def _same_group(group_of: dict[str, Any], a: str, b: str) -> bool:
