@@ -494,3 +494,35 @@ def test_benchmark_vote_targets_and_gold_labels() -> None:
     assert gold.tolist() == [0, 0, 1] and "on 1 of 3 gold images" in note and "1 differ" in note
     with pytest.raises(InputError, match="targets 'vote'"):
         BenchmarkParams(targets="vote")
+
+
+def test_vote_targets_use_the_recorded_mapping_and_key_the_model_cache(ferplus: FerPlus, tmp_path: Path) -> None:
+    from fercurate.benchmark.stage import _soft_targets, _trained_model
+    from fercurate.progress import NullProgress
+    from fercurate.train import make_config
+    from fercurate.votes.stage import recorded_mapping
+
+    ws = _scanned(tmp_path, ferplus.kaggle)
+    import_votes(ws, VotesParams(votes=ferplus.root, mapping="sadness=neutral"))
+    info, df = ws.read()
+    classes = ["happy", "neutral"]
+    assert recorded_mapping(ws, info, classes)["sadness"] == "neutral"
+    split = df[df[Col.PATH].isin([n for n, k in zip(ferplus.kaggle_names, ferplus.kinds, strict=True) if k == "split"])]
+    split = split[split[VoteCol.N].notna()]
+    y = np.zeros(len(split), dtype=np.int64)
+    soft = _soft_targets(ws, info, split, y, classes)
+    # votes [neutral 4, happiness 3, sadness 3]: sadness counts for neutral as recorded (not dropped)
+    assert soft is not None and np.allclose(soft, [[0.3, 0.7]] * len(split))
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    labels = np.arange(16) % 2
+    soft_a = np.eye(2, dtype=np.float32)[labels]
+    soft_b = np.full((16, 2), 0.5, dtype=np.float32)
+    models = ws.cache_dir / "models"
+    for targets, expected in (("votes", 2), ("labels", 3)):
+        config = make_config("tiny", epochs=1, device="cpu", targets=targets)
+        for soft_tr in (soft_a, soft_b):
+            _trained_model(ws, config, targets, "key", x, labels, x, labels, classes, NullProgress(), "t", soft_tr)
+        # other votes train another model; label training ignores the votes, so one model serves both
+        assert len(list(models.glob("*.pt"))) == expected

@@ -228,15 +228,22 @@ def _version_data(
         y_val=y_va,
         x_test=load_pixels(workspace, info, te) if not te.empty else None,
         y_test=_encode(te[Col.LABEL], classes, info.version, "test") if not te.empty else None,
-        soft_train=_soft_targets(tr, y_tr, classes),
+        soft_train=_soft_targets(workspace, info, tr, y_tr, classes),
     )
 
 
-def _soft_targets(rows: pd.DataFrame, y: np.ndarray, classes: list[str]) -> np.ndarray | None:
-    """The train rows' vote distributions (one-hot of the label where a row has none), or None without votes."""
+def _soft_targets(
+    workspace: Workspace, info: VersionInfo, rows: pd.DataFrame, y: np.ndarray, classes: list[str]
+) -> np.ndarray | None:
+    """The train rows' vote distributions under the class mapping their votes were imported with
+    (one-hot of the label where a row has none), or None without votes."""
+    from fercurate.manifest import VoteCol
+    from fercurate.votes.stage import recorded_mapping
     from fercurate.votes.stats import soft_targets
 
-    return soft_targets(rows, y, classes)
+    if VoteCol.N not in rows.columns or not rows[VoteCol.N].notna().any():
+        return None
+    return soft_targets(rows, y, classes, recorded_mapping(workspace, info, classes))
 
 
 def _score_seed(
@@ -445,6 +452,10 @@ def _trained_model(
     """A model for (data, config, seed): loaded from the cache, or trained and cached."""
     from fercurate.train import ArraySplit, load_checkpoint, save_checkpoint, train
 
+    if config.targets == "votes" and soft_tr is not None:
+        # The votes are part of the training data: other votes (or another class mapping) train
+        # another model, so they key the cache as the rows and labels do.
+        data_key += "-v" + hashlib.sha256(np.ascontiguousarray(soft_tr, dtype=np.float32).tobytes()).hexdigest()[:8]
     path = workspace.cache_dir / "models" / f"{data_key}-{cfg_hash}-s{config.seed}.pt"
     if path.exists():
         cached = load_checkpoint(path, device=config.device if config.device != "auto" else "cpu")

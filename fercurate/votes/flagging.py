@@ -38,7 +38,8 @@ import pandas as pd
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, VOTE_COUNT_COLUMNS, Col, VoteCol, atomic_write
 from fercurate.votes.params import FERPLUS_CLASSES
-from fercurate.votes.stats import class_map, mapped_votes
+from fercurate.votes.stage import recorded_mapping
+from fercurate.votes.stats import mapped_votes
 
 FLAG_KIND = VoteCol.FLAG_KIND
 WRONG, AMBIGUOUS = "wrong", "ambiguous"
@@ -109,13 +110,6 @@ def _rows_flags(
     return voted, vote_flags(counts, labels, classes, mapping, max_support, min_majority)
 
 
-def _mapping_of(workspace: Any, info: Any, classes: list[str]) -> dict[str, str | None]:
-    """The class mapping the votes were imported with (recorded by the import), else the default."""
-    found = workspace.find_stage("votes-import", upto=info.version)
-    overrides = {k: v for k, v in (found.params.get("mapping") or {}).items() if v} if found else {}
-    return class_map(classes, {k: v for k, v in overrides.items() if v in classes})
-
-
 def combine_with_model(
     out: pd.DataFrame,
     rows: pd.DataFrame,
@@ -133,7 +127,7 @@ def combine_with_model(
     model_flagged = out[FLAGGED].fillna(False).astype(bool)
     kind[model_flagged] = WRONG
     if has_votes(rows):
-        voted, flags = _rows_flags(rows, classes, _mapping_of(workspace, info, classes), max_support, min_majority)
+        voted, flags = _rows_flags(rows, classes, recorded_mapping(workspace, info, classes), max_support, min_majority)
         where = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())
         at = where.loc[rows.loc[voted, Col.IMAGE_ID].to_numpy()].to_numpy()
         flagged = out[FLAGGED].astype("boolean").to_numpy(copy=True)
@@ -170,7 +164,7 @@ def accept_candidates(workspace: Any, info: Any, df: pd.DataFrame, decided: set[
     at = np.flatnonzero(active)
     classes = sorted(df.loc[df[Col.STATUS] == ACTIVE, Col.LABEL].unique().tolist())
     counts = df.iloc[at][list(VOTE_COUNT_COLUMNS)].astype("int64").to_numpy()
-    mapping = _mapping_of(workspace, info, classes)
+    mapping = recorded_mapping(workspace, info, classes)
     unmapped = [j for j, c in enumerate(FERPLUS_CLASSES) if mapping.get(c) is None]
     bins = np.concatenate([mapped_votes(counts, mapping, classes), counts[:, unmapped]], axis=1)
     top = bins.argmax(axis=1)
@@ -220,7 +214,7 @@ def flag_by_votes(workspace: Any, params: Any, progress: Any = None) -> Any:
         )
     act = df[df[Col.STATUS] == ACTIVE]
     classes = sorted(act[Col.LABEL].unique().tolist())
-    mapping = _mapping_of(workspace, info, classes)
+    mapping = recorded_mapping(workspace, info, classes)
     voted, flags = _rows_flags(act, classes, mapping, params.max_support, params.min_majority)
     out = df.drop(columns=[c for c in (*flag_columns(df), FLAG_KIND) if c in df.columns]).copy()
     pos = pd.Series(np.arange(len(out)), index=out[Col.IMAGE_ID].to_numpy())

@@ -170,6 +170,19 @@ def import_votes(workspace: Workspace, params: VotesParams, progress: Progress |
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def recorded_mapping(workspace: Workspace, info: VersionInfo, classes: list[str]) -> dict[str, str | None]:
+    """The FER+ -> dataset class mapping the votes of ``info`` were imported with.
+
+    ``votes import`` records it in its version's params; versions after it inherit the votes, so the
+    nearest import at or before ``info`` is the one that counts. Votes read by ``scan`` (the FER+
+    layout) and versions without an import use the default mapping. Overrides naming a class the
+    dataset no longer has (a later stage dropped it) are left out.
+    """
+    found = workspace.find_stage(STAGE, upto=info.version)
+    recorded = (found.params.get("mapping") or {}) if found else {}
+    return class_map(classes, {k: v for k, v in recorded.items() if v and v in classes})
+
+
 def _is_new_csv(path: Path) -> bool:
     with open(path, encoding="utf-8", errors="replace") as fh:
         return fh.readline().strip().lower().startswith("usage,")

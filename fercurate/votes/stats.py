@@ -155,15 +155,18 @@ def _why(name: str) -> str:
     return {"unknown": UNKNOWN, "NF": NOT_A_FACE}.get(name, OTHER_CLASS)
 
 
-def soft_targets(rows: pd.DataFrame, y: np.ndarray, classes: Sequence[str]) -> np.ndarray | None:
-    """Training targets from votes: each row's normalised votes over ``classes`` (default mapping), or
-    the one-hot of its label ``y`` where it has no votes for any of them; None when no row has votes."""
+def soft_targets(
+    rows: pd.DataFrame, y: np.ndarray, classes: Sequence[str], mapping: dict[str, str | None] | None = None
+) -> np.ndarray | None:
+    """Training targets from votes: each row's normalised votes over ``classes`` (FER+ classes counted
+    as ``mapping`` says, the default mapping when None), or the one-hot of its label ``y`` where it has
+    no votes for any of them; None when no row has votes."""
     from fercurate.manifest import VOTE_COUNT_COLUMNS, VoteCol
 
     if VoteCol.N not in rows.columns or not rows[VoteCol.N].notna().any():
         return None
     counts = rows[list(VOTE_COUNT_COLUMNS)].fillna(0).astype("int64").to_numpy()
-    dist = vote_distribution(counts, class_map(classes), classes)
+    dist = vote_distribution(counts, mapping if mapping is not None else class_map(classes), classes)
     none = dist.sum(axis=1) == 0
     dist[none] = np.eye(len(classes))[np.asarray(y)[none]]
     return dist.astype(np.float32)
