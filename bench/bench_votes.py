@@ -10,7 +10,12 @@
    row, every matched JPEG within the JPEG noise of its PNG (RMS recomputed here from the files), and
    how often the match names the same JPEG as the reference index in ``--truth`` (where it does not,
    both JPEGs are re-encodings of one photo: their RMS to the PNG is shown).
-3. ``flag``: on a scanned set with votes (real fer4), ``flag`` with votes alone, measured honestly:
+3. ``targets``: the trainer on vote distributions against the majority label, on a set as a user
+   curates it (``scan``, ``votes import`` of the FER+ data folder, ``dedup --mirror``, ``split``):
+   ``benchmark --targets labels`` and ``benchmark --targets votes`` of the split version, both scored
+   with ``--gold-labels votes`` on the same gold images, and the paired bootstrap interval of the
+   difference (votes minus labels) over those images.
+4. ``flag``: on a scanned set with votes (real fer4), ``flag`` with votes alone, measured honestly:
    the ten votes of each row are split 5 / 5 at random, the flags come from one half, and a
    ``wrong`` flag counts as right when the held-out half's most-voted class is not the given label
    (a tie with it counts as not confirmed). Thresholds are tuned on the ``Training_*`` rows only.
@@ -250,9 +255,54 @@ def bench_flag(
     }
 
 
+def bench_targets(work: Path, dataset: Path, preset: str, seeds: int, epochs: int | None) -> dict[str, Any]:
+    from fercurate.benchmark.stage import bootstrap_delta
+    from fercurate.workspace import Workspace
+
+    ws = work / f"ws-targets-{dataset.name}"
+    steps: dict[str, Any] = {}
+    if not (ws / "DONE").exists():
+        for name, cmd in (
+            ("scan", ["scan", str(dataset)]),
+            ("votes_import", ["votes", "import", str(REAL / "ferplus" / "data")]),
+            ("dedup", ["dedup", "--mirror"]),
+            ("split", ["split"]),
+        ):
+            _, steps[name] = timed([*cmd, "-w", str(ws)])
+        (ws / "DONE").write_text("")
+    version = Workspace(ws).resolve().version
+    runs: dict[str, Any] = {}
+    correct: dict[str, np.ndarray] = {}
+    for targets in ("labels", "votes"):
+        cmd = ["benchmark", version, "--preset", preset, "--seeds", str(seeds), "--device", "cpu"]
+        cmd += ["--targets", targets, "--gold-labels", "votes", "-w", str(ws)]
+        cmd += ["--epochs", str(epochs)] if epochs else []
+        result, timing = timed(cmd)
+        gold = pd.read_parquet(Path(result["report_dir"]) / "gold.parquet")
+        correct[targets] = gold[f"correct_{version}"].to_numpy(dtype=float)
+        score = result["versions"][-1]
+        runs[targets] = {
+            "gold_acc": score["gold_acc_mean"],
+            "gold_macro_f1": score["gold_f1_mean"],
+            "gold_size": result["gold_size"],
+            "notes": result["warnings"],
+            **timing,
+        }
+    delta, lo, hi = bootstrap_delta(correct["labels"], correct["votes"])
+    return {
+        "dataset": str(dataset),
+        "version": version,
+        "preset": preset,
+        "seeds": seeds,
+        "steps": steps,
+        "runs": runs,
+        "votes_minus_labels": {"delta": round(delta, 4), "ci95": [round(lo, 4), round(hi, 4)]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["import-csv", "import-kaggle", "flag", "all"])
+    parser.add_argument("what", choices=["import-csv", "import-kaggle", "targets", "flag", "all"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/votes/bench"))
     parser.add_argument("--csv", type=Path, default=None, help="fer2013.csv (default: rebuilt from FER+)")
     parser.add_argument("--dataset", type=Path, default=REAL / "sets" / "fer4", help="set for the flag bench")
@@ -264,6 +314,9 @@ def main() -> None:
     )
     parser.add_argument("--truth", type=Path, default=REAL / "sets" / "truth" / "ferplus_votes.csv")
     parser.add_argument("--seeds", type=int, default=5, help="random 5/5 vote splits averaged")
+    parser.add_argument("--preset", default="cpu", help="trainer preset for the targets bench")
+    parser.add_argument("--train-seeds", type=int, default=1, help="models per target kind (targets bench)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (targets bench)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"cpus": os.cpu_count()}
@@ -271,6 +324,8 @@ def main() -> None:
         out["import_csv"] = bench_import_csv(args.workdir, args.csv)
     if args.what in ("import-kaggle", "all"):
         out["import_kaggle"] = bench_import_kaggle(args.workdir, args.truth)
+    if args.what in ("targets", "all"):
+        out["targets"] = bench_targets(args.workdir, args.dataset, args.preset, args.train_seeds, args.epochs)
     if args.what in ("flag", "all"):
         index = None if str(args.index) == "none" else args.index
         grid = [(s, m) for s in (0.0, 0.1, 0.2) for m in (0.6, 0.8, 0.9, 1.0)]

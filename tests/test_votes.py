@@ -526,3 +526,26 @@ def test_vote_targets_use_the_recorded_mapping_and_key_the_model_cache(ferplus: 
             _trained_model(ws, config, targets, "key", x, labels, x, labels, classes, NullProgress(), "t", soft_tr)
         # other votes train another model; label training ignores the votes, so one model serves both
         assert len(list(models.glob("*.pt"))) == expected
+
+
+def test_benchmark_cli_trains_on_votes_and_scores_gold_against_them(tmp_path: Path) -> None:
+    from fercurate.split import SplitParams, split
+
+    data = _ferplus(tmp_path / "data", per_usage=24)
+    ws = _scanned(tmp_path, data.kaggle)
+    import_votes(ws, VotesParams(votes=data.root))
+    split(ws, SplitParams(ratios=(60.0, 20.0, 20.0)))
+    version = ws.resolve().version
+    common = [version, "--preset", "tiny", "--epochs", "1", "--seeds", "1", "--device", "cpu"]
+    common += ["-w", str(ws.root), "--json"]
+    runs = {}
+    for targets in ("labels", "votes"):
+        res = runner.invoke(app, ["benchmark", *common, "--targets", targets, "--gold-labels", "votes"])
+        assert res.exit_code == 0, res.output
+        runs[targets] = json.loads(res.stdout)
+    dirs = {Path(r["report_dir"]).name for r in runs.values()}
+    assert dirs == {f"{version}-tiny-gold-votes", f"{version}-tiny-targets-votes-gold-votes"}
+    gold = pd.read_parquet(Path(runs["votes"]["report_dir"]) / "gold.parquet")
+    voted = gold[Col.PATH].map(ws.read()[1].set_index(Col.PATH)[VoteCol.MAJORITY]).notna()
+    note = next(w for w in runs["votes"]["warnings"] if "vote majority" in w)
+    assert f"on {int(voted.sum())} of {len(gold)} gold images" in note

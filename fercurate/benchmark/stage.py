@@ -3,6 +3,7 @@ score, compare with the previous version, report. See :mod:`fercurate.benchmark`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -137,8 +138,8 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
     if params.gold_labels == "votes":  # score against the annotators' majority where gold rows have votes
         from fercurate.votes.stats import gold_against_votes
 
-        gold.y[:], note = gold_against_votes(gold.rows, gold.y, classes)
-        gold.warnings.append(note)
+        y, note = gold_against_votes(gold.rows, gold.y, classes)
+        gold = dataclasses.replace(gold, y=y, warnings=[*gold.warnings, note])
 
     runs: list[dict[str, Any]] = []
     scores: list[VersionScore] = []
@@ -348,7 +349,14 @@ def _report(
     started: float,
 ) -> BenchmarkResult:
     """Step 5: the result, and the report files beside it (runs, gold set, Markdown, HTML, plots)."""
-    out_dir = workspace.reports_dir / "benchmark" / f"{newest.version}-{params.preset}"
+    # one folder per (newest version, preset, targets, gold labels): a run with other targets or gold
+    # labels is another experiment and must not overwrite this one's report
+    suffix = "".join(
+        f"-{name}-{value}"
+        for name, value in (("targets", params.targets), ("gold", params.gold_labels))
+        if value != "labels"
+    )
+    out_dir = workspace.reports_dir / "benchmark" / f"{newest.version}-{params.preset}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = BenchmarkResult(
         versions=scores,
