@@ -151,21 +151,13 @@ def quality_demo(n: int, seed: int) -> dict[str, object]:
     }
 
 
-def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
-    """Re-cropped copies (zoom 0.85-1.15, shifts up to 4 px, watermark, tone curve) among burst frames.
-
-    Demo faces are rendered at 64x64 so that two face boxes can be cut from one: the plain box and
-    one zoomed and shifted (``fercurate.dedup.plant``), each JPEG-encoded at 48x48; 40% of the copies
-    get a stock watermark, 40% another tone curve. Hard negatives: for every planted pair, the same
-    face, pose, light and background with another expression (a burst frame), cut with the plain
-    box; distractors: other faces. Contact sheets of misses and false pairs go to ``out``.
-    """
-    from fercurate.dedup import DedupParams, find_duplicate_pairs
-    from fercurate.dedup.match import blurs, ncc_over_shifts
+def recrop_set(
+    n: int, seed: int
+) -> tuple[np.ndarray, list[tuple[int, int, str]], list[tuple[int, int]]]:
+    """The planted re-crop set of :func:`quality_recrop`: pixels, (a, b, kind) copies, (a, burst) pairs."""
     from fercurate.dedup.plant import crop, recrop_pair, tone_curve, watermark
     from fercurate.demo.faces import make_identity, render_face
     from fercurate.demo.params import EXPRESSIONS
-    from fercurate.images import contact_sheet
 
     rng = np.random.default_rng(seed)
     images: list[np.ndarray] = []
@@ -177,6 +169,10 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
         first, second = rng.choice(len(EXPRESSIONS), 2, replace=False)
         source = render_face(np.random.default_rng(face_seed), EXPRESSIONS[first], 0.9, 64, identity=who)
         other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
+        # some expression pairs draw alike on some faces: a burst frame must show another expression
+        while _visible_change(source, other) < 30:
+            second = rng.choice([k for k in range(len(EXPRESSIONS)) if k != first])
+            other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
         a, b, _, _ = recrop_pair(source, rng, 0.15, 4.0)
         how = "recrop"
         if rng.random() < 0.4:
@@ -186,10 +182,26 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
         base = len(images)
         images += [_encode_decode(a, 90), _encode_decode(b, 90), _encode_decode(crop(other, 1.0, 0, 0), 90)]
         truth.append((base, base + 1, how))
-        bursts.append((base, base + 2))
+        bursts += [(base, base + 2), (base + 1, base + 2)]  # the burst frame beside either copy
     for _ in range(n):
         images.append(_encode_decode(crop(render_face(rng, str(rng.choice(EXPRESSIONS)), 0.9, 64), 1.0, 0, 0), 90))
-    pixels = np.stack(images)
+    return np.stack(images), truth, bursts
+
+
+def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
+    """Re-cropped copies (zoom 0.85-1.15, shifts up to 4 px, watermark, tone curve) among burst frames.
+
+    Demo faces are rendered at 64x64 so that two face boxes can be cut from one: the plain box and
+    one zoomed and shifted (``fercurate.dedup.plant``), each JPEG-encoded at 48x48; 40% of the copies
+    get a stock watermark, 40% another tone curve. Hard negatives: for every planted pair, the same
+    face, pose, light and background with another expression (a burst frame), cut with the plain
+    box (counted beside either copy); distractors: other faces. Contact sheets of misses and false pairs go to ``out``.
+    """
+    from fercurate.dedup import DedupParams, find_duplicate_pairs
+    from fercurate.dedup.match import blurs, ncc_over_shifts
+    from fercurate.images import contact_sheet
+
+    pixels, truth, bursts = recrop_set(n, seed)
     t = time.perf_counter()
     pairs = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.15))
     seconds = time.perf_counter() - t
@@ -229,6 +241,14 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
         "found kinds": pairs["kind"].value_counts().to_dict(),
         "seconds": round(seconds, 2),
     }
+
+
+def _visible_change(first: np.ndarray, second: np.ndarray) -> int:
+    """Pixels (at 48x48) whose grey level differs by more than 20 between two renders of one face."""
+    from fercurate.dedup.plant import crop
+
+    diff = np.abs(crop(first, 1.0, 0, 0).astype(int) - crop(second, 1.0, 0, 0).astype(int))
+    return int((diff > 20).sum())
 
 
 def _encode_decode(arr: np.ndarray, quality: int) -> np.ndarray:

@@ -61,11 +61,29 @@ RECROP_REFINE = (-0.04, -0.02, 0.0, 0.02, 0.04)
 RECROP_SHIFT = 2
 #: Similarity at the estimate below which a re-crop candidate is not searched further.
 RECROP_PREFILTER = 0.75
+#: Candidates within RECROP_NEAR of ``min_similarity`` (a watermark lowers it) are refined by these
+#: steps (zoom, dy, dx), each kept when the correlation rises.
+RECROP_NEAR = 0.1
+#: Each window of a re-crop's residual is measured at the best shift of up to this many pixels.
+RECROP_LOCAL = 1
+RECROP_FINE = (
+    (-0.01, 0.0, 0.0),
+    (0.01, 0.0, 0.0),
+    (0.0, -0.5, 0.0),
+    (0.0, 0.5, 0.0),
+    (0.0, 0.0, -0.5),
+    (0.0, 0.0, 0.5),
+)
 #: Crop margin of the scaled comparison (a zoomed image's edges repeat the border pixels).
 RECROP_MARGIN = 5
-#: Largest local residual of a re-crop before thin strokes (a watermark's letters) are left out;
-#: after, ``max_residual`` applies (see :func:`tile_residual`).
-RECROP_WHOLE = 0.3
+#: A watermark on one copy: its residual lies along a band (a line of text) of OVERLAY_BAND pixels
+#: (at 48x48) at one of OVERLAY_ANGLES degrees, and covers at least OVERLAY_RUN of the crop's width
+#: without a gap; a changed mouth (half as wide) or eyes and brows (two blobs apart) do not.
+OVERLAY_BAND = 12
+OVERLAY_ANGLES = (0.0, -15.0, 15.0, -30.0, 30.0, -40.0, 40.0)
+OVERLAY_RUN = 0.5
+#: A column of the band is covered when its residual is at least this share of the band's mean column.
+OVERLAY_COVER = 0.3
 
 KIND_EXACT, KIND_NEAR, KIND_MIRROR, KIND_RECROP = "exact", "near", "mirror", "recrop"
 PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
@@ -328,7 +346,6 @@ def tile_residual(
     max_shift: int,
     *,
     margin: int | None = None,
-    thin: bool = False,
 ) -> np.ndarray:
     """The largest unexplained share of any small window once ``b`` is aligned and brightness fitted.
 
@@ -337,8 +354,7 @@ def tile_residual(
     difference sits in one small region. So: take the lightly blurred images (JPEG noise), align
     ``b`` at (``dy``, ``dx``), fit ``b ~ alpha * a + beta``, and return, per pair, the residual energy
     of the worst window (side ``S / 6``, half-overlapping) divided by the energy of ``b`` in a window
-    of that size on average. Pixels near clipping (<= 5 or >= 250 in either image, and their
-    neighbours) are left out: a brightened copy saturates.
+    of that size on average (:func:`residual_map`, :func:`worst_window`).
 
     Args:
         a, b: ``(P, S, S)`` uint8 images, pair by pair.
@@ -346,9 +362,32 @@ def tile_residual(
         dy, dx: the shift of ``b`` that matched best (from :func:`ncc_over_shifts`).
         max_shift: the largest shift (the margin of the central crop of ``a`` by default).
         margin: the crop's margin, as for :func:`ncc_over_shifts`.
-        thin: leave out residual structures thinner than 3 pixels before the windows are summed: a
-            semi-transparent watermark on one copy is thin strokes, which this removes, while a
-            changed mouth or eyes is a blob that keeps its core.
+    """
+    residual, energy = residual_map(a, b, fine_a, fine_b, dy, dx, max_shift, margin=margin)
+    return worst_window(residual, energy, a.shape[1])
+
+
+def residual_map(
+    a: np.ndarray,
+    b: np.ndarray,
+    fine_a: np.ndarray,
+    fine_b: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    max_shift: int,
+    *,
+    margin: int | None = None,
+    outside: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel residual energy of ``b`` (aligned at ``dy``, ``dx``) against ``alpha * a + beta``.
+
+    On the central crop (``margin`` on each side, as for :func:`ncc_over_shifts`) of the lightly
+    blurred images. Pixels near clipping (<= 5 or >= 250 in either image, and their neighbours) count
+    nothing: a brightened copy saturates; nor do those of ``a`` marked ``outside`` (``(P, S, S)``: a
+    warped image's pixels that lie beyond its source).
+
+    Returns:
+        The ``(P, C, C)`` residual energy and, per pair, the energy of the zero-mean ``b`` crop.
     """
     p, size, _ = a.shape
     m = max_shift if margin is None else max(margin, max_shift)
@@ -360,6 +399,8 @@ def tile_residual(
     fb = fine_b[rows, yy, xx].astype(np.float64)
     ra, rb = a[:, m : m + c, m : m + c], b[rows, yy, xx]
     clipped = (ra <= 5) | (ra >= 250) | (rb <= 5) | (rb >= 250)
+    if outside is not None:
+        clipped |= outside[:, m : m + c, m : m + c]
     grown = clipped.copy()  # and their neighbours, which the blur mixed with them
     grown[:, 1:] |= clipped[:, :-1]
     grown[:, :-1] |= clipped[:, 1:]
@@ -369,16 +410,91 @@ def tile_residual(
     fb -= fb.mean(axis=(1, 2), keepdims=True)
     alpha = (fa * fb).sum(axis=(1, 2)) / np.maximum((fa * fa).sum(axis=(1, 2)), 1e-9)
     residual = np.where(grown, 0.0, fb - alpha[:, None, None] * fa) ** 2
-    if thin:
-        # the smallest residual in each 3x3 neighbourhood: strokes thinner than 3 pixels (a watermark's
-        # letters) vanish, a changed mouth or eye (a blob) keeps its core
-        padded = np.pad(residual, ((0, 0), (1, 1), (1, 1)), mode="edge")
-        residual = np.min([padded[:, i : i + c, j : j + c] for i in range(3) for j in range(3)], axis=0)
+    return residual, (fb * fb).sum(axis=(1, 2))
+
+
+def worst_window(residual: np.ndarray, energy: np.ndarray, size: int) -> np.ndarray:
+    """The residual of the worst window (side ``size / 6``, half-overlapping) relative to an average one.
+
+    ``residual`` and ``energy`` as :func:`residual_map` returns them; ``size`` is the images' side.
+    """
+    p, c, _ = residual.shape
     win = max(2, round(size / WINDOW_FRACTION))
     corners = np.arange(0, c - win + 1, max(1, win // 2))
-    energy = _window_sums(residual, win, corners)
-    average = (fb * fb).sum(axis=(1, 2)) * (win * win) / (c * c)
-    return energy.reshape(p, -1).max(axis=1) / np.maximum(average, 1e-9)
+    sums = _window_sums(residual, win, corners)
+    average = energy * (win * win) / (c * c)
+    return sums.reshape(p, -1).max(axis=1) / np.maximum(average, 1e-9)
+
+
+def local_worst_window(residuals: list[np.ndarray], energy: np.ndarray, size: int) -> np.ndarray:
+    """As :func:`worst_window`, each window at whichever of several residual maps explains it best.
+
+    ``residuals`` are :func:`residual_map` maps of one set of pairs at small shifts of ``b``: a window
+    whose content is the same up to a fraction of a pixel finds one where it vanishes; a changed
+    mouth or eye finds none.
+    """
+    p, c, _ = residuals[0].shape
+    win = max(2, round(size / WINDOW_FRACTION))
+    corners = np.arange(0, c - win + 1, max(1, win // 2))
+    sums = np.min([_window_sums(r, win, corners) for r in residuals], axis=0)
+    average = energy * (win * win) / (c * c)
+    return sums.reshape(p, -1).max(axis=1) / np.maximum(average, 1e-9)
+
+
+def masked_ncc(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Zero-mean normalised cross-correlation of aligned ``(P, C, C)`` images over the pixels ``keep``."""
+    w = keep.astype(np.float64)
+    n = np.maximum(w.sum(axis=(1, 2), keepdims=True), 1.0)
+    a = a - (a * w).sum(axis=(1, 2), keepdims=True) / n
+    b = b - (b * w).sum(axis=(1, 2), keepdims=True) / n
+    ab = (a * b * w).sum(axis=(1, 2))
+    return ab / np.sqrt(np.maximum((a * a * w).sum(axis=(1, 2)) * (b * b * w).sum(axis=(1, 2)), 1e-18))
+
+
+def overlay_band(residual: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The band of ``height`` pixels holding most residual energy, and whether it reads as text.
+
+    A band is every pixel whose sheared row ``y - tan(angle) * (x - centre)`` lies in ``[t, t +
+    height)``, for each angle of :data:`OVERLAY_ANGLES` (a stock watermark is horizontal or
+    diagonal). Its energy, for every ``t`` at once, is a difference of column-wise cumulative sums.
+    The best band reads as text when its columns carry residual (at least :data:`OVERLAY_COVER` of
+    their mean) without a gap over at least :data:`OVERLAY_RUN` of the width: a word's letters
+    follow each other, whereas a changed mouth is short and changed eyes or brows are two blobs.
+
+    Args:
+        residual: ``(P, C, C)`` residual energy per pixel of aligned pairs.
+        height: the band's height in pixels.
+
+    Returns:
+        The best band as a ``(P, C, C)`` mask, and per pair whether it reads as text.
+    """
+    p, c, _ = residual.shape
+    cum = np.zeros((p, c + 1, c))
+    np.cumsum(residual, axis=1, out=cum[:, 1:])
+    x = np.arange(c)
+    best = np.full(p, -1.0)
+    lo_best = np.zeros((p, c), dtype=np.int64)
+    for angle in OVERLAY_ANGLES:
+        lift = np.rint(np.tan(np.deg2rad(angle)) * (x - (c - 1) / 2)).astype(np.int64)  # row offset per column
+        starts = np.arange(-height - lift.max() + 1, c - lift.min())
+        lo = np.clip(starts[:, None] + lift[None, :], 0, c)  # (T, C)
+        hi = np.clip(starts[:, None] + lift[None, :] + height, 0, c)
+        energy = (cum[:, hi, x] - cum[:, lo, x]).sum(axis=2)  # (P, T)
+        t = energy.argmax(axis=1)
+        top = energy[np.arange(p), t]
+        better = top > best
+        best[better] = top[better]
+        lo_best[better] = starts[t[better], None] + lift[None, :]
+    yy = np.arange(c)[None, :, None]
+    band = (yy >= lo_best[:, None, :]) & (yy < lo_best[:, None, :] + height)
+    column = np.where(band, residual, 0.0).sum(axis=1)  # (P, C)
+    covered = column >= OVERLAY_COVER * column.mean(axis=1, keepdims=True)
+    run = np.zeros(p)
+    current = np.zeros(p)
+    for k in range(c):
+        current = np.where(covered[:, k], current + 1, 0)
+        run = np.maximum(run, current)
+    return band, run >= OVERLAY_RUN * c
 
 
 def zoom_operators(size: int, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -398,6 +514,15 @@ def zoom_operators(size: int, scale: np.ndarray, shift: np.ndarray) -> np.ndarra
     out[p_idx, u_idx, lo] = 1 - w
     out[p_idx, u_idx, lo + 1] += w
     return out
+
+
+def beyond(size: int, scale: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``(P, S, S)``: the pixels of a :func:`warp` by ``scale`` and (``dy``, ``dx``) that sample outside the source."""
+    centre = (size - 1) / 2
+    u = np.arange(size)[None, :] - centre
+    rows = np.abs(scale[:, None] * u + dy[:, None]) > centre
+    cols = np.abs(scale[:, None] * u + dx[:, None]) > centre
+    return rows[:, :, None] | cols[:, None, :]
 
 
 def warp(images: np.ndarray, scale: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -512,19 +637,24 @@ def verify_scaled(
     scale: np.ndarray,
     oy: np.ndarray,
     ox: np.ndarray,
+    min_similarity: float = 0.9,
+    max_residual: float = 0.15,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Similarity, zoom, shift and local residual of pairs, searched around an estimate.
 
     ``right[b](u) ~ left[a](c + scale * (u - c) + o)``: ``left[a]`` is warped by every zoom of
-    :data:`RECROP_REFINE` around ``scale`` (and moved by ``o``), correlated with ``right[b]`` over
-    shifts up to :data:`RECROP_SHIFT` on band-passed images, and the best alignment's local residual
-    is measured with thin strokes left out (a watermark), after a looser check with them
-    (:data:`RECROP_WHOLE`); a pair failing that one gets an infinite residual.
+    :data:`RECROP_REFINE` around ``scale`` (and moved by ``o``) and correlated with ``right[b]`` over
+    shifts up to :data:`RECROP_SHIFT` on band-passed images; pairs near ``min_similarity`` are then
+    refined by :data:`RECROP_FINE` steps. At the best alignment the local residual is measured
+    (:func:`residual_map`, :func:`worst_window`). Where it exceeds ``max_residual`` and lies along a
+    band that reads as a line of text (a watermark on one copy, :func:`overlay_band`), the pair is
+    measured again without the band: correlation and residual of the rest of the image (``overlay``).
 
     Returns:
-        similarity, scale, dy, dx, residual, whole: ``right[b](u) ~ left[a](c + scale * (u - c) + (dy,
-        dx))`` at the best alignment (shift rounded to whole pixels); ``residual`` with thin strokes
-        left out (infinite when ``whole``, the residual with them, exceeds :data:`RECROP_WHOLE`).
+        similarity, scale, dy, dx, residual, overlay: ``right[b](u) ~ left[a](c + scale * (u - c) +
+        (dy, dx))`` at the best alignment (shift rounded to whole pixels); the residual (infinite for
+        pairs below ``min_similarity - RECROP_NEAR``); ``overlay`` True where a watermark's band was
+        left out of the similarity and the residual.
     """
     p = len(a)
     sim = np.full(p, -2.0)
@@ -532,7 +662,9 @@ def verify_scaled(
     best_y = np.zeros(p)
     best_x = np.zeros(p)
     residual = np.full(p, np.inf)
-    whole_residual = np.full(p, np.inf)
+    overlay = np.zeros(p, dtype=bool)
+    size = left.shape[1]
+    g = RECROP_MARGIN
 
     def chunk(s: int) -> None:
         sl = slice(s, s + _VERIFY_CHUNK)
@@ -543,47 +675,70 @@ def verify_scaled(
         oy_, ox_, z0 = oy[sl].astype(np.float64), ox[sl].astype(np.float64), scale[sl].astype(np.float64)
         # at the estimate first: most candidates of a generous radius are other photos, and one
         # correlation tells; only the promising ones are searched over zoom
-        top, by, bx = ncc_over_shifts(warp(ba, z0, oy_, ox_), bb, RECROP_SHIFT, RECROP_MARGIN)
+        top, by, bx = ncc_over_shifts(warp(ba, z0, oy_, ox_), bb, RECROP_SHIFT, g)
         zs = z0.copy()
         keep = np.nonzero(top >= RECROP_PREFILTER)[0]
         for step in RECROP_REFINE:
             if step == 0.0 or not len(keep):
                 continue
             z = z0[keep] + step
-            ncc, dy, dx = ncc_over_shifts(
-                warp(ba[keep], z, oy_[keep], ox_[keep]), bb[keep], RECROP_SHIFT, RECROP_MARGIN
-            )
+            ncc, dy, dx = ncc_over_shifts(warp(ba[keep], z, oy_[keep], ox_[keep]), bb[keep], RECROP_SHIFT, g)
             better = ncc > top[keep]
             k = keep[better]
             top[k], zs[k], by[k], bx[k] = ncc[better], z[better], dy[better], dx[better]
-        sim[sl], best_s[sl], best_y[sl], best_x[sl] = top, zs, by, bx
-        if len(keep):
-            rows_a, rows_b = a[sl][keep], b[sl][keep]
-            wa = warp(fine_a[ia][keep], zs[keep], oy_[keep], ox_[keep])
-            pa = np.clip(warp(left[rows_a], zs[keep], oy_[keep], ox_[keep]), 0, 255)
-            res = np.full(len(top), np.inf)
-            args = (pa, right[rows_b], wa, fine_b[ib][keep], by[keep], bx[keep], RECROP_SHIFT)
-            thin = tile_residual(*args, margin=RECROP_MARGIN, thin=True)
-            whole = tile_residual(*args, margin=RECROP_MARGIN)
-            # thin strokes (a watermark) may explain a residual up to RECROP_WHOLE; beyond, or with a
-            # blob left over, the pair differs in content
-            res[keep] = np.where(whole <= RECROP_WHOLE, thin, np.inf)
-            residual[sl] = res
-            plain = np.full(len(top), np.inf)
-            plain[keep] = whole
-            whole_residual[sl] = plain
+        # the whole offset of each pair: b(u + d) ~ a(c + s (u - c) + o), so b(v) ~ a(c + s (v - c) + o - s d)
+        ty, tx = oy_ - zs * by, ox_ - zs * bx
+        # the pairs near passing are refined by a hundredth of zoom and half pixels: a re-crop's
+        # pixels sample the photo at other places, and a coarse alignment leaves edges in the residual
+        keep = np.nonzero(top >= min_similarity - RECROP_NEAR)[0]
+        for dz, sy, sx in RECROP_FINE:
+            if not len(keep):
+                break
+            z, y, x = zs[keep] + dz, ty[keep] + sy, tx[keep] + sx
+            ncc, dy, dx = ncc_over_shifts(warp(ba[keep], z, y, x), bb[keep], 1, g)
+            better = ncc > top[keep]
+            k = keep[better]
+            top[k], zs[k] = ncc[better], z[better]
+            ty[k], tx[k] = y[better] - z[better] * dy[better], x[better] - z[better] * dx[better]
+        sim[sl], best_s[sl], best_y[sl], best_x[sl] = top, zs, ty, tx
+        if not len(keep):
+            return
+        rows_a, rows_b = a[sl][keep], b[sl][keep]
+        wa = warp(fine_a[ia][keep], zs[keep], ty[keep], tx[keep])
+        pa = np.clip(warp(left[rows_a], zs[keep], ty[keep], tx[keep]), 0, 255)
+        # the residual of each window at the best of the small local shifts: the two copies sample the
+        # photo at other places, and what is left of that is edges a fraction of a pixel apart
+        r = RECROP_LOCAL
+        n = size - 2 * g
+        outside = beyond(size, zs[keep], ty[keep], tx[keep])
+        maps = []
+        for dy, dx in offsets(r):
+            shift_y = np.full(len(keep), dy, dtype=np.int64)
+            shift_x = np.full(len(keep), dx, dtype=np.int64)
+            maps.append(
+                residual_map(pa, right[rows_b], wa, fine_b[ib][keep], shift_y, shift_x, r, margin=g, outside=outside)
+            )
+        res_map, energy = maps[len(maps) // 2]
+        res = local_worst_window([m for m, _ in maps], energy, size)
+        # a watermark on one copy: its band left out of both measures
+        band, textlike = overlay_band(res_map, round(OVERLAY_BAND * size / 48))
+        over = textlike & (res > max_residual)
+        if over.any():
+            o = np.nonzero(over)[0]
+            rest = ~band[o] & ~outside[o][:, g : g + n, g : g + n]
+            aligned = warp(ba[keep[o]], zs[keep][o], ty[keep][o], tx[keep][o])[:, g : g + n, g : g + n]
+            top[keep[o]] = masked_ncc(aligned, bb[keep[o]][:, g : g + n, g : g + n], rest)
+            res[o] = local_worst_window([np.where(rest, m[o], 0.0) for m, _ in maps], energy[o], size)
+        sim[sl] = top
+        out = np.full(len(top), np.inf)
+        out[keep] = res
+        residual[sl] = out
+        flag = np.zeros(len(top), dtype=bool)
+        flag[keep] = over
+        overlay[sl] = flag
 
     in_threads(chunk, range(0, p, _VERIFY_CHUNK))
-    # the whole shift of the pair: the estimate's plus the residual one found by correlation
-    # b(u + d) ~ a(c + s (u - c) + o), so b(v) ~ a(c + s (v - c) + o - s d)
-    return (
-        sim,
-        best_s,
-        np.rint(oy - best_s * best_y).astype(np.int64),
-        np.rint(ox - best_s * best_x).astype(np.int64),
-        residual,
-        whole_residual,
-    )
+    return sim, best_s, np.rint(best_y).astype(np.int64), np.rint(best_x).astype(np.int64), residual, overlay
 
 
 # -- candidate search ------------------------------------------------------------------------------
@@ -874,27 +1029,27 @@ def _recrops(
     """Pairs re-cropped with another face box: the re-crop search's candidates and the plain ones that
     failed at scale 1, verified over zoom and a wider shift; none already in ``found``."""
     views = recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom)
-    plain = cands.loc[~cands["flip"].to_numpy(), ["a", "b"]]
-    plain = plain.assign(scale=1.0, oy=0.0, ox=0.0, view=False)
-    # the central view (zoom 1, not moved) is no evidence of a new face box
-    evidence = (views["scale"] != 1.0) | (views["oy"] != 0) | (views["ox"] != 0)
-    views = views.assign(view=evidence.to_numpy())
-    todo = pd.concat([views[["a", "b", "scale", "oy", "ox", "view"]], plain], ignore_index=True)
+    plain = cands.loc[~cands["flip"].to_numpy(), ["a", "b"]].assign(scale=1.0, oy=0.0, ox=0.0)
+    todo = pd.concat([views[["a", "b", "scale", "oy", "ox"]], plain], ignore_index=True)
     key = np.minimum(todo["a"], todo["b"]) * len(pixels) + np.maximum(todo["a"], todo["b"])
     done = set((np.minimum(found["a"], found["b"]) * len(pixels) + np.maximum(found["a"], found["b"])).tolist())
     todo = todo[~np.isin(key, list(done))]
     if todo.empty:
         return found.iloc[:0]
     a, b = todo["a"].to_numpy(), todo["b"].to_numpy()
-    sim, scale, dy, dx, residual, whole = verify_scaled(
-        pixels, pixels, a, b, todo["scale"].to_numpy(), todo["oy"].to_numpy(), todo["ox"].to_numpy()
+    sim, scale, dy, dx, residual, _ = verify_scaled(
+        pixels,
+        pixels,
+        a,
+        b,
+        todo["scale"].to_numpy(),
+        todo["oy"].to_numpy(),
+        todo["ox"].to_numpy(),
+        params.min_similarity,
+        params.max_residual,
     )
     moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
-    # the watermark tolerance is for re-crops a moved or smaller view proposed; a pair aligned without a new
-    # face box, or proposed by the plain search, is held to the plain check of step 4, so a slight
-    # zoom found by the search cannot excuse another frame of the same person
-    strict = ~(moved & todo["view"].to_numpy())
-    ok = (sim >= params.min_similarity) & (residual <= params.max_residual) & (~strict | (whole <= params.max_residual))
+    ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
     out = pd.DataFrame(
         {
             "a": np.minimum(a, b)[ok],
