@@ -681,8 +681,8 @@ def test_recropped_watermarked_and_toned_copies_match_and_next_frames_do_not() -
     pairs = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.15))
     found = {(i, j): kind for i, j, kind in zip(pairs["i"], pairs["j"], pairs["kind"], strict=True)}
     hit = [(a, b) in found for a, b, _ in copies]
-    # these drawn faces' features are 1-3 pixel strokes, like a watermark's letters, so the check that
-    # rejects every next frame also loses some copies here (real FER photos: docs/dedup.md)
+    # these drawn faces' features are 1-3 pixel strokes, so the check that rejects every next frame
+    # also loses some copies here (real FER photos and the planted bench: docs/dedup.md)
     assert sum(hit) >= 0.75 * len(copies), [what for (_, _, what), h in zip(copies, hit, strict=True) if not h]
     assert any(h for (_, _, what), h in zip(copies, hit, strict=True) if "watermark" in what)
     assert {found[(a, b)] for (a, b, _), h in zip(copies, hit, strict=True) if h} == {"recrop"}
@@ -700,3 +700,39 @@ def test_plant_crop_moves_and_zooms_the_box() -> None:
     assert zoomed.astype(int).sum() > 1.2 * plain.astype(int).sum()  # a tighter box shows it larger
     rows = np.nonzero((plain > 128).any(axis=1))[0].mean(), np.nonzero((moved > 128).any(axis=1))[0].mean()
     assert rows[1] == pytest.approx(rows[0] - 4, abs=1)  # the box moved down: the square moved up
+
+
+def test_match_against_finds_recrops_across_the_two_sets() -> None:
+    pixels, copies, frames = _recrop_set()
+    originals = [a for a, _, _ in copies]
+    recropped = [b for _, b, _ in copies]
+    reference = pixels[originals + [f for _, f in frames]]  # the originals and their next frames
+    query = pixels[recropped]
+    plain = match_against(query, reference, DedupParams(max_zoom=0.0))
+    best = match_against(query, reference, DedupParams(max_zoom=0.15))
+    assert len(best) > len(plain)
+    # every match is the query's own original, never another frame of that face
+    assert (best["reference"].to_numpy() == best["query"].to_numpy()).all()
+    assert set(best["kind"]) <= {"recrop", "near"}
+    assert len(best) >= 0.75 * len(copies)
+
+
+def test_overlay_band_reads_a_line_of_text_but_not_a_mouth_or_two_eyes() -> None:
+    from fercurate.dedup.match import overlay_band
+
+    c = 38
+    rng = np.random.default_rng(0)
+    text = np.zeros((c, c))
+    text[15:24, 5:33] = rng.uniform(0.5, 1.0, (9, 28))  # a word across the face
+    tilted = np.zeros((c, c))
+    for x in range(4, 34):  # the same, 30 degrees down to the right
+        y = int(round(19 + np.tan(np.deg2rad(30)) * (x - 18.5)))
+        tilted[y - 4 : y + 4, x] = 1.0
+    mouth = np.zeros((c, c))
+    mouth[28:33, 12:26] = 1.0  # a changed mouth: a third of the width
+    eyes = np.zeros((c, c))
+    eyes[10:15, 6:14] = 1.0  # changed eyes: two blobs apart
+    eyes[10:15, 24:32] = 1.0
+    band, textlike = overlay_band(np.stack([text, tilted, mouth, eyes]) + 1e-4, 12)
+    assert textlike.tolist() == [True, True, False, False]
+    assert band[0, 15:24, 5:33].all()  # the band holds the word
