@@ -4,6 +4,7 @@ Usage (each part prints its numbers; docs/dedup.md quotes them)::
 
     python bench/bench_dedup.py quality [--n 8000] [--seed 1]   # precision/recall at the defaults
     python bench/bench_dedup.py speed [--n 20000] [--runs 3]    # scan + dedup wall time, vs imagededup
+    python bench/bench_dedup.py speed --dedup-args "--max-zoom 0.15"  # ... with the re-crop search
     FERCURATE_BASE=/tmp/base python bench/bench_dedup.py speed  # ... and beside a checkout of the previous release
     python bench/bench_dedup.py recrop [--n 1500]               # re-crops, watermarks, tone curves, burst frames
     python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
@@ -38,6 +39,7 @@ import io
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -151,9 +153,7 @@ def quality_demo(n: int, seed: int) -> dict[str, object]:
     }
 
 
-def recrop_set(
-    n: int, seed: int
-) -> tuple[np.ndarray, list[tuple[int, int, str]], list[tuple[int, int]]]:
+def recrop_set(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]], list[tuple[int, int]]]:
     """The planted re-crop set of :func:`quality_recrop`: pixels, (a, b, kind) copies, (a, burst) pairs."""
     from fercurate.dedup.plant import crop, recrop_pair, tone_curve, watermark
     from fercurate.demo.faces import make_identity, render_face
@@ -372,7 +372,7 @@ def _console_script() -> str:
     return str(beside) if beside.exists() else "fercurate"
 
 
-def speed(n: int, runs: int, seed: int) -> dict[str, object]:
+def speed(n: int, runs: int, seed: int, dedup_args: list[str] | None = None) -> dict[str, object]:
     dest = demo_dataset(WORK / f"demo-{n}-{seed}", int(n * 0.945), seed)  # duplicates and bad files on top
     dataset = dest / "dataset"
     files = sum(1 for p in dataset.rglob("*") if p.is_file())
@@ -390,8 +390,9 @@ def speed(n: int, runs: int, seed: int) -> dict[str, object]:
         ws = WORK / f"ws-speed-{r}"
         shutil.rmtree(ws, ignore_errors=True)
         scans.append(_wall([fercurate, "scan", str(dataset), "-w", str(ws)], cpu_scan))
-        dedups.append(_wall([fercurate, "dedup", "-w", str(ws)], cpu_dedup))  # writes v0001 and its reports
-        again.append(_wall([fercurate, "dedup", "-w", str(ws), "--version", "v0000", "--dry-run"]))
+        extra = dedup_args or []
+        dedups.append(_wall([fercurate, "dedup", "-w", str(ws), *extra], cpu_dedup))  # writes v0001 and its reports
+        again.append(_wall([fercurate, "dedup", "-w", str(ws), "--version", "v0000", "--dry-run", *extra]))
         if base:
             shutil.rmtree(ws, ignore_errors=True)
             base_scans.append(_wall([*base_cmd, "scan", str(dataset), "-w", str(ws)], base_cpu))
@@ -399,6 +400,7 @@ def speed(n: int, runs: int, seed: int) -> dict[str, object]:
     out: dict[str, object] = {
         "files": files,
         "cpus": len(os.sched_getaffinity(0)),
+        "dedup options": " ".join(dedup_args or []) or "(defaults)",
         "load average before": os.getloadavg()[0],
         "scan s (median)": round(statistics.median(scans), 2),
         "dedup s (median)": round(statistics.median(dedups), 2),
@@ -532,6 +534,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-transform", type=int, default=300)
     parser.add_argument("--radius", type=int, nargs="*", default=[4, 8, 10, 12])
+    parser.add_argument(
+        "--dedup-args", default="", help="speed: options for this version's dedup, e.g. '--max-zoom 0.15'"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.part == "_search_child":
@@ -545,7 +550,8 @@ def main() -> None:
     if args.part in ("recrop", "all"):
         report["quality: re-crops and burst frames"] = quality_recrop(args.n or 1500, args.seed, Path("/tmp/recrop"))
     if args.part in ("speed", "all"):
-        report["speed"] = speed(args.n if args.part == "speed" and args.n else 20000, args.runs, args.seed + 1)
+        n_speed = args.n if args.part == "speed" and args.n else 20000
+        report["speed"] = speed(n_speed, args.runs, args.seed + 1, shlex.split(args.dedup_args))
     if args.part in ("scale", "all"):
         report["scale"] = scale(args.n if args.part == "scale" and args.n else 100_000, args.seed + 2)
     if args.part in ("search", "all"):
