@@ -1048,7 +1048,7 @@ def _recrops(
     if todo.empty:
         return found.iloc[:0]
     a, b = todo["a"].to_numpy(), todo["b"].to_numpy()
-    sim, scale, dy, dx, residual, overlay = verify_scaled(
+    sim, scale, dy, dx, residual, _ = verify_scaled(
         pixels,
         pixels,
         a,
@@ -1060,9 +1060,7 @@ def _recrops(
         params.max_residual,
     )
     moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
-    # a pair aligned at zoom 1 and a small shift failed the plain check of step 4, which is calibrated
-    # there: only a watermark's band excuses it
-    ok = (sim >= params.min_similarity) & (residual <= params.max_residual) & (moved | overlay)
+    ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
     out = pd.DataFrame(
         {
             "a": np.minimum(a, b)[ok],
