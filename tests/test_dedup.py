@@ -736,3 +736,19 @@ def test_overlay_band_reads_a_line_of_text_but_not_a_mouth_or_two_eyes() -> None
     band, textlike = overlay_band(np.stack([text, tilted, mouth, eyes]) + 1e-4, 12)
     assert textlike.tolist() == [True, True, False, False]
     assert band[0, 15:24, 5:33].all()  # the band holds the word
+
+
+def test_flipped_recrops_are_found_with_mirror_only() -> None:
+    pixels, copies, frames = _recrop_set()
+    flipped = pixels.copy()
+    for _, b, _ in copies:
+        flipped[b] = flipped[b][:, ::-1]
+    want = {(a, b) for a, b, _ in copies}
+    without = find_duplicate_pairs(flipped, DedupParams(max_zoom=0.15))
+    assert not set(zip(without["i"], without["j"], strict=True)) & want
+    pairs = find_duplicate_pairs(flipped, DedupParams(max_zoom=0.15, mirror=True))
+    found = {(i, j): kind for i, j, kind in zip(pairs["i"], pairs["j"], pairs["kind"], strict=True)}
+    hit = [pair for pair in want if pair in found]
+    assert len(hit) >= 0.5 * len(want)
+    assert {found[pair] for pair in hit} == {"mirror"}
+    assert not [f for f in frames if f in found], "next frames matched"

@@ -371,7 +371,17 @@ def score(paths: list[str], pixels: np.ndarray, rows: str, **params: float) -> d
     unknown = sorted(pairs - direct)
     judged = 0
     if unknown:
-        u = pd.DataFrame({"a": [a for a, _ in unknown], "b": [b for _, b in unknown], "flip": False, "desc": np.nan})
+        mirrored = set(
+            zip(found.loc[found["kind"] == "mirror", "i"], found.loc[found["kind"] == "mirror", "j"], strict=True)
+        )
+        u = pd.DataFrame(
+            {
+                "a": [a for a, _ in unknown],
+                "b": [b for _, b in unknown],
+                "flip": [pair in mirrored for pair in unknown],  # judged as found: flipped or not
+                "desc": np.nan,
+            }
+        )
         v = verify(pixels, u, coarse=WIDE)
         judged = int(same_photo(v).sum())
         v[~same_photo(v)].to_parquet(WORK / f"false-{rows}.parquet")

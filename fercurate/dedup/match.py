@@ -584,19 +584,24 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
     return out
 
 
-def recrop_candidates(pixels: np.ndarray, rows: np.ndarray, radius: int, max_zoom: float) -> pd.DataFrame:
+def recrop_candidates(
+    pixels: np.ndarray, rows: np.ndarray, radius: int, max_zoom: float, *, flip: bool = False
+) -> pd.DataFrame:
     """Pairs of ``rows`` where a moved, smaller window of one hashes within ``radius`` of the other's centre.
 
+    With ``flip`` the windows are taken from the mirrored images (a flipped re-crop).
+
     Returns:
-        ``a``, ``b`` (positions in ``pixels``; ``a`` the one whose window matched), ``scale`` and
-        ``oy``/``ox``: ``b(u) ~ a(c + scale * (u - c) + o)``, the estimate the verifier starts from.
+        ``a``, ``b`` (positions in ``pixels``; ``a`` the one whose window matched), ``scale``,
+        ``oy``/``ox``: ``b(u) ~ a(c + scale * (u - c) + o)`` (``a`` mirrored first with ``flip``), the
+        estimate the verifier starts from, and ``flip``.
     """
     size = pixels.shape[1]
     base = round(RECROP_WINDOW * size / 48)
     sub = pixels[rows]
     centre = view_hashes(sub, base, [(0, 0)])[:, 0]
     views = recrop_views(size, max_zoom)
-    hashes = np.concatenate([view_hashes(sub, w, offs) for w, offs in views], axis=1)
+    hashes = np.concatenate([view_hashes(sub, w, offs, flip=flip) for w, offs in views], axis=1)
     meta = [(w, dy, dx) for w, offs in views for dy, dx in offs]
     stride = len(meta)
     found = hamming_pairs(hashes.ravel(), radius, centre, keep=lambda q, d: q // stride != d)
@@ -614,6 +619,7 @@ def recrop_candidates(pixels: np.ndarray, rows: np.ndarray, radius: int, max_zoo
             "oy": oy + off,
             "ox": ox + off,
             "dist": np.bitwise_count(hashes.ravel()[q] ^ centre[d]).astype(np.int64),
+            "flip": flip,
         }
     )
     # one estimate per pair: the closest view
@@ -638,8 +644,12 @@ def verify_scaled(
     ox: np.ndarray,
     min_similarity: float = 0.9,
     max_residual: float = 0.15,
+    *,
+    flip: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Similarity, zoom, shift and local residual of pairs, searched around an estimate.
+
+    ``left[a]`` is mirrored first where ``flip`` (a flipped re-crop).
 
     ``right[b](u) ~ left[a](c + scale * (u - c) + o)``: ``left[a]`` is warped by every zoom of
     :data:`RECROP_REFINE` around ``scale`` (and moved by ``o``) and correlated with ``right[b]`` over
@@ -670,7 +680,11 @@ def verify_scaled(
         ua, ia = np.unique(a[sl], return_inverse=True)
         ub, ib = np.unique(b[sl], return_inverse=True)
         (fine_a, band_a), (fine_b, band_b) = blurs(left[ua]), blurs(right[ub])
-        ba, bb = band_a[ia], band_b[ib]
+        # pair by pair; the blurs commute with a left-right flip
+        ba, bb, fa, raw_a = band_a[ia], band_b[ib], fine_a[ia], left[a[sl]]
+        if flip is not None and flip[sl].any():
+            f = flip[sl]
+            ba[f], fa[f], raw_a[f] = ba[f][:, :, ::-1], fa[f][:, :, ::-1], raw_a[f][:, :, ::-1]
         oy_, ox_, z0 = oy[sl].astype(np.float64), ox[sl].astype(np.float64), scale[sl].astype(np.float64)
         # at the estimate first: most candidates of a generous radius are other photos, and one
         # correlation tells; only the promising ones are searched over zoom
@@ -702,9 +716,9 @@ def verify_scaled(
         sim[sl], best_s[sl], best_y[sl], best_x[sl] = top, zs, ty, tx
         if not len(keep):
             return
-        rows_a, rows_b = a[sl][keep], b[sl][keep]
-        wa = warp(fine_a[ia][keep], zs[keep], ty[keep], tx[keep])
-        pa = np.clip(warp(left[rows_a], zs[keep], ty[keep], tx[keep]), 0, 255)
+        rows_b = b[sl][keep]
+        wa = warp(fa[keep], zs[keep], ty[keep], tx[keep])
+        pa = np.clip(warp(raw_a[keep], zs[keep], ty[keep], tx[keep]), 0, 255)
         # the residual, less the pixels the warp made up (beyond the source's edge)
         n = size - 2 * g
         outside = beyond(size, zs[keep], ty[keep], tx[keep])
@@ -1037,9 +1051,12 @@ def _recrops(
     """Pairs re-cropped with another face box: the re-crop search's candidates and the plain ones that
     failed at scale 1, verified over zoom and a wider shift; none already in ``found``. With ``split``,
     only pairs of one image before ``split`` and one from it on (a query set against a reference)."""
-    views = recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom)
-    plain = cands.loc[~cands["flip"].to_numpy(), ["a", "b"]].assign(scale=1.0, oy=0.0, ox=0.0)
-    todo = pd.concat([views[["a", "b", "scale", "oy", "ox"]], plain], ignore_index=True)
+    views = [
+        recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom, flip=f) for f in {False, params.mirror}
+    ]
+    plain = cands[["a", "b", "flip"]].assign(scale=1.0, oy=0.0, ox=0.0)
+    columns = ["a", "b", "flip", "scale", "oy", "ox"]
+    todo = pd.concat([*(v[columns] for v in views), plain[columns]], ignore_index=True)
     if split is not None:
         todo = todo[(todo["a"] < split) != (todo["b"] < split)]
     key = np.minimum(todo["a"], todo["b"]) * len(pixels) + np.maximum(todo["a"], todo["b"])
@@ -1047,7 +1064,7 @@ def _recrops(
     todo = todo[~np.isin(key, list(done))]
     if todo.empty:
         return found.iloc[:0]
-    a, b = todo["a"].to_numpy(), todo["b"].to_numpy()
+    a, b, flip = todo["a"].to_numpy(), todo["b"].to_numpy(), todo["flip"].to_numpy()
     sim, scale, dy, dx, residual, _ = verify_scaled(
         pixels,
         pixels,
@@ -1058,6 +1075,7 @@ def _recrops(
         todo["ox"].to_numpy(),
         params.min_similarity,
         params.max_residual,
+        flip=flip,
     )
     moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
     ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
@@ -1066,7 +1084,7 @@ def _recrops(
             "a": np.minimum(a, b)[ok],
             "b": np.maximum(a, b)[ok],
             "similarity": np.round(sim[ok], 6),
-            "kind": np.where(moved[ok], KIND_RECROP, KIND_NEAR),
+            "kind": np.where(flip[ok], KIND_MIRROR, np.where(moved[ok], KIND_RECROP, KIND_NEAR)),
             "dy": dy[ok],
             "dx": dx[ok],
         }
