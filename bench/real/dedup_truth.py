@@ -4,6 +4,8 @@ Usage::
 
     python bench/real/dedup_truth.py candidates|verify|truth   # the reference, step by step
     python bench/real/dedup_truth.py score [--mirror] [--max-zoom 0]   # fercurate dedup against it
+    # (writes $RECROP_DIR/missed-ROWS.csv/.png and false-ROWS.parquet/.png: contact sheets of a, a
+    # aligned onto b, b and their difference)
 
 Writes ``/tmp/real/sets/truth/same_photo_pairs.csv`` (``a``, ``b``: paths relative to the fer2013
 root, ``kind``: exact | near | mirror | recrop, ``ncc``: best normalised cross-correlation over
@@ -385,6 +387,7 @@ def score(paths: list[str], pixels: np.ndarray, rows: str, **params: float) -> d
         v = verify(pixels, u, coarse=WIDE)
         judged = int(same_photo(v).sum())
         v[~same_photo(v)].to_parquet(WORK / f"false-{rows}.parquet")
+        sheet(pixels, v[~same_photo(v)], WORK / f"false-{rows}.png", "found pairs the reference rejects")
     true_found = len(pairs & direct) + judged
     per_kind = {
         k: f"{hit[truth['kind'] == k].mean():.3f} of {(truth['kind'] == k).sum()}"
@@ -397,6 +400,12 @@ def score(paths: list[str], pixels: np.ndarray, rows: str, **params: float) -> d
     }
     missed = truth[~hit]
     missed.to_csv(WORK / f"missed-{rows}.csv", index=False)
+    if len(missed):  # a contact sheet of a random 40, aligned as the reference aligns them
+        pick = missed.sample(min(40, len(missed)), random_state=0)
+        m = pd.DataFrame(
+            {"a": pick["a"].map(pos), "b": pick["b"].map(pos), "flip": pick["kind"] == "mirror", "desc": np.nan}
+        )
+        sheet(pixels, verify(pixels, m, coarse=WIDE), WORK / f"missed-{rows}.png", "reference pairs dedup missed")
     return {
         "images": len(pixels),
         "reference pairs": len(truth),
