@@ -510,3 +510,41 @@ def test_import_does_not_pull_torch() -> None:
         "fercurate.train.make_config('cpu'); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fercurate.train import loop
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not loop.uses_bf16(False, cpu) and not loop.uses_bf16(False, cuda)
+    assert loop.uses_bf16(True, cuda)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda native=native: native, raising=False)
+        assert loop.cpu_has_native_bf16() is native
+        assert loop.uses_bf16(True, cpu) is native
+    # a torch without the probes reads as no native bf16 (emulated bf16 is slower than fp32)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not loop.cpu_has_native_bf16()
+
+
+def test_cpu_precision_follows_amp_and_hardware(
+    trained: tuple[TrainResult, list[dict]], data: tuple[ArraySplit, ArraySplit], tmp_path: Path
+) -> None:
+    from fercurate.train import loop
+
+    a, _ = trained
+    native = loop.cpu_has_native_bf16()
+    assert a.precision == ("bf16" if native else "fp32")
+    fp32 = train(tiny(amp=False, epochs=1), *data, CLASSES)
+    assert fp32.precision == "fp32"
+    save_checkpoint(fp32, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt").precision == "fp32"
+    if native:  # bf16 autocast is really used: the same seed gives a different first epoch
+        bf16 = train(tiny(epochs=1), *data, CLASSES)
+        assert bf16.history[0]["train_loss"] != fp32.history[0]["train_loss"]
+        _, val = data
+        # predictions follow amp too, so a fp32 run's model scores its best_metric in fp32
+        proba = predict_proba(fp32.model, val.x, amp=False)
+        assert float((proba.argmax(1) == val.y).mean()) == fp32.best_metric

@@ -517,7 +517,7 @@ def cross_fit(
                 classes,
                 progress=lambda _epoch: progress.advance(1),
             )
-        fold_probs = predict_proba(result.model, x[test], batch_size=fold_config.eval_batch_size)
+        fold_probs = predict_proba(result.model, x[test], batch_size=fold_config.eval_batch_size, amp=fold_config.amp)
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp, p=fold_probs: _save_npy(tmp, p))
         probs[test] = fold_probs

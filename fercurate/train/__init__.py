@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         resolve_device,
         save_checkpoint,
         train,
+        uses_bf16,
     )
     from fercurate.train.model import build_model
 
@@ -57,6 +58,7 @@ _LAZY = {
     "resolve_device": "fercurate.train.loop",
     "save_checkpoint": "fercurate.train.loop",
     "train": "fercurate.train.loop",
+    "uses_bf16": "fercurate.train.loop",
     "build_model": "fercurate.train.model",
 }
 
@@ -83,6 +85,7 @@ __all__ = [
     "save_checkpoint",
     "synthetic_split",
     "train",
+    "uses_bf16",
 ]
 
 

@@ -20,9 +20,12 @@ Choices worth knowing (each mirrors the Keras recipe unless it says otherwise):
   with ``decay_steps = epochs * steps_per_epoch``).
 * Early stopping watches ``config.monitor`` (validation accuracy by default; see
   :class:`~fercurate.train.config.TrainConfig`) and restores the best epoch's weights.
-* On CPU training is fp32 and deterministic: the same data, config and thread count give
-  bit-identical weights and history. On CUDA it uses bf16 autocast, cuDNN autotuning and (by
-  default) one CUDA graph per training step, which are fast but not bit-reproducible.
+* On CPU training is deterministic: the same data, config and thread count give bit-identical
+  weights and history. With ``amp`` (the default) it runs in bf16 autocast where the CPU has
+  native bf16 (AVX512-BF16 / AMX: 1.5-2.5x faster with oneDNN) and in fp32 elsewhere, so two
+  machines of different kinds train slightly different models. On CUDA it uses bf16 autocast,
+  cuDNN autotuning and (by default) one CUDA graph per training step, which are fast but not
+  bit-reproducible.
   NHWC (``channels_last``) is used on both when enabled: it is cuDNN's fast path, and on CPU it
   measured 1.3-1.5x faster for this network too.
 * The whole step (augmentation, forward, loss, backward, Adam) is graph-captured on CUDA because
@@ -85,6 +88,7 @@ class TrainResult:
         epochs_run: Epochs actually run (below ``config.epochs`` if stopped early).
         seconds: Wall time of the whole run.
         device: Where it trained, e.g. ``cpu`` or ``cuda:0``.
+        precision: ``bf16`` (autocast, see :func:`uses_bf16`) or ``fp32``.
         optimizer_state: Adam state at ``best_epoch`` (None after loading a checkpoint without it).
     """
 
@@ -97,6 +101,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     device: str
+    precision: str = "fp32"
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -219,11 +224,32 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda" and config.amp:
-        # No weight-cast cache: a CUDA graph capture must not keep tensors cached across steps.
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles).
+
+    oneDNN then runs bf16 convolutions 1.5-2.5x faster than fp32 for this network (measured on 2
+    cores, docs/trainer.md). Without those instructions it emulates bf16 and is *slower* than
+    fp32, so training stays fp32 there. The probes are private torch helpers; a torch without them
+    reads as no native bf16.
+    """
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and bool(probe()) for probe in probes)
+
+
+def uses_bf16(amp: bool, device: torch.device) -> bool:
+    """Whether a run with ``amp`` on ``device`` computes in bf16 autocast: on CUDA, and on CPUs
+    with native bf16 (:func:`cpu_has_native_bf16`); fp32 otherwise."""
+    if not amp:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+def _autocast(amp: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if not uses_bf16(amp, device):
+        return contextlib.nullcontext()
+    # No weight-cast cache on CUDA: a CUDA graph capture must not keep tensors cached across
+    # steps. On CPU the cache is per autocast region, which is one forward pass here anyway.
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=device.type != "cuda")
 
 
 def _prepare_model(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
@@ -249,7 +275,7 @@ def evaluate(model: nn.Module, split: DeviceSplit, config: TrainConfig, device: 
     for idx in ordered_batches(len(split), config.eval_batch_size):
         x = to_float(split.x[idx], config.channels_last)
         y = split.y[idx]
-        with _autocast(config, device):
+        with _autocast(config.amp, device):
             logits = model(x)
         loss_sum += focal_loss(
             logits,
@@ -292,7 +318,7 @@ def make_train_step(
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = data.y[idx]
-        with _autocast(config, device):
+        with _autocast(config.amp, device):
             logits = model(x)
         loss = focal_loss(
             logits,
@@ -528,6 +554,7 @@ def train(
         epochs_run=len(history),
         seconds=time.perf_counter() - t_start,
         device=str(device),
+        precision="bf16" if uses_bf16(config.amp, device) else "fp32",
         optimizer_state=best_opt_state,
     )
 
@@ -541,6 +568,7 @@ def predict_proba(
     x: np.ndarray,
     device: str | torch.device | None = None,
     batch_size: int = 512,
+    amp: bool = True,
 ) -> np.ndarray:
     """Class probabilities for uint8 ``(N, H, W)`` images.
 
@@ -549,6 +577,8 @@ def predict_proba(
         x: uint8 ``(N, H, W)`` grayscale images of the size the model was trained on.
         device: Where to run; the model is moved there. None keeps the model's device.
         batch_size: Rows per forward pass.
+        amp: bf16 autocast where :func:`uses_bf16` says so, as :func:`train` evaluates with the
+            default ``config.amp``; pass the config's ``amp`` to match a run that turned it off.
 
     Returns:
         float32 ``(N, C)`` softmax probabilities; rows sum to 1.
@@ -575,9 +605,7 @@ def predict_proba(
     for start in range(0, x.shape[0], batch_size):
         xb = torch.tensor(x[start : start + batch_size])  # a copy: x may be a read-only view
         xb = to_float(xb.unsqueeze(1).to(dev), channels_last)
-        with contextlib.ExitStack() as stack:
-            if dev.type == "cuda":
-                stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        with _autocast(amp, dev):
             logits = model(xb)
         out[start : start + xb.shape[0]] = F.softmax(logits.float(), dim=1).cpu().numpy()
     model.train(was_training)
@@ -610,6 +638,7 @@ def save_checkpoint(result: TrainResult, path: str | os.PathLike[str]) -> None:
         "history": result.history,
         "seconds": result.seconds,
         "device": result.device,
+        "precision": result.precision,
         "torch": str(torch.__version__),  # TorchVersion would need an unpickling allowlist
     }
     # A reader sees the old file or the new one, never half of one (one atomic write for every file).
@@ -665,5 +694,6 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         epochs_run=int(ckpt.get("epochs_run", len(ckpt["history"]))),
         seconds=float(ckpt.get("seconds", 0.0)),
         device=str(dev),
+        precision=str(ckpt.get("precision", "fp32")),
         optimizer_state=ckpt.get("optimizer"),
     )
