@@ -40,6 +40,7 @@ from fercurate.dedup.hashers import HASHERS
 from fercurate.dedup.params import CONFLICT_MODES, RANGES, DedupParams
 from fercurate.demo.params import DemoParams
 from fercurate.demo.run import DemoRunParams
+from fercurate.engine import ENGINE_ENV, ENGINES, Engine, EngineParams
 from fercurate.errors import FercurateError
 from fercurate.export import FORMATS, MODES, ExportParams
 from fercurate.manifest import SPLITS
@@ -140,6 +141,23 @@ WorkspaceOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        envvar=ENGINE_ENV,
+        help=f"Where per-image and per-model work runs: {' | '.join(ENGINES)} "
+        "(ray needs pip install fercurate\\[ray]; see docs/scale.md).",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --engine ray: the cluster to use (host:port).",
+        show_default="$RAY_ADDRESS, else a local Ray for this run",
+    ),
+]
 
 
 def command(name: str, *params: type, group: typer.Typer = app) -> Callable[[F], F]:
@@ -197,6 +215,15 @@ def _group_name(group: typer.Typer) -> str:
 def choices(names: Iterable[str]) -> str:
     """``a | b | c``: the accepted values of an option, from its registry."""
     return " | ".join(names)
+
+
+@contextmanager
+def engine_for(engine: str, ray_address: str | None) -> Iterator[Engine]:
+    """The engine ``--engine`` / ``--ray-address`` choose, for the duration of the block."""
+    from fercurate.engine import open_engine
+
+    with open_engine(EngineParams(engine=engine, ray_address=ray_address)) as chosen:
+        yield chosen
 
 
 def ratio_text(ratios: Iterable[float]) -> str:
@@ -349,7 +376,7 @@ def _root(
 
 
 # -- scan ------------------------------------------------------------------------------------------
-@command("scan", ScanParams)
+@command("scan", ScanParams, EngineParams)
 def scan_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (split/class folders or class folders) or CSV.")],
     workspace: WorkspaceOpt = None,
@@ -379,6 +406,8 @@ def scan_cmd(
     vote_scheme: Annotated[
         str, typer.Option(help="FER+ release only: label = the votes' majority | plurality | drop pick.")
     ] = ScanParams.vote_scheme,
+    engine: EngineOpt = EngineParams.engine,
+    ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
 ) -> None:
     """Read a dataset into a new root manifest version (v0000 in a new workspace).
@@ -401,8 +430,8 @@ def scan_cmd(
         new_lineage=new_lineage,
         vote_scheme=vote_scheme,
     )
-    with progress_bar() as progress:
-        result = scan(Workspace(workspace), params, progress)
+    with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
+        result = scan(Workspace(workspace), params, progress, chosen)
     if as_json:
         print_json(result.to_dict())
         return
@@ -743,7 +772,7 @@ def split_cmd(
 
 
 # -- merge-affectnet -------------------------------------------------------------------------------
-@command("merge-affectnet", MergeParams)
+@command("merge-affectnet", MergeParams, EngineParams)
 def merge_affectnet_cmd(
     source: Annotated[
         Path, typer.Argument(help="AffectNet folder (official images + CSV, or class folders), or its CSV.")
@@ -802,6 +831,8 @@ def merge_affectnet_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; convert and write nothing.")
     ] = MergeParams.dry_run,
+    engine: EngineOpt = EngineParams.engine,
+    ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
 ) -> None:
     """Top up under-represented classes with faces converted from AffectNet (48x48 grayscale).
@@ -834,8 +865,8 @@ def merge_affectnet_cmd(
         image_size=image_size,
         workers=workers,
     )
-    with progress_bar() as progress:
-        result = merge_affectnet(Workspace(workspace), params, progress)
+    with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
+        result = merge_affectnet(Workspace(workspace), params, progress, chosen)
     if as_json:
         print_json(result.to_dict())
         return
@@ -871,7 +902,7 @@ def merge_affectnet_cmd(
 
 
 # -- benchmark -------------------------------------------------------------------------------------
-@command("benchmark", BenchmarkParams)
+@command("benchmark", BenchmarkParams, EngineParams)
 def benchmark_cmd(
     versions: Annotated[
         list[str] | None, typer.Argument(help="Versions to compare.", show_default="every version in the lineage")
@@ -889,6 +920,8 @@ def benchmark_cmd(
     gold_labels: Annotated[
         str, typer.Option(help="Score gold against: labels | votes (the vote majority where gold rows have one).")
     ] = BenchmarkParams.gold_labels,
+    engine: EngineOpt = EngineParams.engine,
+    ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the built-in CNN on each version and report what each curation step bought.
@@ -909,8 +942,8 @@ def benchmark_cmd(
         targets=targets,
         gold_labels=gold_labels,
     )
-    with progress_bar() as progress:
-        result = benchmark(Workspace(workspace), params, progress)
+    with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
+        result = benchmark(Workspace(workspace), params, progress, chosen)
     if as_json:
         print_json(result.to_dict())
         return
@@ -928,7 +961,7 @@ def benchmark_cmd(
 
 
 # -- relabel-review --------------------------------------------------------------------------------
-@command("flag", FlagParams, group=relabel_app)
+@command("flag", FlagParams, EngineParams, group=relabel_app)
 def relabel_flag_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
@@ -977,6 +1010,8 @@ def relabel_flag_cmd(
             show_default=False,
         ),
     ] = FlagParams.budget,
+    engine: EngineOpt = EngineParams.engine,
+    ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every active row for a likely wrong label by k-fold cross-fitting of the built-in CNN.
@@ -1011,8 +1046,8 @@ def relabel_flag_cmd(
         min_majority=min_majority,
         budget=budget,
     )
-    with progress_bar() as progress:
-        result = flag(Workspace(workspace), params, progress)
+    with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
+        result = flag(Workspace(workspace), params, progress, chosen)
     if as_json:
         print_json(result.to_dict())
         return
@@ -1229,7 +1264,7 @@ def _range(name: str) -> str:
     return f"{lo:g}-{hi:g}"
 
 
-@command("dedup", DedupParams)
+@command("dedup", DedupParams, EngineParams)
 def dedup_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
@@ -1282,6 +1317,8 @@ def dedup_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = (
         DedupParams.dry_run
     ),
+    engine: EngineOpt = EngineParams.engine,
+    ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the same photo twice (re-encoded, brightened, resized, shifted, re-cropped; flipped with --mirror).
@@ -1310,8 +1347,8 @@ def dedup_cmd(
         conflicts=conflicts,
         dry_run=dry_run,
     )
-    with progress_bar() as progress:
-        result = dedup(Workspace(workspace), params, progress)
+    with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
+        result = dedup(Workspace(workspace), params, progress, chosen)
     if as_json:
         print_json(result.to_dict())
         return

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fercurate.engine import Engine
 from fercurate.errors import DatasetError, InputError
 from fercurate.images import (
     DEFAULT_MAX_PIXELS,
     Inspected,
-    apply_batches,
     encode_png,
     inspect_files,
     inspect_images,
@@ -112,8 +112,12 @@ def normalise_split(name: str) -> str | None:
     return SPLIT_ALIASES.get(key)
 
 
-def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = None) -> ScanResult:
+def scan(
+    workspace: Workspace, params: ScanParams, progress: Progress | None = None, engine: Engine | None = None
+) -> ScanResult:
     """Scan ``params.dataset`` and commit it as a root version (no parent) of ``workspace``.
+
+    Files are decoded, validated and hashed in batches on ``engine`` (default: a local process pool).
 
     A workspace that already holds versions takes a scan only with ``params.new_lineage``: the new
     root then starts a second lineage and becomes ``latest`` for every later command.
@@ -150,7 +154,7 @@ def scan(workspace: Workspace, params: ScanParams, progress: Progress | None = N
                 layout, (df, root, notes) = "ferplus", scan_ferplus(workspace, ferplus, params, progress)
             else:
                 layout, files, notes = _discover(root, classes, {n.lower() for n in params.ignore})
-                df = _scan_files(workspace, root, files, params, progress)
+                df = _scan_files(workspace, root, files, params, progress, engine)
         if df.empty:
             raise DatasetError(f"no image files found under {dataset}; expected split/class folders or a CSV")
         _check_some_valid(df, dataset)
@@ -365,11 +369,12 @@ def _scan_files(
     files: list[tuple[str, str, str]],
     params: ScanParams,
     progress: Progress,
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
     progress.start("Decoding images", len(files))
     paths = [path for path, _, _ in files]
     base = os.path.join(root, "")
-    parts = apply_batches(
+    parts = (engine or Engine()).map_batches(
         functools.partial(inspect_files, size=params.image_size, max_pixels=params.max_pixels),
         [base + path for path in paths],
         batch_size=256,

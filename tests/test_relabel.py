@@ -93,7 +93,7 @@ def oracle_probs(x: np.ndarray, k: int) -> np.ndarray:
     return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress):  # type: ignore[no-untyped-def]
+def oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress, engine=None):  # type: ignore[no-untyped-def]
     return oracle_probs(x, len(classes)), 0, 0
 
 
@@ -212,7 +212,7 @@ def test_duplicate_groups_stay_in_one_fold_and_folds_are_stratified(
 ) -> None:
     seen: dict[str, np.ndarray] = {}
 
-    def recording(x, labels, groups, folds, classes, config, cache, params, progress):  # type: ignore[no-untyped-def]
+    def recording(x, labels, groups, folds, classes, config, cache, params, progress, engine=None):  # type: ignore[no-untyped-def]
         seen.update(labels=labels, groups=groups, folds=folds)
         return oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress)
 

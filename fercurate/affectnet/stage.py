@@ -37,8 +37,8 @@ from fercurate.affectnet.plan import (
 )
 from fercurate.affectnet.sources import SKIPPED_COLUMNS, Source, read_source, resolve_mapping
 from fercurate.counts import class_by_split
+from fercurate.engine import Engine
 from fercurate.errors import DatasetError
-from fercurate.images import map_batches
 from fercurate.manifest import (
     ACTIVE,
     SPLITS,
@@ -98,7 +98,9 @@ class MergeResult:
 # --------------------------------------------------------------------------------------------
 
 
-def merge_affectnet(workspace: Workspace, params: MergeParams, progress: Progress | None = None) -> MergeResult:
+def merge_affectnet(
+    workspace: Workspace, params: MergeParams, progress: Progress | None = None, engine: Engine | None = None
+) -> MergeResult:
     """Add converted AffectNet faces to a manifest version until each class reaches its target.
 
     Raises:
@@ -137,7 +139,9 @@ def merge_affectnet(workspace: Workspace, params: MergeParams, progress: Progres
         if params.dry_run:
             return _dry_run_result(params, info, source, size, mapping, plan, before, notes, started)
 
-        accepted, rejected, examined = _convert_in_rounds(workspace, info, act, plan, size, params, progress)
+        accepted, rejected, examined = _convert_in_rounds(
+            workspace, info, act, plan, size, params, progress, engine or Engine()
+        )
         skipped = pd.concat([plan.skipped, rejected], ignore_index=True)
         cands, classes = plan.candidates, plan.classes
         table = plan.table.copy()
@@ -220,6 +224,7 @@ def _convert_in_rounds(
     size: int,
     params: MergeParams,
     progress: Progress,
+    engine: Engine,
 ) -> tuple[dict[str, list[dict[str, Any]]], pd.DataFrame, dict[str, int]]:
     """Convert the plan's candidates class by class in seeded order until each need is met.
 
@@ -261,9 +266,10 @@ def _convert_in_rounds(
         round_no += 1
         progress.start(f"Converting AffectNet faces (round {round_no})", len(batch))
         items = [(rows[i]["file"], _box(rows[i])) for i in batch]
-        records = map_batches(
+        parts = engine.map_batches(
             convert, items, batch_size=_CONVERT_BATCH, workers=params.workers, progress=progress.advance
         )
+        records = [r for part in parts for r in part]
         ok = [k for k, r in enumerate(records) if r["ok"]]
         for k, r in enumerate(records):
             if not r["ok"]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from fercurate.benchmark.params import SMALL_GOLD, BenchmarkParams
 from fercurate.benchmark.report import write_reports
+from fercurate.engine import Engine
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, SOURCE_ORIGINAL, Col
 from fercurate.progress import NullProgress, Progress
@@ -110,8 +111,13 @@ class VersionData:
     soft_train: np.ndarray | None = None  # normalised annotator votes, for targets=votes
 
 
-def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress | None = None) -> BenchmarkResult:
+def benchmark(
+    workspace: Workspace, params: BenchmarkParams, progress: Progress | None = None, engine: Engine | None = None
+) -> BenchmarkResult:
     """Train and evaluate the built-in CNN on each chosen version.
+
+    A distributed ``engine`` trains the missing models first, one task per version and seed, each
+    saved to the model cache as it finishes; the steps below then load them.
 
     The steps, per version: its data (:func:`_version_data`), a model per seed trained or loaded from
     the cache and scored on the gold set (:func:`_score_seed`), then the version's scores compared
@@ -141,6 +147,8 @@ def benchmark(workspace: Workspace, params: BenchmarkParams, progress: Progress 
         y, note = gold_against_votes(gold.rows, gold.y, classes)
         gold = dataclasses.replace(gold, y=y, warnings=[*gold.warnings, note])
 
+    if engine is not None and engine.distributed:
+        _train_on(engine, workspace, infos, frames, gold, classes, base_config, params.seeds, progress)
     runs: list[dict[str, Any]] = []
     scores: list[VersionScore] = []
     gold_correct: dict[str, np.ndarray] = {}
@@ -443,6 +451,91 @@ def _replace(config: Any, **changes: Any) -> Any:
     return dataclasses.replace(config, **changes)
 
 
+def _model_path(
+    workspace: Workspace, config: Any, cfg_hash: str, data_key: str, soft_tr: np.ndarray | None
+) -> Path:
+    """Where the model for (data, config, seed) is cached."""
+    if config.targets == "votes" and soft_tr is not None:
+        # The votes are part of the training data: other votes (or another class mapping) train
+        # another model, so they key the cache as the rows and labels do.
+        data_key += "-v" + hashlib.sha256(np.ascontiguousarray(soft_tr, dtype=np.float32).tobytes()).hexdigest()[:8]
+    return workspace.cache_dir / "models" / f"{data_key}-{cfg_hash}-s{config.seed}.pt"
+
+
+def _train_on(
+    engine: Engine,
+    workspace: Workspace,
+    infos: list[VersionInfo],
+    frames: dict[str, pd.DataFrame],
+    gold: Gold,
+    classes: list[str],
+    base_config: Any,
+    seeds: int,
+    progress: Progress,
+) -> None:
+    """Train every (version, seed) model missing from the cache on ``engine``, one task each; this process
+    saves each checkpoint as its task finishes, so a killed run keeps them."""
+    import torch
+
+    from fercurate.train import config_hash, save_checkpoint
+
+    # CPU training is bit-reproducible for a given thread count: the tasks use this process's
+    threads = base_config.num_threads or torch.get_num_threads()
+    calls: list[tuple[Any, ...]] = []
+    paths: list[Path] = []
+    for info in infos:
+        data = _version_data(workspace, info, frames[info.version], gold, classes)
+        for seed in range(seeds):
+            config = _replace(base_config, seed=seed)
+            path = _model_path(workspace, config, config_hash(config), data.key, data.soft_train)
+            if path.exists() or path in paths:
+                continue
+            soft = data.soft_train if config.targets == "votes" else None
+            config = _replace(config, num_threads=threads)
+            calls.append((config, data.x_train, data.y_train, soft, data.x_val, data.y_val))
+            paths.append(path)
+    if not calls:
+        return
+    progress.start(f"Training {len(calls)} model(s) on {engine.name}", len(calls))
+
+    def finished(k: int, result: Any) -> None:
+        paths[k].parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(result, paths[k])
+        progress.advance(1)
+
+    engine.run_tasks(
+        train_model,
+        calls,
+        shared=(classes,),
+        gpu=str(base_config.device).startswith("cuda"),
+        cpus=threads,
+        on_result=finished,
+    )
+
+
+def train_model(
+    classes: list[str],
+    config: Any,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    soft_tr: np.ndarray | None,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    *,
+    step: Any = None,
+) -> Any:
+    """One benchmark model (a :class:`fercurate.train.TrainResult`), trained as :func:`_trained_model` does."""
+    from fercurate.train import ArraySplit, train
+
+    return train(
+        config,
+        ArraySplit(x_tr, y_tr, soft_tr),
+        ArraySplit(x_va, y_va),
+        classes,
+        progress=(lambda _e: step(1)) if step is not None else None,
+    )
+
+
 def _trained_model(
     workspace: Workspace,
     config: Any,
@@ -460,11 +553,7 @@ def _trained_model(
     """A model for (data, config, seed): loaded from the cache, or trained and cached."""
     from fercurate.train import ArraySplit, load_checkpoint, save_checkpoint, train
 
-    if config.targets == "votes" and soft_tr is not None:
-        # The votes are part of the training data: other votes (or another class mapping) train
-        # another model, so they key the cache as the rows and labels do.
-        data_key += "-v" + hashlib.sha256(np.ascontiguousarray(soft_tr, dtype=np.float32).tobytes()).hexdigest()[:8]
-    path = workspace.cache_dir / "models" / f"{data_key}-{cfg_hash}-s{config.seed}.pt"
+    path = _model_path(workspace, config, cfg_hash, data_key, soft_tr)
     if path.exists():
         cached = load_checkpoint(path, device=config.device if config.device != "auto" else "cpu")
         return cached.model, float(cached.best_metric), int(cached.best_epoch)

@@ -38,6 +38,7 @@ import pandas as pd
 from fercurate.dedup.hashers import HASHERS, bits_to_uint64, lanczos_matrix, median_rows
 from fercurate.dedup.params import DedupParams
 from fercurate.dedup.search import hamming_pairs
+from fercurate.engine import Engine, joined_arrays
 from fercurate.images import in_threads
 
 #: Side of the DCT block behind the detail hash (its top-left 8x8 is the pHash block).
@@ -204,6 +205,15 @@ def compute_features(
 
     in_threads(batch, range(0, n, _FEATURE_BATCH))
     return Features(aligned, detail, wanted)
+
+
+def joined_features(parts: list[Features]) -> Features:
+    """The features of consecutive batches of images as one :class:`Features` (an engine's map result)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Features(
+        np.concatenate([p.aligned for p in parts]), np.concatenate([p.detail for p in parts]), parts[0].offsets
+    )
 
 
 def view_hashes(pixels: np.ndarray, window: int, which: list[tuple[int, int]], *, flip: bool = False) -> np.ndarray:
@@ -877,7 +887,10 @@ def _check_pixels(pixels: np.ndarray, what: str) -> np.ndarray:
 
 
 def find_duplicate_pairs(
-    pixels: np.ndarray, params: DedupParams | None = None, hashes: np.ndarray | None = None
+    pixels: np.ndarray,
+    params: DedupParams | None = None,
+    hashes: np.ndarray | None = None,
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
     """Every duplicate pair among ``(N, S, S)`` uint8 grayscale images.
 
@@ -886,6 +899,7 @@ def find_duplicate_pairs(
         params: thresholds (``hasher``, ``radius``, ``shift_radius``, ``detail_radius``,
             ``min_similarity``, ``max_residual``, ``max_shift``, ``mirror``); defaults when None.
         hashes: the ``params.hasher`` hashes of ``pixels`` if already known (from the hash cache).
+        engine: where the features and the pair checks run (default: here); the search runs here.
 
     Returns:
         One row per pair: ``i`` < ``j`` (positions in ``pixels``), ``hamming`` (plain hash distance),
@@ -894,6 +908,7 @@ def find_duplicate_pairs(
         star), which is enough for grouping.
     """
     params = params or DedupParams()
+    engine = engine or Engine()
     pixels = _check_pixels(pixels, "pixels")
     n = len(pixels)
     if hashes is None:
@@ -916,17 +931,24 @@ def find_duplicate_pairs(
         return exact[PAIR_COLUMNS].reset_index(drop=True)
     # only the images with no identical twin before them are matched: features of those rows, and
     # the candidates' positions among them mapped back to positions in ``pixels``
-    feats = compute_features(pixels, params.max_shift, which=half_offsets(params.max_shift, False), rows=reps)
+    features = functools.partial(compute_features, max_shift=params.max_shift)
+    feats = joined_features(
+        engine.map_images(functools.partial(features, which=half_offsets(params.max_shift, False)), pixels, rows=reps)
+    )
     flipped = (
-        compute_features(pixels, params.max_shift, flip=True, which=half_offsets(params.max_shift, True), rows=reps)
+        joined_features(
+            engine.map_images(
+                functools.partial(features, flip=True, which=half_offsets(params.max_shift, True)), pixels, rows=reps
+            )
+        )
         if params.mirror
         else None
     )
     cands = _candidates(hashes[reps], feats, None, None, flipped, params)
     cands["a"], cands["b"] = reps[cands["a"].to_numpy()], reps[cands["b"].to_numpy()]
-    near = _prefer_near(_verified(cands, pixels, pixels, params), ["a", "b"])
+    near = _prefer_near(_verified(cands, pixels, pixels, params, engine), ["a", "b"])
     if params.max_zoom > 0:
-        near = _concat(near, _recrops(pixels, reps, cands, near, params))
+        near = _concat(near, _recrops(pixels, reps, cands, near, params, engine=engine))
     if near.empty:
         return exact[PAIR_COLUMNS].reset_index(drop=True)
     near = pd.DataFrame(
@@ -1010,7 +1032,9 @@ def match_against(query: np.ndarray, reference: np.ndarray, params: DedupParams 
     return out.sort_values("query", kind="stable")[MATCH_COLUMNS].reset_index(drop=True)
 
 
-def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: DedupParams) -> pd.DataFrame:
+def _verified(
+    cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: DedupParams, engine: Engine | None = None
+) -> pd.DataFrame:
     """The candidates that pass the pixel-level checks, with similarity, kind and aligning shift."""
     if cands.empty:
         return pd.DataFrame(
@@ -1026,7 +1050,8 @@ def _verified(cands: pd.DataFrame, left: np.ndarray, right: np.ndarray, params: 
     a = cands["a"].to_numpy()
     b = cands["b"].to_numpy()
     flip = cands["flip"].to_numpy()
-    sim, dy, dx, residual = _verify(left, right, a, b, flip, params.max_shift)
+    verify = functools.partial(_verify, max_shift=params.max_shift)
+    sim, dy, dx, residual = joined_arrays((engine or Engine()).map_pairs(verify, (left, right), (a, b, flip)))
     ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
     return pd.DataFrame(
         {
@@ -1047,6 +1072,7 @@ def _recrops(
     found: pd.DataFrame,
     params: DedupParams,
     split: int | None = None,
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
     """Pairs re-cropped with another face box: the re-crop search's candidates and the plain ones that
     failed at scale 1, verified over zoom and a wider shift; none already in ``found``. With ``split``,
@@ -1065,18 +1091,11 @@ def _recrops(
     if todo.empty:
         return found.iloc[:0]
     a, b, flip = todo["a"].to_numpy(), todo["b"].to_numpy(), todo["flip"].to_numpy()
-    sim, scale, dy, dx, residual, _ = verify_scaled(
-        pixels,
-        pixels,
-        a,
-        b,
-        todo["scale"].to_numpy(),
-        todo["oy"].to_numpy(),
-        todo["ox"].to_numpy(),
-        params.min_similarity,
-        params.max_residual,
-        flip=flip,
+    verify = functools.partial(
+        _verify_scaled_pairs, min_similarity=params.min_similarity, max_residual=params.max_residual
     )
+    pairs = (a, b, todo["scale"].to_numpy(), todo["oy"].to_numpy(), todo["ox"].to_numpy(), flip)
+    sim, scale, dy, dx, residual, _ = joined_arrays((engine or Engine()).map_pairs(verify, (pixels, pixels), pairs))
     moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
     ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
     out = pd.DataFrame(
@@ -1090,6 +1109,23 @@ def _recrops(
         }
     )
     return out.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+
+
+def _verify_scaled_pairs(
+    left: np.ndarray,
+    right: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    scale: np.ndarray,
+    oy: np.ndarray,
+    ox: np.ndarray,
+    flip: np.ndarray,
+    *,
+    min_similarity: float,
+    max_residual: float,
+) -> tuple[np.ndarray, ...]:
+    """:func:`verify_scaled` with ``flip`` among the per-pair arrays, the form an engine maps in slices."""
+    return verify_scaled(left, right, a, b, scale, oy, ox, min_similarity, max_residual, flip=flip)
 
 
 def _concat(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from fercurate.dedup.match import (
     find_duplicate_pairs,
 )
 from fercurate.dedup.params import DedupParams
+from fercurate.engine import Engine
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
 from fercurate.reports import to_dict
@@ -77,14 +78,20 @@ class DedupResult:
         return to_dict(self)
 
 
-def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None = None) -> DedupResult:
+def dedup(
+    workspace: Workspace, params: DedupParams, progress: Progress | None = None, engine: Engine | None = None
+) -> DedupResult:
     """Find duplicate images in a version's active rows, group them and commit the resolved version.
+
+    Hashes, features and pair checks run on ``engine`` (default: this machine); the search and the
+    grouping run here.
 
     Raises:
         InputError: for an option out of its range.
         WorkspaceError: no workspace or version (run ``fercurate scan`` first), or a busy workspace.
     """
     progress = progress or NullProgress()
+    engine = engine or Engine()
     started = time.perf_counter()
     workspace.require_versions()  # a clear "run fercurate scan first" before touching the disk
     with workspace.lock("fercurate dedup"):
@@ -92,14 +99,14 @@ def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None =
         act = df[df[Col.STATUS] == ACTIVE].reset_index()  # "index": the row's label in df
         progress.start("Loading pixels", None)
         pixels = load_pixels(workspace, info, act, params.image_size, progress)
-        hashes, hashed = _hashes(workspace, act, pixels, params, progress)
+        hashes, hashed = _hashes(workspace, act, pixels, params, progress, engine)
         progress.start("Finding duplicates", None)
         # scan marks flat images invalid, so a flat active row is a file that no longer decodes;
         # matching it would make every such row a duplicate of the others
         flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
-        pairs = find_duplicate_pairs(pixels if every else pixels[readable], params, hashes[readable])
+        pairs = find_duplicate_pairs(pixels if every else pixels[readable], params, hashes[readable], engine)
         pairs["i"], pairs["j"] = readable[pairs["i"].to_numpy()], readable[pairs["j"].to_numpy()]
         groups = _group(act, pixels, pairs)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
@@ -154,7 +161,12 @@ def dedup(workspace: Workspace, params: DedupParams, progress: Progress | None =
 
 # -- hashes ----------------------------------------------------------------------------------------
 def _hashes(
-    workspace: Workspace, act: pd.DataFrame, pixels: np.ndarray, params: DedupParams, progress: Progress
+    workspace: Workspace,
+    act: pd.DataFrame,
+    pixels: np.ndarray,
+    params: DedupParams,
+    progress: Progress,
+    engine: Engine,
 ) -> tuple[np.ndarray, int]:
     """The hasher's hash of every active row, from the cache where it has them; and how many were new."""
     cache = HashCache(workspace.cache_dir, params.hasher, params.image_size)
@@ -162,7 +174,8 @@ def _hashes(
     hashes, missing = cache.get(shas)
     if missing:
         progress.start(f"Hashing ({params.hasher})", len(missing))
-        fresh = HASHERS[params.hasher]().hash(pixels if len(missing) == len(pixels) else pixels[missing])
+        todo = pixels if len(missing) == len(pixels) else pixels[missing]
+        fresh = np.concatenate([np.zeros(0, np.uint64), *engine.map_images(HASHERS[params.hasher]().hash, todo)])
         hashes[missing] = fresh
         cache.add([shas[i] for i in missing], fresh)
         progress.advance(len(missing))

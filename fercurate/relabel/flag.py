@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fercurate.engine import Engine
 from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, Col, VoteCol, atomic_write, atomic_write_text
 from fercurate.progress import NullProgress, Progress
@@ -231,8 +232,12 @@ class FlagResult:
         )
 
 
-def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = None) -> FlagResult:
+def flag(
+    workspace: Workspace, params: FlagParams, progress: Progress | None = None, engine: Engine | None = None
+) -> FlagResult:
     """Cross-fit the CNN, score every active row and commit a flagged version.
+
+    The fold models train on ``engine`` (default: one after the other here).
 
     Raises:
         InputError: for bad options or too few rows per class for the folds.
@@ -269,7 +274,7 @@ def flag(workspace: Workspace, params: FlagParams, progress: Progress | None = N
     x = load_pixels(workspace, info, rows, size=config.image_size, progress=progress)
     folds = assign_folds(labels, groups, n_folds, params.seed)
     probs, trained, cached = cross_fit(
-        x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress
+        x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress, engine
     )
     scores = score_labels(probs, labels, method=params.method, filter_by=params.filter_by)
     noise = estimate_noise(probs, labels, scores)
@@ -481,19 +486,22 @@ def cross_fit(
     cache: Path,
     params: FlagParams,
     progress: Progress,
+    engine: Engine | None = None,
 ) -> tuple[np.ndarray, int, int]:
-    """Out-of-fold probabilities (N, K), trained fold by fold and cached as each fold finishes.
+    """Out-of-fold probabilities (N, K), one model per fold on ``engine``, each cached as it finishes.
 
     Returns:
         ``(probs, folds_trained, folds_cached)``.
     """
-    import warnings
-
-    from fercurate.train import ArraySplit, predict_proba, train
+    import torch
 
     n_folds = int(folds.max()) + 1
     probs = np.zeros((len(labels), len(classes)), dtype=np.float32)
-    trained = cached = 0
+    # CPU training is bit-reproducible for a given thread count: pin this process's count, so a
+    # fold trained in a Ray worker (one thread by default) gives the same probabilities
+    threads = config.num_threads or torch.get_num_threads()
+    config = dataclasses.replace(config, num_threads=threads)
+    todo = []
     for fold in range(n_folds):
         test = np.flatnonzero(folds == fold)
         path = cache / f"fold-{fold}.npy"
@@ -501,28 +509,69 @@ def cross_fit(
             stored = np.load(path)
             if stored.shape == (len(test), len(classes)):
                 probs[test] = stored
-                cached += 1
                 continue
-        rest = np.flatnonzero(folds != fold)
-        fit, val = _early_stopping_split(labels[rest], groups[rest], params.val_fraction, params.seed + fold)
-        fit, val = rest[fit], rest[val]
-        fold_config = dataclasses.replace(config, seed=config.seed + fold)
-        progress.start(f"Fold {fold + 1}/{n_folds}: training", fold_config.epochs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # sklearn/torch chatter; the CLI owns the screen
-            result = train(
-                fold_config,
-                ArraySplit(x[fit], labels[fit]),
-                ArraySplit(x[val], labels[val]),
-                classes,
-                progress=lambda _epoch: progress.advance(1),
-            )
-        fold_probs = predict_proba(result.model, x[test], batch_size=fold_config.eval_batch_size, amp=fold_config.amp)
+        todo.append(fold)
+
+    def started(k: int) -> None:
+        progress.start(f"Fold {todo[k] + 1}/{n_folds}: training", config.epochs)
+
+    def finished(k: int, fold_probs: np.ndarray) -> None:
+        # only this process writes the workspace; a killed run keeps every fold finished before
         cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp, p=fold_probs: _save_npy(tmp, p))
-        probs[test] = fold_probs
-        trained += 1
-    return probs, trained, cached
+        atomic_write(cache / f"fold-{todo[k]}.npy", lambda tmp: _save_npy(tmp, fold_probs))
+        probs[folds == todo[k]] = fold_probs
+
+    (engine or Engine()).run_tasks(
+        fit_fold,
+        [(fold, params.val_fraction, params.seed) for fold in todo],
+        shared=(x, labels, groups, folds, classes, config),
+        gpu=str(config.device).startswith("cuda"),
+        cpus=threads,
+        on_start=started,
+        on_step=progress.advance,
+        on_result=finished,
+    )
+    return probs, len(todo), n_folds - len(todo)
+
+
+def fit_fold(
+    x: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: np.ndarray,
+    classes: list[str],
+    config: Any,
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    *,
+    step: Any = None,
+) -> np.ndarray:
+    """One fold's out-of-fold probabilities: a model trained on the other folds predicts this one.
+
+    Pure (arrays in, probabilities out), so any engine may run it; ``step(1)`` ticks after each epoch.
+    """
+    import warnings
+
+    from fercurate.train import ArraySplit, predict_proba, train
+
+    test = np.flatnonzero(folds == fold)
+    rest = np.flatnonzero(folds != fold)
+    fit, val = _early_stopping_split(labels[rest], groups[rest], val_fraction, seed + fold)
+    fit, val = rest[fit], rest[val]
+    fold_config = dataclasses.replace(config, seed=config.seed + fold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sklearn/torch chatter; the CLI owns the screen
+        result = train(
+            fold_config,
+            ArraySplit(x[fit], labels[fit]),
+            ArraySplit(x[val], labels[val]),
+            classes,
+            progress=(lambda _epoch: step(1)) if step is not None else None,
+        )
+    return predict_proba(  # type: ignore[no-any-return]
+        result.model, x[test], batch_size=fold_config.eval_batch_size, amp=fold_config.amp
+    )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -1,0 +1,268 @@
+"""The engine switch: the local engine, the one-line error without Ray, and a real two-node Ray cluster.
+
+The Ray tests share one cluster per module: a head and a second node started with ``ray start`` on
+this machine, one CPU each (2 in all), the second carrying a custom resource so the tests can tell
+which node ran a batch. They are skipped, saying why, where the ``ray`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import CLASSES, blob_image
+from typer.testing import CliRunner
+
+from fercurate.cli import app
+from fercurate.engine import ENGINE_ENV, Engine, EngineParams, open_engine
+from fercurate.errors import InputError
+from fercurate.workspace import Workspace
+
+runner = CliRunner()
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - CI installs the extra
+    ray = None
+
+
+def needs_ray(test: Any) -> Any:
+    """Skip ``test`` without the extra; run every Ray test on one pytest worker, so ``pytest -n 2`` starts
+    one cluster (pyproject sets ``--dist loadgroup``)."""
+    skip = pytest.mark.skipif(ray is None, reason='the ray extra is not installed: pip install "fercurate[ray]"')
+    return skip(pytest.mark.xdist_group("ray")(test))
+
+
+#: Ray's token authentication is for clusters across machines; these are on one, started by the tests.
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
+
+
+# -- without Ray -----------------------------------------------------------------------------------
+def test_engine_params_name_what_is_accepted() -> None:
+    with pytest.raises(InputError, match="engine 'spark' is not one of: local, ray"):
+        EngineParams(engine="spark")
+    with pytest.raises(InputError, match="pass engine ray"):
+        EngineParams(ray_address="10.0.0.1:6379")
+
+
+def test_the_local_engine_keeps_batches_in_order() -> None:
+    with open_engine() as engine:
+        parts = engine.map_batches(sum, list(range(10)), batch_size=3, workers=1)
+        assert parts == [3, 12, 21, 9]
+        pixels = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+        assert engine.map_images(lambda p, rows=None: p[rows].sum(), pixels, rows=np.array([1]))[0] == pixels[1].sum()
+        seen: list[tuple[int, int]] = []
+        out = engine.run_tasks(
+            lambda base, k, step: base + k, [(1,), (2,)], shared=(10,), on_result=lambda k, r: seen.append((k, r))
+        )
+        assert out == [11, 12] and seen == [(0, 11), (1, 12)]
+
+
+def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_tree
+
+    write_tree(tmp_path / "d", splits={"train": 2}, with_bad=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    res = runner.invoke(app, ["scan", str(tmp_path / "d"), "-w", str(tmp_path / "ws"), "--engine", "ray"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert 'pip install "fercurate[ray]"' in res.output and "--engine" in res.output
+    assert not (tmp_path / "ws").exists()  # nothing written
+
+
+def test_fercurate_engine_env_chooses_the_engine(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["dedup", "-w", str(tmp_path / "ws")], env={ENGINE_ENV: "spark"})
+    assert res.exit_code == 1 and "--engine 'spark' is not one of: local, ray" in res.output
+
+
+# -- a two-node Ray cluster on this machine ------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    """A head node and a second node (custom resource ``second``), one CPU each; this process connects."""
+    if ray is None:
+        pytest.skip('the ray extra is not installed: pip install "fercurate[ray]"')
+    env = {**os.environ, **NO_AUTH}
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
+    procs = [
+        subprocess.Popen(
+            [_ray_cli(), "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    os.environ.update(NO_AUTH)
+    try:
+        for _ in range(120):  # the head takes seconds on a loaded machine
+            if (
+                subprocess.run([_ray_cli(), "status", f"--address={address}"], env=env, capture_output=True).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.5)
+        procs.append(
+            subprocess.Popen(
+                [_ray_cli(), "start", f"--address={address}", "--resources", '{"second": 1}', *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        ray.init(address=address, log_to_driver=False)
+        for _ in range(120):
+            alive = [n for n in ray.nodes() if n["Alive"]]
+            if len(alive) == 2:
+                break
+            time.sleep(0.5)
+        assert len(alive) == 2, "the second Ray node did not join"
+        second = next(n["NodeID"] for n in alive if "second" in n["Resources"])
+        yield {"address": address, "second": second}
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fercurate.demo import DemoParams, generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("engine") / "demo", DemoParams(n_images=200, n_affectnet=160))
+
+
+@needs_ray
+def test_per_image_batches_run_on_both_nodes_and_come_back_in_order(cluster: dict[str, str], demo: Any) -> None:
+    from fercurate.engine import RayEngine
+    from fercurate.images import apply_batches, inspect_files
+
+    paths = sorted(str(p) for p in (demo.dataset_dir).rglob("*") if p.is_file())
+    fn = functools.partial(inspect_files, size=48)
+    local = apply_batches(fn, paths, batch_size=8, workers=1)
+    engine = RayEngine(cluster["address"])
+    remote = engine.map_batches(fn, paths, batch_size=8)
+    assert len(remote) == len(local) > 8
+    for a, b in zip(local, remote, strict=True):
+        assert a["sha256"] == b["sha256"] and a["status"] == b["status"]
+        assert np.array_equal(a["pixels"], b["pixels"])
+    # work left the driver's node: the second node ran some of the batches
+    assert engine.batches_by_node[cluster["second"]] > 0
+    assert sum(engine.batches_by_node.values()) == len(local)
+
+
+@needs_ray
+def test_scan_dedup_merge_write_the_same_versions_on_ray(cluster: dict[str, str], demo: Any, tmp_path: Path) -> None:
+    from fercurate.affectnet import MergeParams, merge_affectnet
+    from fercurate.dedup import DedupParams, dedup
+    from fercurate.engine import RayEngine
+    from fercurate.scan import ScanParams, scan
+
+    hashes = []
+    for engine in (Engine(), RayEngine(cluster["address"])):
+        ws = Workspace(tmp_path / engine.name)
+        scan(ws, ScanParams(dataset=demo.dataset_dir), engine=engine)
+        dedup(ws, DedupParams(), engine=engine)
+        merge_affectnet(ws, MergeParams(source=demo.affectnet_dir, splits="train"), engine=engine)
+        hashes.append([(info.stage, info.content_hash) for info in ws.versions()])
+        if engine.distributed:
+            assert len(engine.batches_by_node) >= 1 and len(engine.tasks_by_node) >= 1
+    assert [stage for stage, _ in hashes[0]] == ["scan", "dedup", "merge-affectnet"]
+    assert hashes[0] == hashes[1]
+
+
+@needs_ray
+def test_flag_folds_on_ray_give_the_same_out_of_fold_probabilities(cluster: dict[str, str], tmp_path: Path) -> None:
+    import dataclasses
+
+    from fercurate.engine import RayEngine
+    from fercurate.progress import NullProgress
+    from fercurate.relabel.flag import FlagParams, assign_folds, cross_fit
+    from fercurate.train import make_config
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % len(CLASSES)
+    x = np.stack([blob_image(rng, int(c)) for c in labels])
+    groups = np.array([f"g{k}" for k in range(len(labels))])
+    folds = assign_folds(labels, groups, 3, seed=0)
+    config = dataclasses.replace(make_config("tiny", seed=0, device="cpu", num_threads=1), epochs=1)
+    params = FlagParams(folds=3, preset="tiny", epochs=1)
+    out = {}
+    for engine in (Engine(), RayEngine(cluster["address"])):
+        cache = tmp_path / engine.name
+        out[engine.name] = cross_fit(
+            x, labels, groups, folds, list(CLASSES), config, cache, params, NullProgress(), engine
+        )
+        assert sorted(p.name for p in cache.iterdir()) == ["fold-0.npy", "fold-1.npy", "fold-2.npy"]
+    (local, trained, _), (remote, trained_remote, _) = out["local"], out["ray"]
+    assert trained == trained_remote == 3
+    assert np.array_equal(local, remote)
+    # a killed run resumes: the folds the driver saved are not trained again
+    (tmp_path / "ray" / "fold-1.npy").unlink()
+    again, trained, cached = cross_fit(
+        x, labels, groups, folds, list(CLASSES), config, tmp_path / "ray", params, NullProgress(), RayEngine()
+    )
+    assert (trained, cached) == (1, 2) and np.array_equal(again, local)
+
+
+@needs_ray
+def test_cli_engine_ray_starts_its_own_ray_and_stops_it(demo: Any, tmp_path: Path) -> None:
+    """No address: a local Ray for the run (in a fresh process, as a user runs it), gone afterwards."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | NO_AUTH
+    before = _raylets()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fercurate",
+            "scan",
+            str(demo.dataset_dir),
+            "-w",
+            str(tmp_path / "ws"),
+            "--engine",
+            "ray",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    local = Workspace(tmp_path / "local")
+    from fercurate.scan import ScanParams, scan
+
+    scan(local, ScanParams(dataset=demo.dataset_dir))
+    assert Workspace(tmp_path / "ws").versions()[0].content_hash == local.versions()[0].content_hash
+    for _ in range(40):
+        if _raylets() <= before:
+            break
+        time.sleep(0.5)
+    assert _raylets() <= before
+
+
+def _raylets() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "ray/core/src/ray/raylet/raylet"], capture_output=True, text=True)
+    return {int(p) for p in found.stdout.split()}
