@@ -164,6 +164,9 @@ class RayEngine(Engine):
         super().__init__()
         ray = _import_ray()
         self.address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+        #: arrays already in the object store (id -> (array, ref)): dedup maps the same pixels up to
+        #: five times, and each put would copy them again
+        self._puts: dict[int, tuple[Any, Any]] = {}
         self._started = not ray.is_initialized()
         if self._started:
             # "local": a Ray of this run's own, even when another one runs on this machine
@@ -215,11 +218,10 @@ class RayEngine(Engine):
         """Ray Data ``map_batches`` over the image positions; the array is put in the object store once
         (workers on the driver's node read it in place, other nodes fetch it once)."""
         import pyarrow as pa
-        import ray
 
         order = np.arange(len(pixels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         table = pa.table({"pos": np.arange(len(order), dtype=np.int64), "row": order})
-        ref = ray.put(np.ascontiguousarray(pixels))
+        ref = self._put(pixels)
         return self._map(functools.partial(_array_batch, fn, ref), table, batch_size, None)
 
     def map_pairs(
@@ -233,8 +235,7 @@ class RayEngine(Engine):
         """One Ray task per ``batch_size`` pairs; the shared arrays are put in the object store once."""
         import ray
 
-        refs: dict[int, Any] = {}
-        shared_refs = [refs.setdefault(id(a), ray.put(a)) for a in shared]
+        shared_refs = [self._put(a) for a in shared]
         n = len(pairs[0]) if pairs else 0
         task = ray.remote(num_cpus=1)(_on_node)
         futures = [
@@ -280,9 +281,18 @@ class RayEngine(Engine):
                 on_result(k, result)
         return [results[k] for k in range(len(calls))]
 
+    def _put(self, array: np.ndarray) -> Any:
+        """``array`` in the object store, put there once per engine (the array is kept alive meanwhile)."""
+        import ray
+
+        if id(array) not in self._puts:
+            self._puts[id(array)] = (array, ray.put(array))
+        return self._puts[id(array)][1]
+
     def close(self) -> None:
         import ray
 
+        self._puts.clear()
         if self._started:
             ray.shutdown()
             self._started = False

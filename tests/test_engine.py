@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CLASSES, blob_image
 from typer.testing import CliRunner
@@ -191,6 +192,23 @@ def test_scan_dedup_merge_write_the_same_versions_on_ray(cluster: dict[str, str]
             assert len(engine.batches_by_node) >= 1 and len(engine.tasks_by_node) >= 1
     assert [stage for stage, _ in hashes[0]] == ["scan", "dedup", "merge-affectnet"]
     assert hashes[0] == hashes[1]
+
+
+@needs_ray
+def test_mirrored_and_recropped_pairs_are_found_alike_on_ray(cluster: dict[str, str], demo: Any) -> None:
+    from fercurate.dedup import DedupParams, find_duplicate_pairs
+    from fercurate.engine import RayEngine
+    from fercurate.images import inspect_files
+
+    found = inspect_files(sorted(str(p) for p in demo.dataset_dir.rglob("*") if p.is_file()), 48)
+    pixels = found["pixels"][np.array(found["status"]) == "active"]
+    params = DedupParams(mirror=True, max_zoom=0.1)
+    local = find_duplicate_pairs(pixels, params)
+    engine = RayEngine(cluster["address"])
+    remote = find_duplicate_pairs(pixels, params, engine=engine)
+    assert len(local) > 0 and set(local["kind"]) > {"exact"}
+    pd.testing.assert_frame_equal(local, remote)
+    assert sum(engine.tasks_by_node.values()) >= 2  # the plain and the re-crop pair checks ran as tasks
 
 
 @needs_ray

@@ -594,8 +594,29 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
     return out
 
 
+def recrop_hashes(
+    pixels: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    base: int,
+    views: list[tuple[int, list[tuple[int, int]]]],
+    flip: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The centre-window hash ``(N,)`` and every view's hash ``(N, views)`` of ``pixels`` (or its ``rows``);
+    the views of the mirrored images with ``flip``."""
+    sub = pixels if rows is None else pixels[rows]
+    centre = view_hashes(sub, base, [(0, 0)])[:, 0]
+    return centre, np.concatenate([view_hashes(sub, w, offs, flip=flip) for w, offs in views], axis=1)
+
+
 def recrop_candidates(
-    pixels: np.ndarray, rows: np.ndarray, radius: int, max_zoom: float, *, flip: bool = False
+    pixels: np.ndarray,
+    rows: np.ndarray,
+    radius: int,
+    max_zoom: float,
+    *,
+    flip: bool = False,
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
     """Pairs of ``rows`` where a moved, smaller window of one hashes within ``radius`` of the other's centre.
 
@@ -608,10 +629,9 @@ def recrop_candidates(
     """
     size = pixels.shape[1]
     base = round(RECROP_WINDOW * size / 48)
-    sub = pixels[rows]
-    centre = view_hashes(sub, base, [(0, 0)])[:, 0]
     views = recrop_views(size, max_zoom)
-    hashes = np.concatenate([view_hashes(sub, w, offs, flip=flip) for w, offs in views], axis=1)
+    recrop = functools.partial(recrop_hashes, base=base, views=views, flip=flip)
+    centre, hashes = joined_arrays((engine or Engine()).map_images(recrop, pixels, rows=rows))
     meta = [(w, dy, dx) for w, offs in views for dy, dx in offs]
     stride = len(meta)
     found = hamming_pairs(hashes.ravel(), radius, centre, keep=lambda q, d: q // stride != d)
@@ -1078,7 +1098,8 @@ def _recrops(
     failed at scale 1, verified over zoom and a wider shift; none already in ``found``. With ``split``,
     only pairs of one image before ``split`` and one from it on (a query set against a reference)."""
     views = [
-        recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom, flip=f) for f in {False, params.mirror}
+        recrop_candidates(pixels, reps, params.recrop_radius, params.max_zoom, flip=f, engine=engine)
+        for f in {False, params.mirror}
     ]
     plain = cands[["a", "b", "flip"]].assign(scale=1.0, oy=0.0, ox=0.0)
     columns = ["a", "b", "flip", "scale", "oy", "ox"]
