@@ -135,6 +135,27 @@ class TreeCpu:
         return sum(self.seen.values())
 
 
+class Phases:
+    """A progress reporter that keeps how long each phase of a stage took (wall seconds)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def start(self, description: str, total: int | None) -> None:
+        self.finish()
+        self._current = (description, time.perf_counter())
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        if self._current:
+            name, since = self._current
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - since, 1)
+            self._current = None
+
+
 def run_stage(stage: str, engine_name: str, workspace: str, dataset: str, address: str | None) -> dict[str, Any]:
     """Run one stage as the CLI would, and measure it (called in a fresh process by :func:`measure`)."""
     from fercurate.dedup import DedupParams, dedup
@@ -143,16 +164,18 @@ def run_stage(stage: str, engine_name: str, workspace: str, dataset: str, addres
     from fercurate.workspace import Workspace
 
     tree = TreeCpu()
+    phases = Phases()
     started = time.perf_counter()
     with open_engine(EngineParams(engine=engine_name, ray_address=address)) as engine:
         ready = time.perf_counter() - started
         if stage == "scan":
-            result: Any = scan(Workspace(workspace), ScanParams(dataset=Path(dataset)), engine=engine)
+            result: Any = scan(Workspace(workspace), ScanParams(dataset=Path(dataset)), phases, engine)
             summary = {"rows": result.rows}
         else:
-            result = dedup(Workspace(workspace), DedupParams(), engine=engine)
+            result = dedup(Workspace(workspace), DedupParams(), phases, engine)
             summary = {"pairs": result.pairs, "removed": result.removed}
         by_node = dict(engine.batches_by_node)
+        phases.finish()
     wall = time.perf_counter() - started
     own = resource.getrusage(resource.RUSAGE_SELF)
     waited = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -167,6 +190,7 @@ def run_stage(stage: str, engine_name: str, workspace: str, dataset: str, addres
         "driver_peak_rss_gb": round(own.ru_maxrss / 1024**2, 2),
         "driver_peak_private_gb": round(tree.peak_private / 1024**3, 2),
         "batches_by_node": by_node,
+        "phases_s": phases.seconds,
         "version": Workspace(workspace).versions()[-1].content_hash[:16],
         "load": _load(),
         **summary,
