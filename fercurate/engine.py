@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -170,18 +171,27 @@ class RayEngine(Engine):
         self._puts: dict[int, tuple[Any, Any]] = {}
         self._started = not ray.is_initialized()
         if self._started:
-            # "local": a Ray of this run's own, even when another one runs on this machine
-            ray.init(
-                address=self.address or "local",
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            _check_reachable(self.address)
+            try:
+                # "local": a Ray of this run's own, even when another one runs on this machine
+                ray.init(
+                    address=self.address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                raise InputError(
+                    f"could not start or reach {where} ({str(exc).splitlines()[0][:160]}); check ray_address "
+                    f"(or {RAY_ADDRESS_ENV}) and `ray status` there, or leave both unset for a local Ray",
+                    param="ray_address",
+                ) from None
         import logging
 
         import ray.data
 
-        # Ray Data logs every finished dataset (and that its bars are off) on its own handler; the CLI owns the screen
+        # Ray Data logs each finished dataset (and that its bars are off) itself; the CLI owns the screen
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI owns the screen
@@ -343,6 +353,22 @@ def _import_ray() -> Any:
     except ImportError:
         raise InputError(f"engine ray needs Ray, which is not installed; run: {RAY_INSTALL}", param="engine") from None
     return ray
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast on a ``host:port`` nobody listens on: Ray itself retries for minutes before giving up."""
+    if not address or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"no Ray cluster answers at {address} ({exc}); start its head with `ray start --head`, or check "
+            f"ray_address (or {RAY_ADDRESS_ENV}), or leave both unset for a local Ray",
+            param="ray_address",
+        ) from None
 
 
 def _node() -> str:

@@ -97,6 +97,15 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+@needs_ray
+def test_an_address_nobody_listens_on_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whatever ran before
+    address = f"127.0.0.1:{_free_port()}"
+    res = runner.invoke(app, ["dedup", "-w", str(tmp_path / "ws"), "--engine", "ray", "--ray-address", address])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"no Ray cluster answers at {address}" in res.output and "--ray-address" in res.output
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, str]]:
     """A head node and a second node (custom resource ``second``), one CPU each; this process connects."""
