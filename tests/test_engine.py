@@ -255,6 +255,30 @@ def test_flag_folds_on_ray_give_the_same_out_of_fold_probabilities(cluster: dict
 
 
 @needs_ray
+def test_benchmark_trains_one_task_per_version_and_seed_with_the_same_scores(
+    cluster: dict[str, str], demo: Any, tmp_path: Path
+) -> None:
+    import shutil
+
+    from fercurate.benchmark import BenchmarkParams, benchmark
+    from fercurate.dedup import DedupParams, dedup
+    from fercurate.engine import RayEngine
+    from fercurate.scan import ScanParams, scan
+
+    first = Workspace(tmp_path / "local")
+    scan(first, ScanParams(dataset=demo.dataset_dir))
+    dedup(first, DedupParams())
+    shutil.copytree(first.root, tmp_path / "ray")
+    params = BenchmarkParams(seeds=2, preset="tiny", overrides=(("epochs", 1), ("num_threads", 1)), device="cpu")
+    engine = RayEngine(cluster["address"])
+    local = benchmark(first, params)
+    remote = benchmark(Workspace(tmp_path / "ray"), params, engine=engine)
+    assert sum(engine.tasks_by_node.values()) == 4  # 2 versions x 2 seeds
+    assert [s.to_dict() for s in local.versions] == [s.to_dict() for s in remote.versions]
+    assert len(list((tmp_path / "ray" / "cache" / "models").glob("*.pt"))) == 4
+
+
+@needs_ray
 def test_cli_engine_ray_starts_its_own_ray_and_stops_it(demo: Any, tmp_path: Path) -> None:
     """No address: a local Ray for the run (in a fresh process, as a user runs it), gone afterwards."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | NO_AUTH
