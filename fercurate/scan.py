@@ -151,7 +151,7 @@ def scan(
             from fercurate.votes.scan import ferplus_folders, scan_ferplus  # the FER+ release layout
 
             if ferplus := ferplus_folders(root):
-                layout, (df, root, notes) = "ferplus", scan_ferplus(workspace, ferplus, params, progress)
+                layout, (df, root, notes) = "ferplus", scan_ferplus(workspace, ferplus, params, progress, engine)
             else:
                 layout, files, notes = _discover(root, classes, {n.lower() for n in params.ignore})
                 df = _scan_files(workspace, root, files, params, progress, engine)

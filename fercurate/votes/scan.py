@@ -24,6 +24,7 @@ from fercurate.votes.params import FERPLUS_CLASSES, NON_EMOTION, check_scheme
 from fercurate.votes.stats import class_map, scheme_labels
 
 if TYPE_CHECKING:
+    from fercurate.engine import Engine
     from fercurate.scan import ScanParams
     from fercurate.workspace import Workspace
 
@@ -41,7 +42,7 @@ def ferplus_folders(root: Path) -> dict[str, Path]:
 
 
 def scan_ferplus(
-    workspace: Workspace, folders: dict[str, Path], params: ScanParams, progress: Progress
+    workspace: Workspace, folders: dict[str, Path], params: ScanParams, progress: Progress, engine: Engine | None = None
 ) -> tuple[pd.DataFrame, Path, list[str]]:
     """Rows for every image a FER+ ``label.csv`` names, labelled by the votes; and the dataset root.
 
@@ -64,7 +65,7 @@ def scan_ferplus(
         (f"{folders[u].relative_to(root).as_posix()}/{name}", USAGE_SPLIT[u], label)
         for u, name, label in zip(table.usages, table.names, labels, strict=True)
     ]
-    df = _scan_files(workspace, root, files, params, progress)
+    df = _scan_files(workspace, root, files, params, progress, engine)
     no_label = np.array([label is None for label in picked.labels]) & (df[Col.STATUS] == ACTIVE).to_numpy()
     if no_label.any():
         df.loc[no_label, Col.STATUS] = REMOVED
