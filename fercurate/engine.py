@@ -17,6 +17,7 @@ when the ``ray`` engine is chosen.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import pickle
 import socket
@@ -189,7 +190,7 @@ class RayEngine(Engine):
                 ) from None
         import logging
 
-        import ray.data
+        importlib.import_module("ray.data")  # loads ray.data onto the ray module
 
         # Ray Data logs each finished dataset (and that its bars are off) itself; the CLI owns the screen
         logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -246,12 +246,9 @@ def _soft_targets(
 ) -> np.ndarray | None:
     """The train rows' vote distributions under the class mapping their votes were imported with
     (one-hot of the label where a row has none), or None without votes."""
-    from fercurate.manifest import VoteCol
     from fercurate.votes.stage import recorded_mapping
     from fercurate.votes.stats import soft_targets
 
-    if VoteCol.N not in rows.columns or not rows[VoteCol.N].notna().any():
-        return None
     return soft_targets(rows, y, classes, recorded_mapping(workspace, info, classes))
 
 
