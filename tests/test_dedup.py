@@ -458,6 +458,23 @@ def test_split_group_by_related_keeps_each_sitting_in_one_split(ws: Workspace, p
         assert len(spans) == len(planted.siblings)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), offset=st.floats(-40, 40), changed=st.floats(0.0, 0.25))
+def test_trimmed_difference_ignores_brightness_and_a_small_changed_region(
+    seed: int, offset: float, changed: float
+) -> None:
+    from fercurate.dedup.match import trimmed_difference
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 30, (1, 400))
+    y = x + offset + rng.normal(0, 1, (1, 400))  # another frame of one sitting: brighter, new noise
+    y[:, : int(changed * 400)] = rng.normal(0, 60, (1, int(changed * 400)))  # another mouth: up to 25%
+    assert trimmed_difference(x, y)[0] < 0.06
+    # another image altogether is far, and so is the same one at another contrast (light changed)
+    assert trimmed_difference(x, rng.normal(0, 30, (1, 400)))[0] > 0.3
+    assert trimmed_difference(x, 1.5 * x)[0] > 0.1
+
+
 def test_find_pairs_links_next_frames_only() -> None:
     rng = np.random.default_rng(7)
     frames = []
@@ -588,6 +605,14 @@ def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
     assert res.exit_code == 0, res.output
     assert "v0001" in res.output and "Leakage" in res.output and "Label conflicts" in res.output
     assert "dedup_pairs.parquet" in res.output
+    assert "8 related links" in res.output and "dedup_related.parquet" in res.output
+    assert data["related_pairs"] == 8 and data["related_groups"] == 8
+    res = runner.invoke(app, ["split", "-w", str(ws.root), "--group-by", "related", "--json"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["group_by"] == ["related"]
+    _, df = ws.read()
+    act = df[df[Col.STATUS] == ACTIVE].dropna(subset=[Col.RELATED_GROUP])
+    assert len(act) >= 16 and (act.groupby(Col.RELATED_GROUP)[Col.SPLIT].nunique() == 1).all()
 
 
 @pytest.mark.parametrize(
