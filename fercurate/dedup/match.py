@@ -800,7 +800,9 @@ def verify_scaled(
 
 
 # -- related frames --------------------------------------------------------------------------------
-def trimmed_difference(x: np.ndarray, y: np.ndarray, keep: float = RELATED_KEEP) -> np.ndarray:
+def trimmed_difference(
+    x: np.ndarray, y: np.ndarray, keep: float = RELATED_KEEP, spread: np.ndarray | None = None
+) -> np.ndarray:
     """How far apart two aligned images are over their best-matching pixels, relative to their contrast.
 
     ``x`` and ``y`` are ``(P, n)`` pixel values, pair by pair. The difference ``x - y`` less its median
@@ -811,16 +813,21 @@ def trimmed_difference(x: np.ndarray, y: np.ndarray, keep: float = RELATED_KEEP)
     another day, differ nearly everywhere. A change of contrast counts as a difference: taking it
     out too (each image scaled by its own deviation) let other people's drawn faces pass (precision
     0.68 instead of 0.91 on the tuning demo), and one sitting's frames share their light.
+
+    ``spread``: the pairs' averaged deviations if already known (:func:`deviation` of each image).
     """
     d = x - y
     d = np.abs(d - np.median(d, axis=1, keepdims=True))
     k = max(1, int(keep * d.shape[1]))
     best = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
-    spread = 0.5 * (
-        np.abs(x - np.median(x, axis=1, keepdims=True)).mean(axis=1)
-        + np.abs(y - np.median(y, axis=1, keepdims=True)).mean(axis=1)
-    )
+    if spread is None:
+        spread = 0.5 * (deviation(x) + deviation(y))
     return best / np.maximum(spread, 1e-9)
+
+
+def deviation(x: np.ndarray) -> np.ndarray:
+    """The mean absolute deviation from the median of each row of ``x`` (an image's contrast)."""
+    return np.abs(x - np.median(x, axis=1, keepdims=True)).mean(axis=1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -833,6 +840,7 @@ def _area_matrix(size: int, side: int) -> np.ndarray:
         for u in range(int(np.floor(lo)), int(np.ceil(hi))):
             out[k, u] = min(hi, u + 1) - max(lo, u)
     out /= out.sum(axis=1, keepdims=True)
+    out.setflags(write=False)
     return out
 
 
@@ -866,9 +874,17 @@ def related_difference(
     dx = np.zeros(p, dtype=np.int64)
     if p == 0:
         return diff, sim, dy, dx
-    ua, ia = np.unique(a, return_inverse=True)
-    ub, ib = np.unique(b, return_inverse=True)
-    rough = trimmed_difference(thumbnails(left[ua])[ia], thumbnails(right[ub])[ib])
+    # each image's thumbnail and contrast once (both sides at once in a self-join)
+    if left is right:
+        u, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+        ia, ib = inverse[:p], inverse[p:]
+        thumbs_a = thumbs_b = thumbnails(left[u])
+    else:
+        ua, ia = np.unique(a, return_inverse=True)
+        ub, ib = np.unique(b, return_inverse=True)
+        thumbs_a, thumbs_b = thumbnails(left[ua]), thumbnails(right[ub])
+    dev_a, dev_b = deviation(thumbs_a), deviation(thumbs_b)
+    rough = trimmed_difference(thumbs_a[ia], thumbs_b[ib], spread=0.5 * (dev_a[ia] + dev_b[ib]))
     todo = np.nonzero(rough <= RELATED_PREFILTER)[0]
     size = left.shape[1]
     m = max_shift
