@@ -52,6 +52,8 @@ WINDOW_FRACTION = 6
 _FEATURE_BATCH = 128
 #: Candidate pairs verified per chunk (chunks run in parallel threads).
 _VERIFY_CHUNK = 512
+#: Candidate pairs per block of the related frames' thumbnail filter (about 10 MB of temporaries).
+_RELATED_BLOCK = 8192
 
 #: Side of the central window the re-crop search compares against (at 48x48; scaled with the size).
 RECROP_WINDOW = 40
@@ -884,7 +886,15 @@ def related_difference(
         ub, ib = np.unique(b, return_inverse=True)
         thumbs_a, thumbs_b = thumbnails(left[ua]), thumbnails(right[ub])
     dev_a, dev_b = deviation(thumbs_a), deviation(thumbs_b)
-    rough = trimmed_difference(thumbs_a[ia], thumbs_b[ib], spread=0.5 * (dev_a[ia] + dev_b[ib]))
+    rough = np.empty(p)
+
+    def cheap(s: int) -> None:
+        # in blocks: drawn faces give hundreds of thousands of candidates at 100K images
+        sl = slice(s, s + _RELATED_BLOCK)
+        spread = 0.5 * (dev_a[ia[sl]] + dev_b[ib[sl]])
+        rough[sl] = trimmed_difference(thumbs_a[ia[sl]], thumbs_b[ib[sl]], spread=spread)
+
+    in_threads(cheap, range(0, p, _RELATED_BLOCK))
     todo = np.nonzero(rough <= RELATED_PREFILTER)[0]
     size = left.shape[1]
     m = max_shift
