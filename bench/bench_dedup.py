@@ -107,6 +107,43 @@ def phash_pairs(hashes: np.ndarray, radius: int) -> set[tuple[int, int]]:
     return set(zip(found.query.tolist(), found.database.tolist(), strict=True))
 
 
+def related_scores(
+    dup: set[tuple[int, int]],
+    related: set[tuple[int, int]],
+    sitting: np.ndarray,
+    photo: np.ndarray,
+    bursts: list[tuple[int, int]],
+    n: int,
+) -> dict[str, object]:
+    """Related links against the truth: a link is right when both images come from one sitting
+    (``sitting``: the same id), and ``same photo`` when they are copies of one photo (a duplicate the
+    verifier missed, kept together all the same). Recall: burst pairs that dedup did not join as
+    duplicates and that the related and duplicate links connect (a burst frame linked to a copy of
+    its frame keeps it beside the frame in ``split --group-by related``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    def components(pairs: set[tuple[int, int]]) -> np.ndarray:
+        i = np.array([a for a, _ in pairs], dtype=np.int64)
+        j = np.array([b for _, b in pairs], dtype=np.int64)
+        return connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)[1]
+
+    right = int(sum(sitting[a] == sitting[b] for a, b in related))
+    copies = int(sum(photo[a] == photo[b] for a, b in related))
+    by_dup, by_both = components(dup), components(dup | related)
+    rest = [(a, b) for a, b in bursts if by_dup[a] != by_dup[b]]
+    linked = int(sum(by_both[a] == by_both[b] for a, b in rest))
+    return {
+        "links": len(related),
+        "precision (same sitting)": round(right / len(related), 4) if related else 1.0,
+        "of which same photo (missed duplicates)": copies,
+        "false links": len(related) - right,
+        "burst pairs": len(bursts),
+        "joined as duplicates (false pairs)": len(bursts) - len(rest),
+        "recall (of the others)": round(linked / len(rest), 4) if rest else 1.0,
+    }
+
+
 # -- quality ---------------------------------------------------------------------------------------
 def quality_demo(n: int, seed: int) -> dict[str, object]:
     """The demo's planted duplicates, found through the real flow: scan, then dedup."""
@@ -141,10 +178,34 @@ def quality_demo(n: int, seed: int) -> dict[str, object]:
             if p in pos and o in pos
         }
         by_transform[str(kind)] = round(len(want & found) / max(1, len(want)), 4)
+    # related links (other frames of one sitting) against the demo's burst frames: a photo is what
+    # dup_of leads to, a sitting what dup_of and burst_of lead to
+    dup_of = dict(zip(planted["path"], planted["dup_of"], strict=True))
+    bursts_of = truth[truth["burst_of"].notna()]
+    burst_of = dict(zip(bursts_of["path"], bursts_of["burst_of"], strict=True))
+
+    def root(p: str, links: list[dict[str, str]]) -> str:
+        for _ in range(10):
+            nxt = next((m[p] for m in links if p in m), None)
+            if nxt is None:
+                break
+            p = nxt
+        return p
+
+    paths = active["path"].tolist()
+    sitting = np.array([root(p, [dup_of, burst_of]) for p in paths])
+    photo = np.array([root(p, [dup_of]) for p in paths])
+    ids = {i: k for k, i in enumerate(active["image_id"])}
+    table = pd.read_parquet(result.reports["related"])
+    related = {tuple(sorted((ids[a], ids[b]))) for a, b in zip(table["image_id_a"], table["image_id_b"], strict=True)}
+    pairs = pd.read_parquet(result.reports["pairs"])
+    dup = {tuple(sorted((ids[a], ids[b]))) for a, b in zip(pairs["image_id_a"], pairs["image_id_b"], strict=True)}
+    bursts = [(pos[p], pos[o]) for p, o in burst_of.items() if p in pos and o in pos]
     return {
         "images": len(active),
         "planted copies": len(links),
         "dedup (defaults)": pr(found, true_pairs),
+        "related links (burst frames)": related_scores(dup, related, sitting, photo, bursts, len(active)),
         "recall by transform": by_transform,
         "pHash <= 6": pr(phash_pairs(hashes, 6), true_pairs),
         "pHash <= 10": pr(phash_pairs(hashes, 10), true_pairs),
@@ -197,14 +258,19 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
     face, pose, light and background with another expression (a burst frame), cut with the plain
     box (counted beside either copy); distractors: other faces. Contact sheets of misses and false pairs go to ``out``.
     """
-    from fercurate.dedup import DedupParams, find_duplicate_pairs
-    from fercurate.dedup.match import blurs, ncc_over_shifts
+    from fercurate.dedup import DedupParams
+    from fercurate.dedup.match import blurs, find_pairs, ncc_over_shifts
     from fercurate.images import contact_sheet
 
     pixels, truth, bursts = recrop_set(n, seed)
     t = time.perf_counter()
-    pairs = find_duplicate_pairs(pixels, DedupParams(max_zoom=0.15))
+    pairs, related = find_pairs(pixels, DedupParams(max_zoom=0.15))
     seconds = time.perf_counter() - t
+    # each face's two copies and its burst frame are one sitting; the other faces are their own
+    sitting = np.arange(len(pixels))
+    photo = np.arange(len(pixels))
+    for a, b, _ in truth:
+        sitting[b] = sitting[b + 1] = photo[b] = a
     found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True))
     want = {(a, b) for a, b, _ in truth}
     # the band of each planted pair: its best NCC over shifts up to 2 px at scale 1, as issue 12 measures
@@ -238,6 +304,14 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
         "recall by kind": by_kind,
         "recall by band (NCC over small shifts)": by_band,
         "burst frames found (false)": f"{burst_false} of {len(bursts)}",
+        "related links": related_scores(
+            found,
+            set(zip(related["i"].tolist(), related["j"].tolist(), strict=True)),
+            sitting,
+            photo,
+            bursts,
+            len(pixels),
+        ),
         "found kinds": pairs["kind"].value_counts().to_dict(),
         "seconds": round(seconds, 2),
     }

@@ -678,6 +678,7 @@ def split_cmd(
         typer.Option(
             "--group-by",
             help="Column whose shared values stay in one split (repeatable), e.g. --group-by subject_id; "
+            "'related' stands for related_group (other frames of one sitting, from dedup). "
             "dup_group (from dedup) is always used when present.",
         ),
     ] = list(SplitParams.group_by) or None,
@@ -699,8 +700,9 @@ def split_cmd(
     Each split's class shares match the whole within 1 percentage point for classes with 100+ images;
     rows sharing a dup_group or a --group-by value never straddle two splits. Removed and invalid rows
     keep their split; split_original keeps the dataset's own split. Writes a before/after bar chart.
+    --group-by related also keeps dedup's related groups (other frames of one sitting) in one split.
 
-    Example: fercurate split --ratios 80/10/10 --seed 0
+    Example: fercurate split --ratios 80/10/10 --seed 0 --group-by related
     """
     from fercurate.split import parse_ratios, split
 
@@ -1310,6 +1312,14 @@ def dedup_cmd(
     mirror: Annotated[
         bool, typer.Option("--mirror", help="Also find horizontally flipped copies (an augmentation leak).")
     ] = DedupParams.mirror,
+    related: Annotated[
+        bool,
+        typer.Option(
+            "--related/--no-related",
+            help="Also link other frames of one sitting (same person, backdrop and light, another expression): "
+            "never removed; grouped in related_group for split --group-by related.",
+        ),
+    ] = DedupParams.related,
     conflicts: Annotated[
         str,
         typer.Option(help=f"Groups whose members carry different labels: {choices(CONFLICT_MODES)}."),
@@ -1329,6 +1339,10 @@ def dedup_cmd(
     duplicate_of:<image_id>. Reports leakage between splits and label conflicts, and writes a pairs
     table and contact sheets.
 
+    Other frames of one sitting (the same person and backdrop, another expression) are not
+    duplicates: they are linked as related (dedup_related.parquet, the related_group column), never
+    removed; fercurate split --group-by related keeps each sitting in one split.
+
     Example: fercurate dedup --mirror
     """
     from fercurate.dedup import dedup
@@ -1344,6 +1358,7 @@ def dedup_cmd(
         max_zoom=max_zoom,
         recrop_radius=recrop_radius,
         mirror=mirror,
+        related=related,
         conflicts=conflicts,
         dry_run=dry_run,
     )
@@ -1360,6 +1375,12 @@ def dedup_cmd(
         f"{result.groups} groups of up to {result.largest_group}; {result.removed} rows "
         f"{'would be ' if result.dry_run else ''}removed ({result.seconds:.1f} s)"
     )
+    if result.related_pairs:
+        out.print(
+            f"{result.related_pairs} related links (other frames of one sitting, not removed) in "
+            f"{result.related_groups} related groups of {result.rows_in_related_groups} rows, "
+            f"{result.related_groups_across_splits} across splits (split --group-by related keeps them together)"
+        )
     leak = Table(title="Leakage: images with a duplicate in the other split", title_justify="left")
     for col in ("splits", "images in first", "images in second", "groups"):
         leak.add_column(col, justify="left" if col == "splits" else "right")

@@ -55,6 +55,8 @@ class Col:
     DUP_KIND = "dup_kind"
     DUP_NEAREST = "dup_nearest"
     DUP_SIMILARITY = "dup_similarity"
+    RELATED_GROUP = "related_group"
+    RELATED_GROUP_SIZE = "related_group_size"
     HASH_COLUMNS = ("phash", "dhash", "whash", "ahash")
 
     # relabel-review flag (stage relabel-flag)
@@ -207,6 +209,13 @@ COLUMNS: tuple[Column, ...] = (
     Column(Col.DUP_KIND, pa.string(), "dedup", "exact, near, recrop or mirror"),
     Column(Col.DUP_NEAREST, pa.string(), "dedup", "image_id of the most similar other member"),
     Column(Col.DUP_SIMILARITY, pa.float64(), "dedup", "similarity to that member (1.0: identical pixels)"),
+    Column(
+        Col.RELATED_GROUP,
+        pa.string(),
+        "dedup",
+        "r + the smallest image_id of the related group: frames of one sitting and their duplicates",
+    ),
+    Column(Col.RELATED_GROUP_SIZE, pa.int32(), "dedup", "members in the related group"),
     # relabel-review flag (stage relabel-flag)
     Column(Col.PROB_PREFIX, pa.float64(), "relabel-flag", "out-of-fold probability of a class", family=True),
     Column(Col.MISLABEL_SCORE, pa.float64(), "relabel-flag", "how likely the label is wrong"),
@@ -236,6 +245,7 @@ def declared(column: str) -> Column | None:
 def stage_columns(stage: str) -> tuple[Column, ...]:
     """The columns ``stage`` owns, in declaration order."""
     return tuple(c for c in COLUMNS if c.stage == stage)
+
 
 #: The seven FER2013 classes in their CSV emotion-code order (0-6).
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

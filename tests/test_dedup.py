@@ -33,7 +33,7 @@ from fercurate.dedup import (
     plant,
     search,
 )
-from fercurate.dedup.match import compute_features, view_hashes, warp
+from fercurate.dedup.match import compute_features, find_pairs, view_hashes, warp
 from fercurate.dedup.search import HammingPairs, MihPlan, chunking
 from fercurate.dedup.stage import _group
 from fercurate.errors import InputError, WorkspaceError
@@ -414,6 +414,88 @@ def test_leakage_and_reports(ws: Workspace) -> None:
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+# -- related frames --------------------------------------------------------------------------------
+def test_next_frames_are_related_links_not_duplicates(ws: Workspace, planted: Planted) -> None:
+    result, df = run(ws)
+    for a, b in planted.siblings:
+        assert not same_group(df, a, b), (a, b)
+        assert df.at[a, "status"] == df.at[b, "status"] == ACTIVE  # related frames are never removed
+        group = df.at[a, Col.RELATED_GROUP]
+        assert isinstance(group, str) and group.startswith("r") and group == df.at[b, Col.RELATED_GROUP], (a, b)
+        assert df.at[a, Col.RELATED_GROUP_SIZE] >= 2
+    # other faces are in no related group (a duplicate group's members only with a related frame)
+    siblings = {p for pair in planted.siblings for p in pair}
+    others = df[df[Col.RELATED_GROUP].notna() & ~df.index.isin(siblings)]
+    assert others.empty, others[[Col.RELATED_GROUP]]
+    links = pd.read_parquet(result.reports["related"])  # type: ignore[attr-defined]
+    assert len(links) == result.related_pairs == len(planted.siblings)  # type: ignore[attr-defined]
+    assert (links["kind"] == "related").all() and (links["difference"] <= 0.09).all()
+    pairs = pd.read_parquet(result.reports["pairs"])  # type: ignore[attr-defined]
+    assert "related" not in set(pairs["kind"])
+    # the siblings sit in train and val: every related group spans two splits
+    assert result.related_groups == result.related_groups_across_splits == len(planted.siblings)  # type: ignore[attr-defined]
+    with Image.open(result.reports["related_sheet"]) as im:  # type: ignore[attr-defined]
+        assert im.size[0] > 100
+
+
+def test_no_related_writes_no_related_groups(ws: Workspace) -> None:
+    result, df = run(ws, related=False)
+    assert result.related_pairs == 0 and df[Col.RELATED_GROUP].isna().all()  # type: ignore[attr-defined]
+
+
+def test_split_group_by_related_keeps_each_sitting_in_one_split(ws: Workspace, planted: Planted) -> None:
+    from fercurate.split import SplitParams, split
+
+    run(ws)
+    _, before = ws.read()
+    assert before[Col.RELATED_GROUP].notna().sum() >= 2 * len(planted.siblings)
+    for seed in range(3):
+        split(ws, SplitParams(seed=seed, group_by=("related",)))
+        _, df = ws.read()
+        act = df[df[Col.STATUS] == ACTIVE]
+        spans = act.dropna(subset=[Col.RELATED_GROUP]).groupby(Col.RELATED_GROUP)[Col.SPLIT].nunique()
+        assert (spans == 1).all(), spans[spans > 1]
+        assert len(spans) == len(planted.siblings)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), offset=st.floats(-40, 40), changed=st.floats(0.0, 0.25))
+def test_trimmed_difference_ignores_brightness_and_a_small_changed_region(
+    seed: int, offset: float, changed: float
+) -> None:
+    from fercurate.dedup.match import trimmed_difference
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 30, (1, 400))
+    y = x + offset + rng.normal(0, 1, (1, 400))  # another frame of one sitting: brighter, new noise
+    y[:, : int(changed * 400)] = rng.normal(0, 60, (1, int(changed * 400)))  # another mouth: up to 25%
+    assert trimmed_difference(x, y)[0] < 0.06
+    # another image altogether is far, and so is the same one at another contrast (light changed)
+    assert trimmed_difference(x, rng.normal(0, 30, (1, 400)))[0] > 0.3
+    assert trimmed_difference(x, 1.5 * x)[0] > 0.1
+
+
+def test_find_pairs_links_next_frames_only() -> None:
+    rng = np.random.default_rng(7)
+    frames = []
+    for k in range(6):
+        geometry = 2000 + k
+        frames.append(face(np.random.default_rng(k), geometry=np.random.default_rng(geometry)))
+        frames.append(face(np.random.default_rng(k + 50), geometry=np.random.default_rng(geometry)))
+    others = [face(rng) for _ in range(30)]
+    pixels = np.stack([decode(jpeg_bytes(x, 90)) for x in frames + others])
+    dup, related = find_pairs(pixels)
+    assert dup.empty
+    assert set(zip(related["i"], related["j"], strict=True)) == {(k, k + 1) for k in range(0, 12, 2)}
+    assert (related["kind"] == "related").all()
+    assert find_pairs(pixels, related=False)[1].empty
+    # a copy of a frame is its duplicate, not a related frame; the other frame stays related to both
+    copy = decode(jpeg_bytes(pixels[0], 60))
+    dup, related = find_pairs(np.concatenate([pixels, copy[None]]))
+    assert set(zip(dup["i"], dup["j"], strict=True)) == {(0, len(pixels))}
+    assert (0, 1) in set(zip(related["i"], related["j"], strict=True))
+
+
 # -- the library API -------------------------------------------------------------------------------
 def test_find_duplicate_pairs_and_match_against() -> None:
     rng = np.random.default_rng(3)
@@ -523,6 +605,14 @@ def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
     assert res.exit_code == 0, res.output
     assert "v0001" in res.output and "Leakage" in res.output and "Label conflicts" in res.output
     assert "dedup_pairs.parquet" in res.output
+    assert "8 related links" in res.output and "dedup_related.parquet" in res.output
+    assert data["related_pairs"] == 8 and data["related_groups"] == 8
+    res = runner.invoke(app, ["split", "-w", str(ws.root), "--group-by", "related", "--json"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["group_by"] == ["related"]
+    _, df = ws.read()
+    act = df[df[Col.STATUS] == ACTIVE].dropna(subset=[Col.RELATED_GROUP])
+    assert len(act) >= 16 and (act.groupby(Col.RELATED_GROUP)[Col.SPLIT].nunique() == 1).all()
 
 
 @pytest.mark.parametrize(

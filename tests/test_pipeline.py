@@ -70,6 +70,9 @@ def test_stages_are_scored_against_the_truth(report) -> None:
     assert min(recall["exact"], recall["near"], recall["tone"]) >= 0.95
     assert 0 <= _ratio(dedup["burst pairs joined (false pairs)"]) <= 1
     assert by["split"].score["dup groups spanning splits"] == 0
+    # demo --run splits with --group-by related: no sitting straddles two splits
+    assert by["split"].score["related groups spanning splits"] == 0
+    assert 0 < by["dedup"].score["related group precision"] <= 1
     # only copies dedup missed can still sit in another split than their original
     found, planted = map(int, dedup["pairs found"].split("/"))
     assert by["split"].score["planted duplicate pairs across splits"] <= planted - found

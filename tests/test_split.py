@@ -27,6 +27,7 @@ from fercurate.split import (
     assign_splits,
     connected_groups,
     fold_plan,
+    group_columns,
     parse_ratios,
     split,
     split_tables,
@@ -348,6 +349,25 @@ def test_parse_ratios_rejects(text, says) -> None:
     with pytest.raises(InputError) as exc:
         parse_ratios(text)
     assert says in str(exc.value) and f"'{text}'" in str(exc.value) and "80/10/10" in str(exc.value)
+
+
+@PROPERTY
+@given(df=manifests(), ratios=ratio_triples(), seed=st.integers(0, 2**16), data=st.data())
+def test_group_by_related_keeps_every_related_group_in_one_split(df, ratios, seed, data) -> None:
+    n = len(df)
+    related = data.draw(st.lists(st.one_of(st.none(), st.integers(0, n // 4 + 1)), min_size=n, max_size=n))
+    df[Col.RELATED_GROUP] = [None if r is None else f"r{r}" for r in related]
+    cols = group_columns(df, ["related", *group_cols_of(df)])
+    assert Col.RELATED_GROUP in cols and "related" not in cols
+    new = assign_splits(df, ratios, seed, cols)
+    act = (df[Col.STATUS] == ACTIVE).to_numpy()
+    spans = new[act].groupby(df.loc[act, Col.RELATED_GROUP].to_numpy()).nunique()
+    assert (spans == 1).all(), spans[spans > 1]
+
+
+def test_group_by_related_needs_dedup_first() -> None:
+    with pytest.raises(InputError, match="group_by 'related' needs the 'related_group' column.*fercurate dedup"):
+        group_columns(frame(["happy"] * 5), ["related"])
 
 
 def test_unknown_group_by_column_lists_the_columns() -> None:

@@ -52,6 +52,8 @@ WINDOW_FRACTION = 6
 _FEATURE_BATCH = 128
 #: Candidate pairs verified per chunk (chunks run in parallel threads).
 _VERIFY_CHUNK = 512
+#: Candidate pairs per block of the related frames' thumbnail filter (about 10 MB of temporaries).
+_RELATED_BLOCK = 8192
 
 #: Side of the central window the re-crop search compares against (at 48x48; scaled with the size).
 RECROP_WINDOW = 40
@@ -91,8 +93,28 @@ OVERLAY_COVER = 0.3
 OVERLAY_SHARE = 0.65
 OVERLAY_REST = 0.5
 
-KIND_EXACT, KIND_NEAR, KIND_MIRROR, KIND_RECROP = "exact", "near", "mirror", "recrop"
+#: Related frames (another frame of one sitting: the same person, backdrop and light, another
+#: expression) are looked for among the candidates up to this detail distance: the changed mouth or
+#: eyes move the 255-bit detail hash further than a copy's re-encoding (demo burst frames: half lie
+#: beyond 48 bits, 90% within 72).
+RELATED_DETAIL_RADIUS = 72
+#: Share of the pixels whose difference counts: the best-matching 70%, so the changed mouth, eyes and
+#: brows (a fifth of the face or less) are left out.
+RELATED_KEEP = 0.7
+#: Largest difference of a related pair (:func:`trimmed_difference`: the kept pixels' mean absolute
+#: difference, an offset removed, relative to the images' mean absolute deviation); first on 16x16
+#: thumbnails, a cheap filter (0.2 let 2.5 times as many pairs through to the full check on the
+#: 20K speed demo for 4% more burst frames on the tuning demo), then on the aligned, lightly
+#: blurred 48x48 images.
+RELATED_PREFILTER = 0.15
+RELATED_MAX_DIFFERENCE = 0.09
+#: Side of the thumbnails of the prefilter and the border (in thumbnail cells) it leaves out.
+RELATED_THUMB, RELATED_THUMB_BORDER = 16, 2
+
+KIND_EXACT, KIND_NEAR, KIND_MIRROR, KIND_RECROP, KIND_RELATED = "exact", "near", "mirror", "recrop", "related"
 PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
+#: The related pairs carry their difference too (:func:`related_difference`).
+RELATED_COLUMNS = [*PAIR_COLUMNS, "difference"]
 MATCH_COLUMNS = ["query", "reference", "similarity", "kind", "dy", "dx"]
 
 
@@ -779,6 +801,148 @@ def verify_scaled(
     return sim, best_s, np.rint(best_y).astype(np.int64), np.rint(best_x).astype(np.int64), residual, overlay
 
 
+# -- related frames --------------------------------------------------------------------------------
+def trimmed_difference(
+    x: np.ndarray, y: np.ndarray, keep: float = RELATED_KEEP, spread: np.ndarray | None = None
+) -> np.ndarray:
+    """How far apart two aligned images are over their best-matching pixels, relative to their contrast.
+
+    ``x`` and ``y`` are ``(P, n)`` pixel values, pair by pair. The difference ``x - y`` less its median
+    (a brightness offset), in absolute value; the mean of its smallest ``keep`` share; divided by
+    the mean absolute deviation of ``x`` and ``y`` from their medians (averaged). Two frames of one
+    sitting differ where the expression changed (mouth, eyes, brows) and hardly anywhere else, so
+    the best 70% of their pixels match closely; two photos of different people, or of one person on
+    another day, differ nearly everywhere. A change of contrast counts as a difference: taking it
+    out too (each image scaled by its own deviation) let other people's drawn faces pass (precision
+    0.68 instead of 0.91 on the tuning demo), and one sitting's frames share their light.
+
+    ``spread``: the pairs' averaged deviations if already known (:func:`deviation` of each image).
+    """
+    d = x - y
+    d = np.abs(d - np.median(d, axis=1, keepdims=True))
+    k = max(1, int(keep * d.shape[1]))
+    best = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+    if spread is None:
+        spread = 0.5 * (deviation(x) + deviation(y))
+    return best / np.maximum(spread, 1e-9)
+
+
+def deviation(x: np.ndarray) -> np.ndarray:
+    """The mean absolute deviation from the median of each row of ``x`` (an image's contrast)."""
+    return np.abs(x - np.median(x, axis=1, keepdims=True)).mean(axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _area_matrix(size: int, side: int) -> np.ndarray:
+    """``side`` x ``size`` rows averaging the pixels of each of ``side`` equal cells (a box resize)."""
+    edges = np.linspace(0, size, side + 1)
+    out = np.zeros((side, size), dtype=np.float32)
+    for k in range(side):
+        lo, hi = edges[k], edges[k + 1]
+        for u in range(int(np.floor(lo)), int(np.ceil(hi))):
+            out[k, u] = min(hi, u + 1) - max(lo, u)
+    out /= out.sum(axis=1, keepdims=True)
+    out.setflags(write=False)
+    return out
+
+
+def thumbnails(pixels: np.ndarray) -> np.ndarray:
+    """``(N, T * T)`` box-resized thumbnails (``T`` = 16 less a border of 2 cells) of ``(N, S, S)`` images."""
+    n, size, _ = pixels.shape
+    m = _area_matrix(size, RELATED_THUMB)
+    b = RELATED_THUMB_BORDER
+    small = m @ pixels.astype(np.float32) @ m.T
+    return small[:, b : RELATED_THUMB - b, b : RELATED_THUMB - b].reshape(n, -1)
+
+
+def related_difference(
+    left: np.ndarray, right: np.ndarray, a: np.ndarray, b: np.ndarray, max_shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Difference, similarity and aligning shift of pairs (``left[a]``, ``right[b]``) as related frames.
+
+    First :func:`trimmed_difference` of their thumbnails (cheap: most candidates are other people's
+    photos and stop there, with an infinite difference); the pairs within ``RELATED_PREFILTER`` are
+    aligned as the verifier aligns them (best NCC of band-passed images over shifts up to
+    ``max_shift``) and measured again on the lightly blurred images.
+
+    Returns:
+        difference (infinite for pairs the prefilter stopped), similarity (the aligned NCC; 0 there),
+        dy, dx.
+    """
+    p = len(a)
+    diff = np.full(p, np.inf)
+    sim = np.zeros(p)
+    dy = np.zeros(p, dtype=np.int64)
+    dx = np.zeros(p, dtype=np.int64)
+    if p == 0:
+        return diff, sim, dy, dx
+    # each image's thumbnail and contrast once (both sides at once in a self-join)
+    if left is right:
+        u, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+        ia, ib = inverse[:p], inverse[p:]
+        thumbs_a = thumbs_b = thumbnails(left[u])
+    else:
+        ua, ia = np.unique(a, return_inverse=True)
+        ub, ib = np.unique(b, return_inverse=True)
+        thumbs_a, thumbs_b = thumbnails(left[ua]), thumbnails(right[ub])
+    dev_a, dev_b = deviation(thumbs_a), deviation(thumbs_b)
+    rough = np.empty(p)
+
+    def cheap(s: int) -> None:
+        # in blocks: drawn faces give hundreds of thousands of candidates at 100K images
+        sl = slice(s, s + _RELATED_BLOCK)
+        spread = 0.5 * (dev_a[ia[sl]] + dev_b[ib[sl]])
+        rough[sl] = trimmed_difference(thumbs_a[ia[sl]], thumbs_b[ib[sl]], spread=spread)
+
+    in_threads(cheap, range(0, p, _RELATED_BLOCK))
+    todo = np.nonzero(rough <= RELATED_PREFILTER)[0]
+    size = left.shape[1]
+    m = max_shift
+    c = size - 2 * m
+
+    def chunk(s: int) -> None:
+        idx = todo[s : s + _VERIFY_CHUNK]
+        ca, ja = np.unique(a[idx], return_inverse=True)
+        cb, jb = np.unique(b[idx], return_inverse=True)
+        (fine_a, band_a), (fine_b, band_b) = blurs(left[ca]), blurs(right[cb])
+        sim[idx], dy[idx], dx[idx] = ncc_over_shifts(band_a[ja], band_b[jb], max_shift)
+        rows = np.arange(len(idx))[:, None, None]
+        yy = (m + dy[idx])[:, None, None] + np.arange(c)[None, :, None]
+        xx = (m + dx[idx])[:, None, None] + np.arange(c)[None, None, :]
+        fa = fine_a[ja][:, m : m + c, m : m + c].reshape(len(idx), -1)
+        fb = fine_b[jb][rows, yy, xx].reshape(len(idx), -1)
+        diff[idx] = trimmed_difference(fa, fb)
+
+    in_threads(chunk, range(0, len(todo), _VERIFY_CHUNK))
+    return diff, sim, dy, dx
+
+
+def _related(
+    pixels: np.ndarray, cands: pd.DataFrame, found: pd.DataFrame, params: DedupParams, engine: Engine | None = None
+) -> pd.DataFrame:
+    """The candidates (not flipped, not in ``found``) that :func:`related_difference` calls related frames."""
+    todo = cands[~cands["flip"].to_numpy(dtype=bool)]
+    n = len(pixels)
+    key = todo["a"].to_numpy() * n + todo["b"].to_numpy()
+    done = np.minimum(found["a"], found["b"]).to_numpy() * n + np.maximum(found["a"], found["b"]).to_numpy()
+    todo = todo[~np.isin(key, done)]
+    a, b = todo["a"].to_numpy(), todo["b"].to_numpy()
+    check = functools.partial(related_difference, max_shift=params.max_shift)
+    diff, sim, dy, dx = joined_arrays((engine or Engine()).map_pairs(check, (pixels, pixels), (a, b)))
+    ok = diff <= RELATED_MAX_DIFFERENCE
+    return pd.DataFrame(
+        {
+            "a": a[ok],
+            "b": b[ok],
+            "similarity": np.round(sim[ok], 6),
+            "kind": KIND_RELATED,
+            "dy": dy[ok],
+            "dx": dx[ok],
+            "difference": np.round(diff[ok], 6),
+        }
+    )
+
+
 # -- candidate search ------------------------------------------------------------------------------
 def _popcount4(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x ^ y).sum(axis=-1, dtype=np.int64)
@@ -809,12 +973,15 @@ def _candidates(
     feats_r: Features | None,
     flipped_q: Features | None,
     params: DedupParams,
+    detail_radius: int | None = None,
 ) -> pd.DataFrame:
     """Candidate pairs (a in queries, b in reference, flip) within ``detail_radius``, best distance each.
 
     ``hashes_r`` / ``feats_r`` None means a self-join of the queries, each pair once with a < b.
+    ``detail_radius`` overrides ``params.detail_radius`` (the related-frame search looks further).
     """
     self_join = hashes_r is None
+    detail_limit = params.detail_radius if detail_radius is None else detail_radius
     ref = feats_q if feats_r is None else feats_r
     center, ref_center = feats_q.center, ref.center
     parts = [
@@ -826,7 +993,7 @@ def _candidates(
                 hashes_r,
                 1,
                 functools.partial(_detail_distance, feats_q.detail[:, center : center + 1], ref.detail[:, ref_center]),
-                params.detail_radius,
+                detail_limit,
                 drop_self=False,
             ),
             False,
@@ -843,7 +1010,7 @@ def _candidates(
                     ref.aligned[:, ref_center],
                     len(feats.offsets),
                     functools.partial(_detail_distance, feats.detail, ref.detail[:, ref_center]),
-                    params.detail_radius,
+                    detail_limit,
                     drop_self=self_join,
                 ),
                 flip,
@@ -927,10 +1094,35 @@ def find_duplicate_pairs(
         (the shift that matched best). Identical images are linked to the first of them only (a
         star), which is enough for grouping.
     """
+    return find_pairs(pixels, params, hashes, engine, related=False)[0]
+
+
+def find_pairs(
+    pixels: np.ndarray,
+    params: DedupParams | None = None,
+    hashes: np.ndarray | None = None,
+    engine: Engine | None = None,
+    *,
+    related: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The duplicate pairs (as :func:`find_duplicate_pairs`) and, with ``related``, the related frames.
+
+    Related frames are other frames of one sitting (the same person, backdrop and light, another
+    expression): not duplicates, but the same identity. They are looked for among the candidates the
+    duplicate search already has (up to :data:`RELATED_DETAIL_RADIUS` detail bits instead of
+    ``detail_radius``) that are not duplicates: :func:`related_difference` at most
+    :data:`RELATED_MAX_DIFFERENCE`. Not flipped; images with identical twins are linked through the
+    first of them.
+
+    Returns:
+        The duplicate pairs, and the related pairs with the same columns (``kind`` ``related``,
+        ``similarity`` the aligned NCC) plus ``difference``; empty without ``related``.
+    """
     params = params or DedupParams()
     engine = engine or Engine()
     pixels = _check_pixels(pixels, "pixels")
     n = len(pixels)
+    no_related = pd.DataFrame({c: [] for c in RELATED_COLUMNS})
     if hashes is None:
         hashes = _hash(pixels, params.hasher)
     first = exact_groups(pixels)
@@ -948,7 +1140,7 @@ def find_duplicate_pairs(
     )
     reps = np.nonzero(first == np.arange(n))[0]
     if len(reps) < 2:
-        return exact[PAIR_COLUMNS].reset_index(drop=True)
+        return exact[PAIR_COLUMNS].reset_index(drop=True), no_related
     # only the images with no identical twin before them are matched: features of those rows, and
     # the candidates' positions among them mapped back to positions in ``pixels``
     features = functools.partial(compute_features, max_shift=params.max_shift)
@@ -964,25 +1156,33 @@ def find_duplicate_pairs(
         if params.mirror
         else None
     )
-    cands = _candidates(hashes[reps], feats, None, None, flipped, params)
-    cands["a"], cands["b"] = reps[cands["a"].to_numpy()], reps[cands["b"].to_numpy()]
+    # one search serves both: related frames lie further out in detail bits than copies
+    reach = max(params.detail_radius, RELATED_DETAIL_RADIUS) if related else None
+    found = _candidates(hashes[reps], feats, None, None, flipped, params, reach)
+    found["a"], found["b"] = reps[found["a"].to_numpy()], reps[found["b"].to_numpy()]
+    cands = found[found["detail"].to_numpy() <= params.detail_radius] if related else found
     near = _prefer_near(_verified(cands, pixels, pixels, params, engine), ["a", "b"])
     if params.max_zoom > 0:
         near = _concat(near, _recrops(pixels, reps, cands, near, params, engine=engine))
-    if near.empty:
-        return exact[PAIR_COLUMNS].reset_index(drop=True)
-    near = pd.DataFrame(
+    linked = _related(pixels, found, near, params, engine) if related else no_related
+    return _as_pairs(exact, near, hashes), _as_pairs(exact.iloc[:0], linked, hashes, RELATED_COLUMNS)
+
+
+def _as_pairs(
+    exact: pd.DataFrame, found: pd.DataFrame, hashes: np.ndarray, columns: list[str] = PAIR_COLUMNS
+) -> pd.DataFrame:
+    """``exact`` and the ``found`` pairs (``a``, ``b``, ...) as one table of ``columns``, by ``i``, ``j``."""
+    if found.empty:
+        return exact.reindex(columns=columns).reset_index(drop=True)
+    rows = pd.DataFrame(
         {
-            "i": near["a"].to_numpy(),
-            "j": near["b"].to_numpy(),
-            "hamming": np.bitwise_count(hashes[near["a"]] ^ hashes[near["b"]]).astype(np.int64),
-            "similarity": near["similarity"].to_numpy(),
-            "kind": near["kind"].to_numpy(),
-            "dy": near["dy"].to_numpy(),
-            "dx": near["dx"].to_numpy(),
+            "i": found["a"].to_numpy(),
+            "j": found["b"].to_numpy(),
+            "hamming": np.bitwise_count(hashes[found["a"]] ^ hashes[found["b"]]).astype(np.int64),
+            **{c: found[c].to_numpy() for c in columns[3:]},
         }
     )
-    return _concat(exact, near).sort_values(["i", "j"], kind="stable")[PAIR_COLUMNS].reset_index(drop=True)
+    return _concat(exact, rows).sort_values(["i", "j"], kind="stable")[columns].reset_index(drop=True)
 
 
 def match_against(query: np.ndarray, reference: np.ndarray, params: DedupParams | None = None) -> pd.DataFrame:

@@ -50,6 +50,8 @@ class DedupParams:
         recrop_radius: Hamming radius of the re-crop search (moved, smaller windows of one image
             against the other's central window).
         mirror: also find horizontally flipped copies.
+        related: also link other frames of one sitting (the same person, backdrop and light, another
+            expression): never removed, grouped in ``related_group`` for ``split --group-by related``.
         conflicts: what to do with groups whose members carry different labels.
         dry_run: report only; write no version.
         image_size: side of the cached grayscale images dedup works on.
@@ -66,6 +68,7 @@ class DedupParams:
     max_zoom: float = 0.0
     recrop_radius: int = 8
     mirror: bool = False
+    related: bool = True
     conflicts: str = "remove-all"
     dry_run: bool = False
     image_size: int = 48

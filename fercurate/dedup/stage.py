@@ -19,7 +19,7 @@ from fercurate.dedup.match import (
     KIND_NEAR,
     KIND_RECROP,
     exact_groups,
-    find_duplicate_pairs,
+    find_pairs,
 )
 from fercurate.dedup.params import DedupParams
 from fercurate.engine import Engine
@@ -35,6 +35,8 @@ DUP_KIND = Col.DUP_KIND
 DUP_NEAREST = Col.DUP_NEAREST
 DUP_SIMILARITY = Col.DUP_SIMILARITY
 DUP_COLUMNS = (DUP_GROUP, DUP_GROUP_SIZE, DUP_KIND, DUP_NEAREST, DUP_SIMILARITY)
+RELATED_GROUP = Col.RELATED_GROUP
+RELATED_GROUP_SIZE = Col.RELATED_GROUP_SIZE
 
 #: Split preference of the resolution rule: a train copy is kept over a val one over a test one.
 SPLIT_RANK = {s: k for k, s in enumerate(SPLITS)}
@@ -50,7 +52,9 @@ class DedupResult:
 
     ``leakage``: one entry per pair of splits, how many active images of each split have a duplicate
     in the other. ``conflicts``: the groups whose members carry different labels, with their label
-    counts and what was done with them.
+    counts and what was done with them. ``related_*``: the related links (other frames of one
+    sitting, never removed), their groups (frames and their duplicates), and the groups whose
+    active members sit in more than one split.
     """
 
     version: VersionInfo | None
@@ -69,6 +73,10 @@ class DedupResult:
     leakage: list[dict[str, Any]]
     conflicts: list[dict[str, Any]]
     conflict_mode: str
+    related_pairs: int
+    related_groups: int
+    rows_in_related_groups: int
+    related_groups_across_splits: int
     reports: dict[str, str]
     params: dict[str, Any]
     notes: list[str] = field(default_factory=list)
@@ -106,16 +114,21 @@ def dedup(
         flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
-        pairs = find_duplicate_pairs(pixels if every else pixels[readable], params, hashes[readable], engine)
-        pairs["i"], pairs["j"] = readable[pairs["i"].to_numpy()], readable[pairs["j"].to_numpy()]
+        pairs, related = find_pairs(
+            pixels if every else pixels[readable], params, hashes[readable], engine, related=params.related
+        )
+        for table in (pairs, related):
+            table["i"], table["j"] = readable[table["i"].to_numpy(int)], readable[table["j"].to_numpy(int)]
         groups = _group(act, pixels, pairs)
+        related, related_groups = _related_groups(act, pairs, related)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
-        out = _new_manifest(df, act, hashes, groups, resolution, params.hasher)
+        out = _new_manifest(df, act, hashes, groups, resolution, params.hasher, related_groups)
         removed = int(len(resolution))
         summary = {
             "pairs": len(pairs),
             "groups": int(groups[DUP_GROUP].nunique()) if len(groups) else 0,
             "removed": removed,
+            "related_pairs": len(related),
         }
         version = None
         if not params.dry_run:
@@ -129,7 +142,7 @@ def dedup(
     progress.start("Writing reports", None)
     writing = workspace.report(version.version) if version is not None else nullcontext(_dry_run_dir(workspace, info))
     with writing as report_dir:
-        reports = _write_reports(report_dir, act, pixels, pairs, groups, resolution)
+        reports = _write_reports(report_dir, act, pixels, pairs, groups, resolution, related)
     notes = []
     if flat.any():
         notes.append(f"{int(flat.sum())} active row(s) could not be read (flat pixels) and were left out")
@@ -152,6 +165,10 @@ def dedup(
         leakage=_leakage(act, groups),
         conflicts=conflicts,
         conflict_mode=params.conflicts,
+        related_pairs=len(related),
+        related_groups=int(related_groups[RELATED_GROUP].nunique()) if len(related_groups) else 0,
+        rows_in_related_groups=len(related_groups),
+        related_groups_across_splits=_across_splits(act, related_groups, resolution),
         reports=reports,
         params={**asdict(params), "version": info.version},
         notes=notes,
@@ -257,6 +274,55 @@ def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.Dat
     return frame[columns].sort_values("pos").reset_index(drop=True)
 
 
+def _components(n: int, *tables: pd.DataFrame) -> np.ndarray:
+    """The connected component of each of ``n`` positions, linked by the ``i``-``j`` rows of ``tables``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    i = np.concatenate([np.zeros(0, np.int64), *(t["i"].to_numpy(np.int64) for t in tables)])
+    j = np.concatenate([np.zeros(0, np.int64), *(t["j"].to_numpy(np.int64) for t in tables)])
+    return connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)[1]
+
+
+def _related_groups(act: pd.DataFrame, pairs: pd.DataFrame, related: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The related links between different duplicate groups, and the rows of each related group.
+
+    A related group is a connected component of the duplicate and related links that holds a related
+    link: the frames of one sitting together with their duplicates, kept or removed, so that the kept
+    copy of each carries the group into ``split``. Its id is ``r`` + its smallest ``image_id``. A
+    related link inside one duplicate group (its ends are copies of one photo already) is dropped.
+
+    Returns:
+        The related links kept, and ``pos``, ``related_group``, ``related_group_size`` per member.
+    """
+    columns = ["pos", RELATED_GROUP, RELATED_GROUP_SIZE]
+    n = len(act)
+    if related.empty:
+        return related, pd.DataFrame({c: [] for c in columns})
+    dup = _components(n, pairs)
+    related = related[dup[related["i"].to_numpy(np.int64)] != dup[related["j"].to_numpy(np.int64)]]
+    related = related.reset_index(drop=True)
+    both = _components(n, pairs, related)
+    linked = np.zeros(n, dtype=bool)
+    linked[np.unique(both[related["i"].to_numpy(np.int64)])] = True
+    members = np.nonzero(linked[both])[0]
+    frame = pd.DataFrame(
+        {"pos": members, "component": both[members], "image_id": act[Col.IMAGE_ID].astype(str).to_numpy()[members]}
+    )
+    frame[RELATED_GROUP] = "r" + frame.groupby("component")["image_id"].transform("min")
+    frame[RELATED_GROUP_SIZE] = frame.groupby("component")["pos"].transform("size")
+    return related, frame[columns].reset_index(drop=True)
+
+
+def _across_splits(act: pd.DataFrame, related_groups: pd.DataFrame, resolution: pd.DataFrame) -> int:
+    """Related groups whose members left active by the resolution sit in more than one split."""
+    if related_groups.empty:
+        return 0
+    active = related_groups[~related_groups["pos"].isin(resolution["pos"])]
+    splits = act[Col.SPLIT].astype(str).to_numpy()[active["pos"].to_numpy(np.int64)]
+    return int((pd.Series(splits).groupby(active[RELATED_GROUP].to_numpy()).nunique() > 1).sum())
+
+
 # -- resolution ------------------------------------------------------------------------------------
 def _resolve(act: pd.DataFrame, groups: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Which grouped rows to remove (``pos``, ``reason``) and the label-conflict groups.
@@ -341,8 +407,9 @@ def _new_manifest(
     groups: pd.DataFrame,
     resolution: pd.DataFrame,
     hasher: str,
+    related_groups: pd.DataFrame,
 ) -> pd.DataFrame:
-    """The input manifest with the hash and dup columns set for active rows and duplicates removed."""
+    """The input manifest with the hash, dup and related columns set for active rows and duplicates removed."""
     out = df.copy()
     index = act["index"].to_numpy()
     hex_col = pd.Series(out[hasher] if hasher in out.columns else None, index=out.index, dtype=object)
@@ -366,6 +433,13 @@ def _new_manifest(
         out[DUP_SIMILARITY] = np.nan
     for col in (DUP_GROUP, DUP_KIND, DUP_NEAREST):
         out[col] = out[col].astype(object)
+    group = pd.Series(None, index=out.index, dtype=object)
+    size = pd.Series(pd.NA, index=out.index, dtype="Int32")
+    if len(related_groups):
+        labels = index[related_groups["pos"].to_numpy(np.int64)]
+        group.loc[labels] = related_groups[RELATED_GROUP].to_numpy()
+        size.loc[labels] = related_groups[RELATED_GROUP_SIZE].to_numpy()
+    out[RELATED_GROUP], out[RELATED_GROUP_SIZE] = group, size
     if len(resolution):
         labels = index[resolution["pos"].to_numpy()]
         out.loc[labels, Col.STATUS] = REMOVED
@@ -410,13 +484,43 @@ def _write_reports(
     pairs: pd.DataFrame,
     groups: pd.DataFrame,
     resolution: pd.DataFrame,
+    related: pd.DataFrame,
 ) -> dict[str, str]:
-    """The pairs table and the two contact sheets; returns their paths."""
+    """The pairs and related tables and the contact sheets; returns their paths.
+
+    Related links get a table of their own, with the pair table's columns (``kind`` ``related``)
+    plus ``difference``: the pair table lists duplicates, and whoever reads it (to score dedup, to
+    resolve pairs by hand) takes every row for the same photo; ``pd.concat`` of the two gives all links.
+    """
     from fercurate.manifest import atomic_write
 
+    table = _link_table(act, pairs)
+    links = _link_table(act, related)
+    links["difference"] = related["difference"].to_numpy(dtype=float)
     i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    paths = {
+        "pairs": folder / "dedup_pairs.parquet",
+        "related": folder / "dedup_related.parquet",
+        "cross_split": folder / "dedup_cross_split.png",
+        "groups": folder / "dedup_groups.png",
+        "related_sheet": folder / "dedup_related.png",
+    }
+    atomic_write(paths["pairs"], lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(paths["related"], lambda tmp: links.to_parquet(tmp, index=False))
+    sheet = _cross_split_sheet(table, pixels, i, j)
+    atomic_write(paths["cross_split"], lambda tmp: sheet.save(tmp, format="PNG"))
+    sheet = _groups_sheet(act, pixels, groups, resolution)
+    atomic_write(paths["groups"], lambda tmp: sheet.save(tmp, format="PNG"))
+    sheet = _related_sheet(links, pixels, related["i"].to_numpy(np.int64), related["j"].to_numpy(np.int64))
+    atomic_write(paths["related_sheet"], lambda tmp: sheet.save(tmp, format="PNG"))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _link_table(act: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pair table's columns for the links ``pairs`` (``i``, ``j`` positions in ``act``)."""
+    i, j = pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64)
     col = lambda name, pos: act[name].astype(str).to_numpy()[pos]  # noqa: E731
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "image_id_a": col(Col.IMAGE_ID, i),
             "image_id_b": col(Col.IMAGE_ID, j),
@@ -431,33 +535,36 @@ def _write_reports(
             "dx": pairs["dx"].to_numpy(dtype=np.int64),
         }
     )
-    paths = {
-        "pairs": folder / "dedup_pairs.parquet",
-        "cross_split": folder / "dedup_cross_split.png",
-        "groups": folder / "dedup_groups.png",
-    }
-    atomic_write(paths["pairs"], lambda tmp: table.to_parquet(tmp, index=False))
-    sheet = _cross_split_sheet(table, pixels, i, j)
-    atomic_write(paths["cross_split"], lambda tmp: sheet.save(tmp, format="PNG"))
-    sheet = _groups_sheet(act, pixels, groups, resolution)
-    atomic_write(paths["groups"], lambda tmp: sheet.save(tmp, format="PNG"))
-    return {k: str(v) for k, v in paths.items()}
+
+
+def _related_sheet(links: pd.DataFrame, pixels: np.ndarray, i: np.ndarray, j: np.ndarray) -> Any:
+    """Related pairs side by side, the largest difference first (the ones worth a look)."""
+    order = np.argsort(-links["difference"].to_numpy(), kind="stable")[:SHEET_PAIRS]
+    title = f"Related frames (one sitting), largest difference first: {len(order)} of {len(links)}"
+    return _pairs_sheet(links, pixels, i, j, order, "difference", title)
 
 
 def _cross_split_sheet(table: pd.DataFrame, pixels: np.ndarray, i: np.ndarray, j: np.ndarray) -> Any:
     """Cross-split pairs side by side, least similar first (the ones worth a look)."""
-    from fercurate.images import contact_sheet
-
     cross = np.nonzero(table["split_a"].to_numpy() != table["split_b"].to_numpy())[0]
     order = cross[np.argsort(table["similarity"].to_numpy()[cross], kind="stable")][:SHEET_PAIRS]
+    title = f"Cross-split duplicate pairs, least similar first: {len(order)} of {len(cross)}"
+    return _pairs_sheet(table, pixels, i, j, order, "similarity", title)
+
+
+def _pairs_sheet(
+    table: pd.DataFrame, pixels: np.ndarray, i: np.ndarray, j: np.ndarray, order: np.ndarray, value: str, title: str
+) -> Any:
+    """The pairs ``order`` of ``table`` side by side, captioned ``split/label <value>``."""
+    from fercurate.images import contact_sheet
+
     images, captions, frames = [], [], []
     for k, p in enumerate(order):
         row = table.iloc[p]
         for pos, side in ((i[p], "a"), (j[p], "b")):
             images.append(pixels[pos])
-            captions.append(f"{row[f'split_{side}']}/{row[f'label_{side}']} {row['similarity']:.3f}")
+            captions.append(f"{row[f'split_{side}']}/{row[f'label_{side}']} {row[value]:.3f}")
             frames.append(k)
-    title = f"Cross-split duplicate pairs, least similar first: {len(order)} of {len(cross)}"
     return contact_sheet(images, captions, columns=8, title=title, groups=frames or None)
 
 

@@ -175,7 +175,7 @@ def run_demo(workspace: Workspace, params: DemoRunParams, progress: Progress | N
 
     # -- split ----------------------------------------------------------------------------------
     t = time.perf_counter()
-    resplit = split(workspace, SplitParams(seed=params.demo.seed), progress)
+    resplit = split(workspace, SplitParams(seed=params.demo.seed, group_by=("related",)), progress)
     _, v4 = workspace.read(resplit.version.version)
     report.stages.append(
         StageReport(
@@ -357,13 +357,43 @@ def _recall_per_kind(planted: pd.DataFrame, group_of: dict[str, Any]) -> dict[st
     return out
 
 
-def _bursts_joined(joined: pd.DataFrame, group_of: dict[str, Any]) -> dict[str, str]:
-    """Burst frames (same face, another expression) that dedup wrongly put in their frame's group."""
+def _bursts_joined(joined: pd.DataFrame, group_of: dict[str, Any]) -> dict[str, Any]:
+    """Burst frames (same face, another expression) that dedup wrongly put in their frame's group, and
+    the others that it linked as related frames (one ``related_group``); the related groups' precision:
+    members that come from another sitting (neither a copy nor a burst frame of the group's main one)."""
     if Truth.BURST_OF not in joined.columns:
         return {}
-    bursts = joined[joined[Truth.BURST_OF].notna()]
-    false = sum(_same_group(group_of, p, o) for p, o in zip(bursts[Col.PATH], bursts[Truth.BURST_OF], strict=True))
-    return {"burst pairs joined (false pairs)": f"{false}/{len(bursts)}"}
+    bursts = joined[joined[Truth.BURST_OF].notna() & joined[Truth.INVALID_REASON].isna()]
+    pairs = list(zip(bursts[Col.PATH], bursts[Truth.BURST_OF], strict=True))
+    joined_pairs = [pair for pair in pairs if _same_group(group_of, *pair)]
+    out: dict[str, Any] = {"burst pairs joined (false pairs)": f"{len(joined_pairs)}/{len(bursts)}"}
+    if Col.RELATED_GROUP not in joined.columns:
+        return out
+    related_of = dict(zip(joined[Col.PATH], joined[Col.RELATED_GROUP], strict=True))
+    rest = [pair for pair in pairs if not _same_group(group_of, *pair)]
+    linked = sum(_same_group(related_of, *pair) for pair in rest)
+    out["burst pairs linked as related"] = f"{linked}/{len(rest)}"
+    # a sitting: follow dup_of and burst_of to the frame everything of it was made from
+    parent = {
+        p: (d if isinstance(d, str) else b)
+        for p, d, b in zip(joined[Col.PATH], joined[Truth.DUP_OF], joined[Truth.BURST_OF], strict=True)
+        if isinstance(d, str) or isinstance(b, str)
+    }
+
+    def sitting(p: str) -> str:
+        for _ in range(10):
+            if p not in parent:
+                break
+            p = parent[p]
+        return p
+
+    wrong = total = 0
+    for _, members in joined[joined[Col.RELATED_GROUP].notna()].groupby(Col.RELATED_GROUP):
+        sittings = pd.Series([sitting(p) for p in members[Col.PATH]])
+        total += len(sittings) - 1
+        wrong += len(sittings) - int(sittings.value_counts().max())
+    out["related group precision"] = round(1 - wrong / max(1, total), 3)
+    return out
 
 
 def _same_group(group_of: dict[str, Any], a: str, b: str) -> bool:
@@ -413,6 +443,10 @@ def score_split(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     if Col.DUP_GROUP in df.columns:
         g = df[df[Col.DUP_GROUP].notna() & (df[Col.STATUS] == ACTIVE)].groupby(Col.DUP_GROUP)[Col.SPLIT].nunique()
         spanning = int((g > 1).sum())
+    related_spanning = 0
+    if Col.RELATED_GROUP in df.columns:
+        active = df[df[Col.RELATED_GROUP].notna() & (df[Col.STATUS] == ACTIVE)]
+        related_spanning = int((active.groupby(Col.RELATED_GROUP)[Col.SPLIT].nunique() > 1).sum())
     joined = _with_truth(act, truth)
     planted = joined[joined[Truth.DUP_OF].notna()]
     split_of = dict(zip(joined[Col.PATH], joined[Col.SPLIT], strict=True))
@@ -424,6 +458,7 @@ def score_split(df: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
     return {
         "max class-share deviation (pp)": round(worst, 2),
         "dup groups spanning splits": spanning,
+        "related groups spanning splits": related_spanning,
         "planted duplicate pairs across splits": cross,
     }
 

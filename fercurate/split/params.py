@@ -28,7 +28,8 @@ class SplitParams:
         version: the manifest version to re-split; None for the latest.
         ratios: train/val/test percentages summing to 100 (or fractions summing to 1); val or test may be 0.
         seed: the same manifest and seed give the same splits.
-        group_by: columns whose shared values stay in one split (``dup_group`` is always used when present).
+        group_by: columns whose shared values stay in one split (``dup_group`` is always used when present);
+            ``related`` stands for dedup's ``related_group`` (other frames of one sitting).
         keep_test: keep the current test rows in test and split the rest train/val.
         strategy: a key of :data:`fercurate.split.strategies.STRATEGIES`.
     """

@@ -17,14 +17,27 @@ from fercurate.errors import InputError
 from fercurate.manifest import ACTIVE, SPLITS, Col
 from fercurate.split.params import MAX_FOLDS, TEST, normalise_ratios
 
-
 # -- groups ----------------------------------------------------------------------------------------
+#: Short names ``--group-by`` accepts for the group columns stages write.
+GROUP_ALIASES: dict[str, str] = {"related": Col.RELATED_GROUP, "duplicates": Col.DUP_GROUP}
+
+
 def group_columns(df: pd.DataFrame, group_by: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The columns whose shared values tie rows together: ``dup_group`` when present, then ``group_by``.
+
+    ``group_by`` may name a column or an alias of :data:`GROUP_ALIASES` (``related``: dedup's
+    ``related_group``, other frames of one sitting).
 
     Raises:
         InputError: for a ``group_by`` column the manifest does not have, listing the ones it has.
     """
+    group_by = [GROUP_ALIASES.get(c, c) for c in group_by]
+    if Col.RELATED_GROUP in group_by and Col.RELATED_GROUP not in df.columns:
+        raise InputError(
+            f"group_by 'related' needs the '{Col.RELATED_GROUP}' column, which this version lacks; "
+            "run fercurate dedup (with --related, the default) first",
+            param="group_by",
+        )
     missing = [c for c in group_by if c not in df.columns]
     if missing:
         raise InputError(
