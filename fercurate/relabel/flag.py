@@ -95,7 +95,7 @@ class CrossFitPlan:
 #: Cross-fitting plans per preset; presets not listed train as they are, with 5 folds. Measured
 #: in bench/bench_relabel.py on real FER2013 faces and on the demo (docs/relabel.md).
 CROSS_FIT: dict[str, CrossFitPlan] = {
-    "cpu": CrossFitPlan(samples=300_000, full_epochs=9, min_epochs=4, max_epochs=12),
+    "cpu": CrossFitPlan(samples=360_000, full_epochs=9, min_epochs=4, max_epochs=12),
     # flip averaging is not part of the recipe, but costs nothing in training and sharpens the
     # out-of-fold probabilities
     "bpp": CrossFitPlan(samples=1_500_000, full_epochs=30, min_epochs=20, overrides={"tta_flip": True}),
