@@ -40,9 +40,10 @@ def test_plan_scales_folds_down_and_keeps_work_bounded(preset: str) -> None:
 
 def test_cpu_plan_on_a_real_sized_and_a_demo_sized_set() -> None:
     plan = CROSS_FIT["cpu"]
-    # ~18.7K images (real 4-class FER2013 after dedup): fewer folds, each model still trains long
+    # ~18.7K images (real 4-class FER2013 after dedup): the fewest folds, so that each model still
+    # gets the full schedule it needs (4 folds would leave each about 7 epochs)
     folds, epochs = plan_for(18_700, plan)
-    assert folds == plan.folds[0] and plan.min_epochs < epochs <= plan.full_epochs
+    assert folds == plan.folds[0] and plan.full_epochs <= epochs <= plan.max_epochs
     # the 3K demo: the most folds (each model sees 80% of the rows) and a full schedule
     assert plan_for(3_000, plan) == (plan.folds[1], plan.max_epochs)
 
