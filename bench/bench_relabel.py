@@ -184,9 +184,14 @@ def score_flagged(args: argparse.Namespace) -> None:
     info, df = ws.read(args.version)
     truth = vote_truth(args.votes, args.index)
     df = df[df[Col.STATUS] == ACTIVE].merge(truth, left_on=Col.PATH, right_on="path", how="inner")
+    if args.usage:  # e.g. only FER2013's Training rows, the ones to tune on
+        usage = pd.read_csv(args.index)[["path", "usage"]]
+        df = df.merge(usage, on="path", how="inner")
+        df = df[df["usage"] == args.usage]
     scored = df[[Col.PATH, Col.LABEL, "true_label", *(prob_column(c) for c in classes_of(df))]]
     report: dict[str, Any] = {
-        "source": f"{args.flagged} {info.version} scored against {args.votes} (>= {VOTE_MAJORITY} of 10 votes)",
+        "source": f"{args.flagged} {info.version} scored against {args.votes} (>= {VOTE_MAJORITY} of 10 votes)"
+        + (f", {args.usage} rows only" if args.usage else ""),
         "preset": info.extra.get("preset"),
         "epochs": info.extra.get("epochs"),
         "folds": info.params.get("folds"),
@@ -216,6 +221,7 @@ def main() -> None:
     ap.add_argument("--version", help="the flagged version in --flagged (default: latest)")
     ap.add_argument("--votes", type=Path, help="FER+ votes matched to the set's images (ferplus_votes.csv)")
     ap.add_argument("--index", type=Path, help="the set's path -> source index (fer4_index.csv)")
+    ap.add_argument("--usage", help="with --flagged: score only rows of this FER2013 Usage (e.g. Training)")
     args = ap.parse_args()
 
     if args.flagged:

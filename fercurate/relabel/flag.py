@@ -175,7 +175,7 @@ class FlagParams:
     epochs: int | None = None
     seed: int = 0
     device: str = "auto"
-    method: str = "self_confidence"
+    method: str = "normalized_margin"
     filter_by: str = "prune_by_noise_rate"
     top_per_class: int = 24
     val_fraction: float = 0.1
