@@ -468,11 +468,11 @@ class ShaKeyedCache:
         self.dir = folder
         self.shape = shape
         self.dtype = np.dtype(dtype)
-        # the chunks on disk, then what this instance added: their sha256 keys and values, in order;
-        # the values of the chunks on disk are read on first use (adding needs the keys only)
+        # the sha256 keys of the chunks on disk, then of what this instance added, in order (read on
+        # first use); and their values, chunk by chunk in the same order: an array this instance
+        # added and kept, or the chunk file to read them from when asked (adding needs the keys only)
         self._keys: list[pa.Array] | None = None
-        self._unread: list[Path] = []
-        self._values: list[np.ndarray] = []
+        self._parts: list[tuple[int, np.ndarray | Path]] = []
 
     def to_arrow(self, values: np.ndarray) -> pa.Array:
         """The value column of a chunk holding ``values`` (``(N, *shape)``, C-contiguous)."""
@@ -483,15 +483,22 @@ class ShaKeyedCache:
         raise NotImplementedError
 
     def get(self, shas: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Values for ``shas`` (zeros where missing) and the positions that were missing."""
+        """Values for ``shas`` (zeros where missing) and the positions that were missing.
+
+        Chunks are read one at a time (a memory map each) and only for the values asked for, so a
+        lookup holds the answer and one chunk, never the whole cache.
+        """
         rows = _rows_in(pa.array(shas, pa.string()), self._cached_keys())
-        values = self._cached_values()
-        found = rows >= 0
-        if found.all():
-            return values.take(rows, axis=0), []
         out = np.zeros((len(shas), *self.shape), dtype=self.dtype)
-        out[found] = values.take(rows[found], axis=0)
-        return out, np.flatnonzero(~found).tolist()
+        start = 0
+        for count, part in self._parts:
+            hit = np.flatnonzero((rows >= start) & (rows < start + count))
+            if len(hit):
+                values = part if isinstance(part, np.ndarray) else self.from_arrow(_read_chunk(part, self.column))
+                out[hit] = values.take(rows[hit] - start, axis=0)
+                del values  # a chunk read from disk: unmapped before the next one
+            start += count
+        return out, np.flatnonzero(rows < 0).tolist()
 
     def add(self, shas: Sequence[str], values: np.ndarray) -> None:
         """Store the values of shas not cached yet (of a sha given twice, the first).
@@ -500,8 +507,12 @@ class ShaKeyedCache:
         """
         self.add_batches([(shas, values)])
 
-    def add_batches(self, batches: Sequence[tuple[Sequence[str], np.ndarray]]) -> None:
-        """:meth:`add` for consecutive ``(shas, values)`` batches, stored as one chunk without joining them."""
+    def add_batches(self, batches: Sequence[tuple[Sequence[str], np.ndarray]], *, keep: bool = True) -> None:
+        """:meth:`add` for consecutive ``(shas, values)`` batches, stored as one chunk without joining them.
+
+        With ``keep`` False the values are not kept in memory (a later :meth:`get` reads them back from
+        the chunk): a stage that streams a million faces through the cache holds one chunk at a time.
+        """
         keys = [pa.array(shas, pa.string()) for shas, _ in batches]
         every = pa.chunked_array(keys, pa.string())
         first = pc.index_in(every, value_set=every).to_numpy()
@@ -510,14 +521,14 @@ class ShaKeyedCache:
         new_values: list[np.ndarray] = []
         start = 0
         for (_, values), batch_keys in zip(batches, keys, strict=True):
-            keep = fresh[start : start + len(batch_keys)]
+            new = fresh[start : start + len(batch_keys)]
             start += len(batch_keys)
-            if keep.all():
+            if new.all():
                 new_keys.append(batch_keys)
                 new_values.append(np.ascontiguousarray(values, dtype=self.dtype))
-            elif keep.any():
-                new_keys.append(batch_keys.filter(keep))
-                new_values.append(np.ascontiguousarray(values[keep], dtype=self.dtype))
+            elif new.any():
+                new_keys.append(batch_keys.filter(new))
+                new_values.append(np.ascontiguousarray(values[new], dtype=self.dtype))
         if not new_keys:
             return
         table = pa.table(
@@ -526,30 +537,23 @@ class ShaKeyedCache:
                 self.column: pa.chunked_array([self.to_arrow(v) for v in new_values]),
             }
         )
-        name = f"{time.time_ns()}-{os.getpid()}.arrow"
-        atomic_write(self.dir / name, lambda tmp: _write_ipc(table, tmp))
+        path = self.dir / f"{time.time_ns()}-{os.getpid()}.arrow"
+        atomic_write(path, lambda tmp: _write_ipc(table, tmp))
         self._cached_keys().extend(new_keys)
-        self._values.extend(new_values)
+        if keep:
+            self._parts.extend((len(v), v) for v in new_values)
+        else:
+            self._parts.append((table.num_rows, path))
 
     def _cached_keys(self) -> list[pa.Array]:
         if self._keys is None:
             chunks = [*self.dir.glob("*.arrow"), *self.dir.glob("*.parquet")] if self.dir.is_dir() else []
-            self._unread = sorted(chunks, key=lambda f: f.name)  # time_ns names: the order they were written
-            self._keys = [k for f in self._unread for k in _read_chunk(f, "sha256").chunks]
+            self._keys = []
+            for f in sorted(chunks, key=lambda f: f.name):  # time_ns names: the order they were written
+                keys = _read_chunk(f, "sha256")
+                self._keys.extend(keys.chunks)
+                self._parts.append((len(keys), f))
         return self._keys
-
-    def _cached_values(self) -> np.ndarray:
-        """All cached values as one array, in the order of :meth:`_cached_keys`."""
-        self._cached_keys()
-        if self._unread:
-            on_disk = [self.from_arrow(_read_chunk(f, self.column)) for f in self._unread]
-            self._values[:0] = on_disk
-            self._unread = []
-        if not self._values:
-            self._values = [np.zeros((0, *self.shape), dtype=self.dtype)]
-        elif len(self._values) > 1:
-            self._values = [np.concatenate(self._values)]
-        return self._values[0]
 
 
 def _write_ipc(table: pa.Table, path: Path) -> None:
