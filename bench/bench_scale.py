@@ -95,6 +95,7 @@ class TreeCpu:
     def __init__(self) -> None:
         self.seen: dict[int, float] = {}
         self.peak_private = 0  # bytes: the driver's resident memory less shared memory (Ray's object store)
+        self.peak_anon = 0  # bytes: the driver's own memory (neither shared nor file pages, such as mapped pixels)
         self._stop = threading.Event()
         self._tick = os.sysconf("SC_CLK_TCK")
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -109,6 +110,7 @@ class TreeCpu:
             status = {k: v for k, _, v in (line.partition(":") for line in fh)}
         private = int(status["VmRSS"].split()[0]) - int(status.get("RssShmem", "0 kB").split()[0])
         self.peak_private = max(self.peak_private, private * 1024)
+        self.peak_anon = max(self.peak_anon, int(status.get("RssAnon", "0 kB").split()[0]) * 1024)
         parents: dict[int, int] = {}
         times: dict[int, float] = {}
         for entry in os.listdir("/proc"):
@@ -189,6 +191,7 @@ def run_stage(stage: str, engine_name: str, workspace: str, dataset: str, addres
         "all_cpu_s": round(own.ru_utime + own.ru_stime + max(tree_cpu, waited.ru_utime + waited.ru_stime), 1),
         "driver_peak_rss_gb": round(own.ru_maxrss / 1024**2, 2),
         "driver_peak_private_gb": round(tree.peak_private / 1024**3, 2),
+        "driver_peak_anon_gb": round(tree.peak_anon / 1024**3, 2),
         "batches_by_node": by_node,
         "phases_s": phases.seconds,
         "version": Workspace(workspace).versions()[-1].content_hash[:16],

@@ -21,9 +21,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -482,22 +484,26 @@ class ShaKeyedCache:
         """The ``(N, *shape)`` values a chunk's value column holds."""
         raise NotImplementedError
 
-    def get(self, shas: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    def get(self, shas: Sequence[str], out: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
         """Values for ``shas`` (zeros where missing) and the positions that were missing.
 
         Chunks are read one at a time (a memory map each) and only for the values asked for, so a
-        lookup holds the answer and one chunk, never the whole cache.
+        lookup holds the answer and one chunk, never the whole cache. ``out``, when given, is a
+        zeroed ``(len(shas), *shape)`` array to fill (a memory-mapped one: :func:`mapped_array`).
         """
         rows = _rows_in(pa.array(shas, pa.string()), self._cached_keys())
-        out = np.zeros((len(shas), *self.shape), dtype=self.dtype)
-        start = 0
-        for count, part in self._parts:
-            hit = np.flatnonzero((rows >= start) & (rows < start + count))
-            if len(hit):
+        if out is None:
+            out = np.zeros((len(shas), *self.shape), dtype=self.dtype)
+        # the asked positions sorted by cached row: each chunk's hits are one slice of them
+        order = np.argsort(rows, kind="stable")
+        ends = np.cumsum([count for count, _ in self._parts])
+        bounds = np.searchsorted(rows[order], np.concatenate([[0], ends]))
+        for (count, part), lo, hi, end in zip(self._parts, bounds[:-1], bounds[1:], ends, strict=True):
+            if hi > lo:
+                hit = order[lo:hi]
                 values = part if isinstance(part, np.ndarray) else self.from_arrow(_read_chunk(part, self.column))
-                out[hit] = values.take(rows[hit] - start, axis=0)
+                out[hit] = values.take(rows[hit] - (end - count), axis=0)
                 del values  # a chunk read from disk: unmapped before the next one
-            start += count
         return out, np.flatnonzero(rows < 0).tolist()
 
     def add(self, shas: Sequence[str], values: np.ndarray) -> None:
@@ -617,11 +623,15 @@ def load_pixels(
     rows: pd.DataFrame,
     size: int = 48,
     progress: Any = None,
+    *,
+    mapped: bool = False,
 ) -> np.ndarray:
     """Grayscale ``size`` x ``size`` pixels for ``rows`` (in row order), from the cache or decoded.
 
     Images missing from the :class:`PixelCache` are decoded in parallel and added to it, so each file
-    is decoded once per workspace and size. Rows whose file cannot be decoded get zeros.
+    is decoded once per workspace and size. Rows whose file cannot be decoded get zeros. With
+    ``mapped``, the array lives in a memory-mapped temp file (:func:`mapped_array`), not in this
+    process's own memory: for a stage that holds a million faces (2.3 GB) while it works.
     """
     import functools
 
@@ -629,7 +639,8 @@ def load_pixels(
 
     cache = PixelCache(workspace, size)
     shas = rows[Col.SHA256].astype(str).tolist()
-    pixels, missing = cache.get(shas)
+    shape = (len(shas), size, size)
+    pixels, missing = cache.get(shas, mapped_array(workspace.cache_dir, shape) if mapped else None)
     if missing:
         root = workspace.dataset_root(info)
         paths = [str(workspace.resolve_image_path(str(rows[Col.PATH].iloc[i]), root)) for i in missing]
@@ -645,4 +656,39 @@ def load_pixels(
         )
         pixels[missing] = decoded
         cache.add([shas[i] for i in missing], decoded)
+    release_pages(pixels)
     return pixels
+
+
+def mapped_array(folder: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array of ``shape`` backed by a temp file in ``folder`` rather than by memory.
+
+    Its pages live in the OS page cache, which the kernel may write out and drop under memory
+    pressure, so a process holding gigabytes of pixels this way does not need that much memory of
+    its own. The file is unlinked at once (POSIX keeps it while mapped): a killed process leaves
+    nothing behind. Elsewhere (Windows) this is a plain in-memory array.
+    """
+    nbytes = int(np.prod(shape))
+    if nbytes == 0 or os.name != "posix":
+        return np.zeros(shape, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".mapped-", suffix=".tmp")
+    try:
+        os.unlink(name)
+        os.ftruncate(fd, nbytes)  # a sparse file: reads as zeros, takes no disk until written
+        mapping = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=np.uint8).reshape(shape)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a :func:`mapped_array`'s pages from this process's resident memory (they stay in the
+    page cache and come back on the next read); no effect on an ordinary array."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
