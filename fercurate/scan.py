@@ -379,7 +379,7 @@ def _scan_files(
     for part in (engine or Engine()).iter_batches(
         functools.partial(inspect_files, size=params.image_size, max_pixels=params.max_pixels),
         [base + path for path, _, _ in files],
-        batch_size=256,
+        batch_size=FILES_PER_BATCH,
         workers=params.workers,
         progress=progress.advance,
     ):
@@ -395,6 +395,9 @@ def _scan_files(
     )
 
 
+#: Files a worker inspects per call: large enough that a batch's overhead (pickling its result back)
+#: is small against decoding it
+FILES_PER_BATCH = 256
 #: Decoded faces per pixel-cache chunk a scan writes (46 MB of 48x48 pixels): what the driver holds
 #: of them at most, besides the batches in flight
 CACHE_CHUNK_ROWS = 20_000

@@ -221,6 +221,47 @@ def test_mirrored_and_recropped_pairs_are_found_alike_on_ray(cluster: dict[str, 
 
 
 @needs_ray
+def test_image_and_pair_tasks_are_sent_only_their_rows_a_bounded_number_at_a_time(cluster: dict[str, str]) -> None:
+    from fercurate.engine import RayEngine, _on_node, _pair_call
+
+    engine = RayEngine(cluster["address"])
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    pixels = np.arange(40 * 2 * 2, dtype=np.uint8).reshape(40, 2, 2)
+    rows = np.array([39, 3, 3, 17, 0, 21, 8])
+    parts = engine.map_images(_row_sums, pixels, rows=rows, batch_size=2)
+    assert np.array_equal(np.concatenate(parts), pixels[rows].sum(axis=(1, 2)))
+    # a pair task gets the rows its pairs name, renumbered, and computes what it would on the whole arrays
+    left, right = pixels, pixels[::-1].copy()
+    a, b, w = np.array([5, 30, 5]), np.array([0, 0, 39]), np.array([1, 2, 3])
+    _, sub_left, sub_right, sub_a, sub_b, sub_w = _pair_call(_pair_sums, (left, right), [a, b, w])
+    assert len(sub_left) == 2 and len(sub_right) == 2 and sub_w is w
+    assert np.array_equal(_pair_sums(sub_left, sub_right, sub_a, sub_b, sub_w), _pair_sums(left, right, a, b, w))
+    remote = engine.map_pairs(_pair_sums, (left, right), (a, b, w), batch_size=2)
+    assert np.array_equal(np.concatenate(remote), _pair_sums(left, right, a, b, w))
+    # submitted but not yet taken: never more than the window, however many calls there are
+    drawn = 0
+
+    def calls() -> Iterator[tuple[Any, ...]]:
+        nonlocal drawn
+        for k in range(30):
+            drawn += 1
+            yield (_row_sums, pixels[k : k + 1])
+
+    window = 2 * int(ray.cluster_resources()["CPU"])
+    for k, out in enumerate(RayEngine._bounded(ray.remote(_on_node), calls(), engine.tasks_by_node)):
+        assert out[0] == pixels[k].sum() and drawn - (k + 1) <= window
+    assert drawn == 30
+
+
+def _row_sums(pixels: np.ndarray) -> np.ndarray:
+    return pixels.sum(axis=(1, 2))
+
+
+def _pair_sums(left: np.ndarray, right: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (left[a].sum(axis=(1, 2)) - right[b].sum(axis=(1, 2))) * w
+
+
+@needs_ray
 def test_flag_folds_on_ray_give_the_same_out_of_fold_probabilities(cluster: dict[str, str], tmp_path: Path) -> None:
     import dataclasses
 
