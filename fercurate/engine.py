@@ -6,9 +6,14 @@ gives the results back in input order, so a stage computes the same thing on eit
 * ``local`` (the default): :func:`fercurate.images.apply_batches` (a process pool on this machine),
   whole-array kernels called directly, models trained one after the other in this process.
 * ``ray``: per-item batches as a Ray Data ``map_batches`` over the item list (positions, with the
-  items or a shared array), pair batches and model trainings as Ray tasks. Work may run on any node
-  of the cluster; only this process (the driver) writes the workspace. Workers read images from the
-  paths the driver gives them, so those must be on a filesystem every node sees (docs/scale.md).
+  items), streamed back in order; image batches, pair batches and model trainings as Ray tasks, the
+  image and pair tasks a bounded number at a time, each sent only the rows it needs. Work may run
+  on any node of the cluster; only this process (the driver) writes the workspace. Workers read
+  images from the paths the driver gives them, so those must be on a filesystem every node sees
+  (docs/scale.md).
+
+Per-item results can be taken as a stream (:meth:`Engine.iter_batches`): scan writes each batch's
+pixels to the cache as it comes, so the driver never holds a million faces' pixels at once.
 
 Ray is an optional dependency (``pip install "fercurate[ray]"``) and is imported only here, only
 when the ``ray`` engine is chosen.
