@@ -45,6 +45,9 @@ RAY_INSTALL = 'pip install "fercurate[ray]"'
 #: task) or 64 (blocks too few to balance) over 30K files on 2 cores
 _BATCHES_PER_BLOCK = 16
 
+#: Batches per call when the local engine maps a memory-mapped image array (65,536 faces, 150 MB)
+MAPPED_BATCHES = 16
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -129,9 +132,23 @@ class Engine:
         ``fn(batch)`` must compute each image's result from that image alone, so that the batches'
         results joined equal ``fn`` of the whole. Here it is one call on the whole array (the kernels
         spread it over threads themselves); with ``rows``, ``fn(pixels, rows=rows)``, which spares a copy.
+        A memory-mapped array (:func:`fercurate.workspace.mapped_array`) goes in calls of
+        ``MAPPED_BATCHES`` batches instead, its pages dropped from memory after each, so that a pass
+        over a million faces never has them all resident.
         """
-        self.batches_by_node["local"] += 1
-        return [fn(pixels) if rows is None else fn(pixels, rows=rows)]
+        from fercurate.workspace import is_mapped, release_pages
+
+        n = len(pixels) if rows is None else len(rows)
+        step = batch_size * MAPPED_BATCHES if is_mapped(pixels) else max(n, 1)
+        parts = []
+        for s in range(0, max(n, 1), step):
+            if rows is None:
+                parts.append(fn(pixels if step >= n else pixels[s : s + step]))  # a slice is a view
+            else:
+                parts.append(fn(pixels, rows=rows[s : s + step]))
+            release_pages(pixels)
+        self.batches_by_node["local"] += len(parts)
+        return parts
 
     def map_pairs(
         self,
@@ -256,7 +273,7 @@ class RayEngine(Engine):
 
         order = np.arange(len(pixels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         task = ray.remote(num_cpus=1)(_on_node)
-        calls = ((fn, pixels[order[s : s + batch_size]]) for s in range(0, len(order), batch_size))
+        calls = (_image_call(fn, pixels, order[s : s + batch_size]) for s in range(0, len(order), batch_size))
         return list(self._bounded(task, calls, self.batches_by_node))
 
     def map_pairs(
@@ -420,6 +437,16 @@ def _take(future: Any, by_node: Counter[str]) -> Any:
     node, result = ray.get(future)
     by_node[node] += 1
     return result
+
+
+def _image_call(fn: Callable[..., Any], pixels: np.ndarray, rows: np.ndarray) -> tuple[Any, ...]:
+    """The arguments of one image task: ``fn`` and a copy of its rows (a memory-mapped array's pages
+    are dropped again once copied)."""
+    from fercurate.workspace import release_pages
+
+    batch = pixels[rows]
+    release_pages(pixels)
+    return fn, batch
 
 
 def _pair_call(

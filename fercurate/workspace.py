@@ -685,10 +685,20 @@ def mapped_array(folder: Path, shape: tuple[int, ...]) -> np.ndarray:
 def release_pages(array: np.ndarray) -> None:
     """Drop a :func:`mapped_array`'s pages from this process's resident memory (they stay in the
     page cache and come back on the next read); no effect on an ordinary array."""
+    mapping = _mapping(array)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def is_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` (or the array it views) is a :func:`mapped_array`."""
+    return _mapping(array) is not None
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
     base: object = array
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):
         base = base.obj
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
+    return base if isinstance(base, mmap.mmap) else None

@@ -68,6 +68,26 @@ def test_the_local_engine_keeps_batches_in_order() -> None:
         assert out == [11, 12] and seen == [(0, 11), (1, 12)]
 
 
+def test_the_local_engine_maps_a_memory_mapped_array_a_slice_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fercurate.engine as engine_module
+    from fercurate.workspace import mapped_array
+
+    monkeypatch.setattr(engine_module, "MAPPED_BATCHES", 1)
+    pixels = mapped_array(tmp_path, (10, 2, 2))
+    pixels[:] = np.arange(40, dtype=np.uint8).reshape(10, 2, 2)
+    sums = pixels.sum(axis=(1, 2))
+    with open_engine() as engine:
+        parts = engine.map_images(lambda p: p.sum(axis=(1, 2)), pixels, batch_size=3)
+        assert len(parts) == 4 and np.array_equal(np.concatenate(parts), sums)
+        rows = np.array([9, 0, 5, 5])
+        parts = engine.map_images(lambda p, rows: p[rows].sum(axis=(1, 2)), pixels, rows=rows, batch_size=3)
+        assert len(parts) == 2 and np.array_equal(np.concatenate(parts), sums[rows])
+        # an ordinary array: one call on the whole
+        assert len(engine.map_images(lambda p: p.sum(axis=(1, 2)), np.array(pixels), batch_size=3)) == 1
+
+
 def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ from fercurate.engine import Engine
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
 from fercurate.reports import to_dict
-from fercurate.workspace import VersionInfo, Workspace, load_pixels
+from fercurate.workspace import VersionInfo, Workspace, load_pixels, release_pages
 
 #: Columns dedup writes (besides the hash column, named after the hasher).
 DUP_GROUP = Col.DUP_GROUP
@@ -113,6 +113,7 @@ def dedup(
         # scan marks flat images invalid, so a flat active row is a file that no longer decodes;
         # matching it would make every such row a duplicate of the others
         flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
+        release_pages(pixels)
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
         pairs, related = find_pairs(
