@@ -158,8 +158,22 @@ class Engine:
         *,
         batch_size: int = 32768,
     ) -> list[R]:
-        """``fn(*shared, *pair_slices)`` over slices of the per-pair arrays: the results in order."""
-        return [fn(*shared, *pairs)]
+        """``fn(*shared, *pair_slices)`` over slices of the per-pair arrays: the results in order.
+
+        Here one call on all pairs; with memory-mapped shared arrays, one call per ``batch_size``
+        pairs, their pages dropped after each (the pairs of a million faces touch most of them).
+        """
+        from fercurate.workspace import is_mapped, release_pages
+
+        n = len(pairs[0]) if pairs else 0
+        if not any(is_mapped(a) for a in shared) or n <= batch_size:
+            return [fn(*shared, *pairs)]
+        parts = []
+        for s in range(0, n, batch_size):
+            parts.append(fn(*shared, *(p[s : s + batch_size] for p in pairs)))
+            for array in shared:
+                release_pages(array)
+        return parts
 
     def run_tasks(
         self,

@@ -489,7 +489,8 @@ class ShaKeyedCache:
 
         Chunks are read one at a time (a memory map each) and only for the values asked for, so a
         lookup holds the answer and one chunk, never the whole cache. ``out``, when given, is a
-        zeroed ``(len(shas), *shape)`` array to fill (a memory-mapped one: :func:`mapped_array`).
+        zeroed ``(len(shas), *shape)`` array to fill (a memory-mapped one, :func:`mapped_array`, is
+        filled a chunk at a time: only one chunk's pages are resident at once).
         """
         rows = _rows_in(pa.array(shas, pa.string()), self._cached_keys())
         if out is None:
@@ -504,6 +505,7 @@ class ShaKeyedCache:
                 values = part if isinstance(part, np.ndarray) else self.from_arrow(_read_chunk(part, self.column))
                 out[hit] = values.take(rows[hit] - (end - count), axis=0)
                 del values  # a chunk read from disk: unmapped before the next one
+                release_pages(out)  # a mapped answer: what was written stays in the page cache
         return out, np.flatnonzero(rows < 0).tolist()
 
     def add(self, shas: Sequence[str], values: np.ndarray) -> None:

@@ -86,6 +86,9 @@ def test_the_local_engine_maps_a_memory_mapped_array_a_slice_at_a_time(
         assert len(parts) == 2 and np.array_equal(np.concatenate(parts), sums[rows])
         # an ordinary array: one call on the whole
         assert len(engine.map_images(lambda p: p.sum(axis=(1, 2)), np.array(pixels), batch_size=3)) == 1
+        a, b = np.array([0, 9, 4, 4, 7]), np.array([1, 1, 2, 8, 3])
+        pairs = engine.map_pairs(_pair_sums, (pixels, pixels), (a, b, np.ones(5, int)), batch_size=2)
+        assert len(pairs) == 3 and np.array_equal(np.concatenate(pairs), _pair_sums(pixels, pixels, a, b, 1))
 
 
 def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(

@@ -112,8 +112,7 @@ def dedup(
         progress.start("Finding duplicates", None)
         # scan marks flat images invalid, so a flat active row is a file that no longer decodes;
         # matching it would make every such row a duplicate of the others
-        flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
-        release_pages(pixels)
+        flat = _flat_rows(pixels)
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
         pairs, related = find_pairs(
@@ -121,7 +120,9 @@ def dedup(
         )
         for table in (pairs, related):
             table["i"], table["j"] = readable[table["i"].to_numpy(int)], readable[table["j"].to_numpy(int)]
+        release_pages(pixels)  # read whole by the search's passes; the rest reads the pairs' images
         groups = _group(act, pixels, pairs)
+        release_pages(pixels)
         related, related_groups = _related_groups(act, pairs, related)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
         out = _new_manifest(df, act, hashes, groups, resolution, params.hasher, related_groups)
@@ -199,6 +200,17 @@ def _hashes(
         cache.add([shas[i] for i in missing], fresh)
         progress.advance(len(missing))
     return hashes, len(missing)
+
+
+def _flat_rows(pixels: np.ndarray, step: int = 65536) -> np.ndarray:
+    """Whether each image is flat (one value), a slice at a time: a mapped array's pages are dropped
+    after each slice, so a million faces are never all resident."""
+    flat = np.zeros(len(pixels), dtype=bool)
+    for s in range(0, len(pixels), step):
+        part = pixels[s : s + step]
+        flat[s : s + step] = part.max(axis=(1, 2)) == part.min(axis=(1, 2))
+        release_pages(pixels)
+    return flat
 
 
 # -- grouping --------------------------------------------------------------------------------------
