@@ -6,9 +6,14 @@ gives the results back in input order, so a stage computes the same thing on eit
 * ``local`` (the default): :func:`fercurate.images.apply_batches` (a process pool on this machine),
   whole-array kernels called directly, models trained one after the other in this process.
 * ``ray``: per-item batches as a Ray Data ``map_batches`` over the item list (positions, with the
-  items or a shared array), pair batches and model trainings as Ray tasks. Work may run on any node
-  of the cluster; only this process (the driver) writes the workspace. Workers read images from the
-  paths the driver gives them, so those must be on a filesystem every node sees (docs/scale.md).
+  items), streamed back in order; image batches, pair batches and model trainings as Ray tasks, the
+  image and pair tasks a bounded number at a time, each sent only the rows it needs. Work may run
+  on any node of the cluster; only this process (the driver) writes the workspace. Workers read
+  images from the paths the driver gives them, so those must be on a filesystem every node sees
+  (docs/scale.md).
+
+Per-item results can be taken as a stream (:meth:`Engine.iter_batches`): scan writes each batch's
+pixels to the cache as it comes, so the driver never holds a million faces' pixels at once.
 
 Ray is an optional dependency (``pip install "fercurate[ray]"``) and is imported only here, only
 when the ``ray`` engine is chosen.
@@ -21,7 +26,7 @@ import importlib
 import os
 import pickle
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +44,9 @@ RAY_INSTALL = 'pip install "fercurate[ray]"'
 #: Batches of files per Ray Data block (one task each): 16 measured faster than 4 (the overhead per
 #: task) or 64 (blocks too few to balance) over 30K files on 2 cores
 _BATCHES_PER_BLOCK = 16
+
+#: Batches per call when the local engine maps a memory-mapped image array (65,536 faces, 150 MB)
+MAPPED_BATCHES = 16
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -89,11 +97,27 @@ class Engine:
 
         ``fn`` must be picklable (a top-level function or a ``functools.partial`` of one).
         """
-        from fercurate.images import apply_batches
+        return list(self.iter_batches(fn, items, batch_size=batch_size, workers=workers, progress=progress))
 
-        parts = apply_batches(fn, items, batch_size=batch_size, workers=workers, progress=progress)
-        self.batches_by_node["local"] += len(parts)
-        return parts
+    def iter_batches(
+        self,
+        fn: Callable[[list[T]], R],
+        items: Sequence[T],
+        *,
+        batch_size: int = 512,
+        workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[R]:
+        """:meth:`map_batches` as a stream: each batch's result in order, as it comes.
+
+        Only a bounded number of batches is in flight or waiting to be taken, so a caller that
+        stores each result as it comes (scan writes the pixels to the cache) never holds them all.
+        """
+        from fercurate.images import iter_batches
+
+        for part in iter_batches(fn, items, batch_size=batch_size, workers=workers, progress=progress):
+            self.batches_by_node["local"] += 1
+            yield part
 
     def map_images(
         self,
@@ -108,9 +132,23 @@ class Engine:
         ``fn(batch)`` must compute each image's result from that image alone, so that the batches'
         results joined equal ``fn`` of the whole. Here it is one call on the whole array (the kernels
         spread it over threads themselves); with ``rows``, ``fn(pixels, rows=rows)``, which spares a copy.
+        A memory-mapped array (:func:`fercurate.workspace.mapped_array`) goes in calls of
+        ``MAPPED_BATCHES`` batches instead, its pages dropped from memory after each, so that a pass
+        over a million faces never has them all resident.
         """
-        self.batches_by_node["local"] += 1
-        return [fn(pixels) if rows is None else fn(pixels, rows=rows)]
+        from fercurate.workspace import is_mapped, release_pages
+
+        n = len(pixels) if rows is None else len(rows)
+        step = batch_size * MAPPED_BATCHES if is_mapped(pixels) else max(n, 1)
+        parts = []
+        for s in range(0, max(n, 1), step):
+            if rows is None:
+                parts.append(fn(pixels if step >= n else pixels[s : s + step]))  # a slice is a view
+            else:
+                parts.append(fn(pixels, rows=rows[s : s + step]))
+            release_pages(pixels)
+        self.batches_by_node["local"] += len(parts)
+        return parts
 
     def map_pairs(
         self,
@@ -120,8 +158,22 @@ class Engine:
         *,
         batch_size: int = 32768,
     ) -> list[R]:
-        """``fn(*shared, *pair_slices)`` over slices of the per-pair arrays: the results in order."""
-        return [fn(*shared, *pairs)]
+        """``fn(*shared, *pair_slices)`` over slices of the per-pair arrays: the results in order.
+
+        Here one call on all pairs; with memory-mapped shared arrays, one call per ``batch_size``
+        pairs, their pages dropped after each (the pairs of a million faces touch most of them).
+        """
+        from fercurate.workspace import is_mapped, release_pages
+
+        n = len(pairs[0]) if pairs else 0
+        if not any(is_mapped(a) for a in shared) or n <= batch_size:
+            return [fn(*shared, *pairs)]
+        parts = []
+        for s in range(0, n, batch_size):
+            parts.append(fn(*shared, *(p[s : s + batch_size] for p in pairs)))
+            for array in shared:
+                release_pages(array)
+        return parts
 
     def run_tasks(
         self,
@@ -167,9 +219,6 @@ class RayEngine(Engine):
         super().__init__()
         ray = _import_ray()
         self.address = address or os.environ.get(RAY_ADDRESS_ENV) or None
-        #: arrays already in the object store (id -> (array, ref)): dedup maps the same pixels up to
-        #: five times, and each put would copy them again
-        self._puts: dict[int, tuple[Any, Any]] = {}
         self._started = not ray.is_initialized()
         if self._started:
             _check_reachable(self.address)
@@ -198,7 +247,7 @@ class RayEngine(Engine):
         context.enable_progress_bars = False  # the CLI owns the screen
         context.print_on_execution_start = False
 
-    def map_batches(
+    def iter_batches(
         self,
         fn: Callable[[list[T]], R],
         items: Sequence[T],
@@ -206,9 +255,9 @@ class RayEngine(Engine):
         batch_size: int = 512,
         workers: int | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> list[R]:
-        """Ray Data ``map_batches`` over the items' positions; each batch's items travel with it
-        (strings as an Arrow column, anything else pickled per item)."""
+    ) -> Iterator[R]:
+        """Ray Data ``map_batches`` over the items' positions, streamed back in order; each batch's
+        items travel with it (strings as an Arrow column, anything else pickled per item)."""
         import pyarrow as pa
 
         listed = list(items)
@@ -216,8 +265,9 @@ class RayEngine(Engine):
             column = pa.array(listed, pa.string())
         else:
             column = pa.array([pickle.dumps(item) for item in listed], pa.binary())
-        table = pa.table({"pos": np.arange(len(listed), dtype=np.int64), "item": column})
-        return self._map(functools.partial(_items_batch, fn), table, batch_size, _BATCHES_PER_BLOCK, progress)
+        del listed
+        table = pa.table({"pos": np.arange(len(column), dtype=np.int64), "item": column})
+        yield from self._map(functools.partial(_items_batch, fn), table, batch_size, _BATCHES_PER_BLOCK, progress)
 
     def map_images(
         self,
@@ -227,15 +277,18 @@ class RayEngine(Engine):
         rows: np.ndarray | None = None,
         batch_size: int = 4096,
     ) -> list[R]:
-        """Ray Data ``map_batches`` over the image positions; the array is put in the object store once
-        (workers on the driver's node read it in place, other nodes fetch it once)."""
-        import pyarrow as pa
+        """One Ray task per ``batch_size`` images, each sent its batch's pixels, a bounded number in flight.
+
+        Not a Ray Data map: its input would have to be in the object store whole before the first
+        batch runs (2.3 GB at a million faces, on top of the driver's copy); tasks fed a batch at a
+        time keep the object store and the driver to a few batches beyond the array itself.
+        """
+        import ray
 
         order = np.arange(len(pixels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        table = pa.table({"pos": np.arange(len(order), dtype=np.int64), "row": order})
-        ref = self._put(pixels)
-        # a batch of images is large already (thousands): one per block, so they spread over the nodes
-        return self._map(functools.partial(_array_batch, fn, ref), table, batch_size, 1, None)
+        task = ray.remote(num_cpus=1)(_on_node)
+        calls = (_image_call(fn, pixels, order[s : s + batch_size]) for s in range(0, len(order), batch_size))
+        return list(self._bounded(task, calls, self.batches_by_node))
 
     def map_pairs(
         self,
@@ -245,16 +298,34 @@ class RayEngine(Engine):
         *,
         batch_size: int = 32768,
     ) -> list[R]:
-        """One Ray task per ``batch_size`` pairs; the shared arrays are put in the object store once."""
+        """One Ray task per ``batch_size`` pairs, a bounded number in flight.
+
+        ``pairs[k]`` for ``k < len(shared)`` holds rows of ``shared[k]`` (``fn(left, right, a, b, ...)``
+        reads ``left[a]`` and ``right[b]``); each task is sent only the rows its pairs name, and those
+        pairs renumbered into them, so no shared array goes to the object store whole.
+        """
         import ray
 
-        shared_refs = [self._put(a) for a in shared]
         n = len(pairs[0]) if pairs else 0
         task = ray.remote(num_cpus=1)(_on_node)
-        futures = [
-            task.remote(fn, *shared_refs, *(p[s : s + batch_size] for p in pairs)) for s in range(0, n, batch_size)
-        ] or [task.remote(fn, *shared_refs, *pairs)]
-        return self._gather(futures)
+        starts = range(0, max(n, 1), batch_size)
+        calls = (_pair_call(fn, shared, [p[s : s + batch_size] for p in pairs]) for s in starts)
+        return list(self._bounded(task, calls, self.tasks_by_node))
+
+    @staticmethod
+    def _bounded(task: Any, calls: Iterator[tuple[Any, ...]], by_node: Counter[str]) -> Iterator[Any]:
+        """``task.remote(*call)`` for each call, at most two per cluster CPU in flight: the results in
+        order (each counted in ``by_node`` under the node that ran it)."""
+        import ray
+
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: deque[Any] = deque()
+        for call in calls:
+            if len(pending) >= window:
+                yield _take(pending.popleft(), by_node)
+            pending.append(task.remote(*call))
+        while pending:
+            yield _take(pending.popleft(), by_node)
 
     def run_tasks(
         self,
@@ -294,18 +365,9 @@ class RayEngine(Engine):
                 on_result(k, result)
         return [results[k] for k in range(len(calls))]
 
-    def _put(self, array: np.ndarray) -> Any:
-        """``array`` in the object store, put there once per engine (the array is kept alive meanwhile)."""
-        import ray
-
-        if id(array) not in self._puts:
-            self._puts[id(array)] = (array, ray.put(array))
-        return self._puts[id(array)][1]
-
     def close(self) -> None:
         import ray
 
-        self._puts.clear()
         if self._started:
             ray.shutdown()
             self._started = False
@@ -317,35 +379,34 @@ class RayEngine(Engine):
         batch_size: int,
         per_block: int,
         progress: Callable[[int], None] | None,
-    ) -> list[Any]:
-        """The Ray Data pipeline: blocks of whole batches, ``udf`` per batch, results sorted back by position."""
+    ) -> Iterator[Any]:
+        """The Ray Data pipeline: blocks of whole batches, ``udf`` per batch, results yielded by position.
+
+        Blocks finish in any order; a result is held only until those before it have come (Ray Data's
+        streaming executor bounds how many blocks run or wait ahead of the driver).
+        """
         import ray.data
 
         if table.num_rows == 0:
-            return []
+            return
         block = batch_size * per_block
         blocks = [table.slice(s, block) for s in range(0, table.num_rows, block)]
         dataset = ray.data.from_arrow(blocks).map_batches(udf, batch_size=batch_size, batch_format="pyarrow")
-        found: list[tuple[int, Any]] = []
+        waiting: dict[int, tuple[int, Any]] = {}
+        due = 0  # the position of the next result to yield
         out: Any
         for out in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             columns = (out[c].to_pylist() for c in ("start", "n", "node", "result"))
             for start, n, node, blob in zip(*columns, strict=True):
-                found.append((start, pickle.loads(blob)))
+                waiting[start] = (n, pickle.loads(blob))
                 self.batches_by_node[node] += 1
+            del out, columns  # the blobs: a block of results is large
+            while due in waiting:
+                n, result = waiting.pop(due)
+                due += n
                 if progress:
                     progress(n)
-        found.sort(key=lambda pair: pair[0])
-        return [result for _, result in found]
-
-    def _gather(self, futures: list[Any]) -> list[Any]:
-        import ray
-
-        out = []
-        for node, result in ray.get(futures):
-            self.tasks_by_node[node] += 1
-            out.append(result)
-        return out
+                yield result
 
 
 def _import_ray() -> Any:
@@ -383,6 +444,38 @@ def _on_node(fn: Callable[..., R], *args: Any) -> tuple[str, R]:
     return _node(), fn(*args)
 
 
+def _take(future: Any, by_node: Counter[str]) -> Any:
+    """A task's result, counted under the node that ran it."""
+    import ray
+
+    node, result = ray.get(future)
+    by_node[node] += 1
+    return result
+
+
+def _image_call(fn: Callable[..., Any], pixels: np.ndarray, rows: np.ndarray) -> tuple[Any, ...]:
+    """The arguments of one image task: ``fn`` and a copy of its rows (a memory-mapped array's pages
+    are dropped again once copied)."""
+    from fercurate.workspace import release_pages
+
+    batch = pixels[rows]
+    release_pages(pixels)
+    return fn, batch
+
+
+def _pair_call(
+    fn: Callable[..., Any], shared: tuple[np.ndarray, ...], pairs: list[np.ndarray]
+) -> tuple[Any, ...]:
+    """The arguments of one pair task: ``fn``, the rows of each shared array its pairs name, then the
+    pair arrays with those rows renumbered (pair arrays beyond the shared ones as they are)."""
+    subsets, renumbered = [], []
+    for array, picks in zip(shared, pairs, strict=False):
+        used, local = np.unique(picks, return_inverse=True)
+        subsets.append(array[used])
+        renumbered.append(local.astype(picks.dtype, copy=False))
+    return (fn, *subsets, *renumbered, *pairs[len(shared) :])
+
+
 def _batch_row(start: int, n: int, result: Any) -> dict[str, list[Any]]:
     """A batch's result as one output row: where it starts, its size, the node, the pickled result."""
     return {"start": [start], "n": [n], "node": [_node()], "result": [pickle.dumps(result, protocol=5)]}
@@ -394,15 +487,6 @@ def _items_batch(fn: Callable[[list[Any]], Any], batch: Any) -> dict[str, list[A
     column = batch["item"]
     items = column.to_pylist() if column.type == "string" else [pickle.loads(v) for v in column.to_pylist()]
     return _batch_row(int(pos[0]), len(pos), fn(items))
-
-
-def _array_batch(fn: Callable[[np.ndarray], Any], ref: Any, batch: Any) -> dict[str, list[Any]]:
-    """Ray Data batch: ``fn`` of the batch's rows of the shared array (read in place from the object store)."""
-    import ray
-
-    pixels = ray.get(ref)
-    rows = batch["row"].to_numpy()
-    return _batch_row(int(batch["pos"].to_numpy()[0]), len(rows), fn(pixels[rows]))
 
 
 def joined_arrays(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:

@@ -11,12 +11,14 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypedDict, TypeVar
 
 import numpy as np
@@ -242,23 +244,52 @@ def apply_batches(
     is called with the number of items each finished batch held. Small inputs run in this process:
     a pool costs more than it saves there.
     """
+    return list(iter_batches(fn, items, batch_size=batch_size, workers=workers, progress=progress))
+
+
+#: Batches a pool holds at once per worker (submitted, running or finished but not yet taken): enough
+#: to keep every worker busy, few enough that a caller consuming the results as they come never
+#: holds more than a few batches' results (a million faces' pixels would be 2.3 GB)
+IN_FLIGHT_PER_WORKER = 4
+
+
+def iter_batches(
+    fn: Callable[[list[T]], B],
+    items: Sequence[T],
+    *,
+    batch_size: int = 512,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[B]:
+    """:func:`apply_batches` as a stream: each batch's result, in order, as soon as it and those before
+    it are done; at most :data:`IN_FLIGHT_PER_WORKER` batches per worker are submitted and not yet taken."""
     workers = default_workers() if workers is None else workers
-    batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    results: list[B] = []
-    if workers <= 1 or len(batches) <= 1:
-        for batch in batches:
-            results.append(fn(batch))
+    starts = range(0, len(items), batch_size)
+    if workers <= 1 or len(starts) <= 1:
+        for s in starts:
+            batch = list(items[s : s + batch_size])
+            out = fn(batch)
             if progress:
                 progress(len(batch))
-        return results
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(batches)), initializer=_exit_with_parent)
+            yield out
+        return
+    workers = min(workers, len(starts))
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent)
     with pool:
-        for batch, out in zip(batches, pool.map(fn, batches), strict=True):
-            results.append(out)
+        pending: deque[tuple[int, Future[B]]] = deque()
+        todo = iter(starts)
+        while True:
+            for s in itertools.islice(todo, workers * IN_FLIGHT_PER_WORKER - len(pending)):
+                batch = list(items[s : s + batch_size])
+                pending.append((len(batch), pool.submit(fn, batch)))
+            if not pending:
+                return
+            n, future = pending.popleft()
+            out = future.result()
+            del future  # the pool's future would otherwise keep the result alive
             if progress:
-                progress(len(batch))
-    return results
+                progress(n)
+            yield out
 
 
 def _exit_with_parent() -> None:

@@ -26,10 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fercurate.engine import Engine
 from fercurate.errors import DatasetError, InputError
@@ -372,41 +373,85 @@ def _scan_files(
     engine: Engine | None = None,
 ) -> pd.DataFrame:
     progress.start("Decoding images", len(files))
-    paths = [path for path, _, _ in files]
     base = os.path.join(root, "")
-    parts = (engine or Engine()).map_batches(
+    found = _Found(workspace, params.image_size)
+    # each batch's pixels go to the cache as the batch comes back, so the driver never holds them all
+    for part in (engine or Engine()).iter_batches(
         functools.partial(inspect_files, size=params.image_size, max_pixels=params.max_pixels),
-        [base + path for path in paths],
-        batch_size=256,
+        [base + path for path, _, _ in files],
+        batch_size=FILES_PER_BATCH,
         workers=params.workers,
         progress=progress.advance,
-    )
-    _cache_pixels(workspace, parts, params.image_size)
+    ):
+        found.add(part)
+    found.flush()
+    paths = [path for path, _, _ in files]
     return _rows(
         ids=[image_id_for(p) for p in paths],
         paths=paths,
         splits=[s for _, s, _ in files],
         labels=[lbl for _, _, lbl in files],
-        parts=parts,
+        found=found,
     )
 
 
-def _cache_pixels(workspace: Workspace, parts: list[Inspected], size: int) -> None:
-    """Cache the pixels of every decoded file, batch by batch: joining the batches would copy them all."""
-    batches = []
-    for part in parts:
+#: Files a worker inspects per call: large enough that a batch's overhead (pickling its result back)
+#: is small against decoding it
+FILES_PER_BATCH = 256
+#: Decoded faces per pixel-cache chunk a scan writes (46 MB of 48x48 pixels): what the driver holds
+#: of them at most, besides the batches in flight
+CACHE_CHUNK_ROWS = 20_000
+
+
+class _Found:
+    """What the inspected batches found, gathered as they come: the manifest's columns as Arrow arrays
+    (a million rows of Python strings would cost gigabytes) and the pixels written to the
+    :class:`PixelCache` a chunk at a time (this process stays the only writer of the workspace)."""
+
+    TYPES: ClassVar[dict[str, pa.DataType]] = {
+        "status": pa.string(),
+        "reason": pa.string(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "mode": pa.string(),
+        "sha256": pa.string(),
+    }
+
+    def __init__(self, workspace: Workspace, size: int) -> None:
+        self.cache = PixelCache(workspace, size)
+        self.columns: dict[str, list[pa.Array]] = {name: [] for name in self.TYPES}
+        self._pending: list[tuple[list[str], np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, part: Inspected) -> None:
+        """Keep one batch's columns and queue its decoded pixels for the cache."""
+        for name, kind in self.TYPES.items():
+            self.columns[name].append(pa.array(part[name], kind))  # type: ignore[literal-required]
         decoded = part["decoded"]
         if decoded.all():
-            batches.append((part["sha256"], part["pixels"]))
+            self._pending.append((part["sha256"], part["pixels"]))
         elif decoded.any():
             shas = [sha for sha, ok in zip(part["sha256"], decoded, strict=True) if ok]
-            batches.append((shas, part["pixels"][decoded]))
-    PixelCache(workspace, size).add_batches(batches)
+            self._pending.append((shas, part["pixels"][decoded]))
+        self._pending_rows += int(decoded.sum())
+        if self._pending_rows >= CACHE_CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued pixels as one cache chunk (atomically) and let go of them."""
+        if self._pending:
+            self.cache.add_batches(self._pending, keep=False)
+        self._pending, self._pending_rows = [], 0
+
+    def column(self, name: str) -> pd.Series:
+        """A manifest column: strings as pandas' Arrow-backed ``str``, sizes as nullable ``Int32``."""
+        values = pa.chunked_array(self.columns[name], self.TYPES[name])
+        if pa.types.is_integer(values.type):
+            return values.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+        return values.to_pandas()
 
 
-def _rows(
-    *, ids: list[str], paths: list[str], splits: list[str], labels: list[str], parts: list[Inspected]
-) -> pd.DataFrame:
+def _rows(*, ids: list[str], paths: list[str], splits: list[str], labels: list[str], found: _Found) -> pd.DataFrame:
     return pd.DataFrame(
         {
             Col.IMAGE_ID: ids,
@@ -416,12 +461,12 @@ def _rows(
             Col.SPLIT_ORIGINAL: splits,
             Col.LABEL_ORIGINAL: labels,
             Col.SOURCE: SOURCE_ORIGINAL,
-            Col.STATUS: [v for part in parts for v in part["status"]],
-            Col.REASON: [v for part in parts for v in part["reason"]],
-            Col.WIDTH: pd.array([v for part in parts for v in part["width"]], dtype="Int32"),
-            Col.HEIGHT: pd.array([v for part in parts for v in part["height"]], dtype="Int32"),
-            Col.MODE: [v for part in parts for v in part["mode"]],
-            Col.SHA256: [v for part in parts for v in part["sha256"]],
+            Col.STATUS: found.column("status"),
+            Col.REASON: found.column("reason"),
+            Col.WIDTH: found.column("width"),
+            Col.HEIGHT: found.column("height"),
+            Col.MODE: found.column("mode"),
+            Col.SHA256: found.column("sha256"),
         }
     )
 
@@ -450,10 +495,10 @@ def _scan_csv(
     paths: list[str] = []
     splits: list[str] = []
     labels: list[str] = []
-    parts: list[Inspected] = []
+    size = params.image_size
+    found = _Found(workspace, size)
     pending: list[bytes | str] = []  # rows not inspected yet: PNG bytes, or why the pixels are no image
     skipped: Counter[str] = Counter()
-    size = params.image_size
     for index, (code, pixels, use) in enumerate(zip(table["emotion"], table["pixels"], usage, strict=True)):
         code = code.strip()
         if code.isdigit() and int(code) < len(FER2013_CLASSES):
@@ -480,17 +525,17 @@ def _scan_csv(
         splits.append(split)
         labels.append(label)
         if index % 512 == 511:
-            parts.append(_inspect_pending(pending, size))
+            found.add(_inspect_pending(pending, size))
             pending = []
             progress.advance(512)
-    parts.append(_inspect_pending(pending, size))
+    found.add(_inspect_pending(pending, size))
+    found.flush()
     progress.advance(len(table) % 512)
     if skipped:
         notes.append(
             "rows of classes outside --classes skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
         )
-    _cache_pixels(workspace, parts, size)
-    return _rows(ids=ids, paths=paths, splits=splits, labels=labels, parts=parts), notes
+    return _rows(ids=ids, paths=paths, splits=splits, labels=labels, found=found), notes
 
 
 def _inspect_pending(pending: list[bytes | str], size: int) -> Inspected:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -468,11 +470,11 @@ class ShaKeyedCache:
         self.dir = folder
         self.shape = shape
         self.dtype = np.dtype(dtype)
-        # the chunks on disk, then what this instance added: their sha256 keys and values, in order;
-        # the values of the chunks on disk are read on first use (adding needs the keys only)
+        # the sha256 keys of the chunks on disk, then of what this instance added, in order (read on
+        # first use); and their values, chunk by chunk in the same order: an array this instance
+        # added and kept, or the chunk file to read them from when asked (adding needs the keys only)
         self._keys: list[pa.Array] | None = None
-        self._unread: list[Path] = []
-        self._values: list[np.ndarray] = []
+        self._parts: list[tuple[int, np.ndarray | Path]] = []
 
     def to_arrow(self, values: np.ndarray) -> pa.Array:
         """The value column of a chunk holding ``values`` (``(N, *shape)``, C-contiguous)."""
@@ -482,16 +484,29 @@ class ShaKeyedCache:
         """The ``(N, *shape)`` values a chunk's value column holds."""
         raise NotImplementedError
 
-    def get(self, shas: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Values for ``shas`` (zeros where missing) and the positions that were missing."""
+    def get(self, shas: Sequence[str], out: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """Values for ``shas`` (zeros where missing) and the positions that were missing.
+
+        Chunks are read one at a time (a memory map each) and only for the values asked for, so a
+        lookup holds the answer and one chunk, never the whole cache. ``out``, when given, is a
+        zeroed ``(len(shas), *shape)`` array to fill (a memory-mapped one, :func:`mapped_array`, is
+        filled a chunk at a time: only one chunk's pages are resident at once).
+        """
         rows = _rows_in(pa.array(shas, pa.string()), self._cached_keys())
-        values = self._cached_values()
-        found = rows >= 0
-        if found.all():
-            return values.take(rows, axis=0), []
-        out = np.zeros((len(shas), *self.shape), dtype=self.dtype)
-        out[found] = values.take(rows[found], axis=0)
-        return out, np.flatnonzero(~found).tolist()
+        if out is None:
+            out = np.zeros((len(shas), *self.shape), dtype=self.dtype)
+        # the asked positions sorted by cached row: each chunk's hits are one slice of them
+        order = np.argsort(rows, kind="stable")
+        ends = np.cumsum([count for count, _ in self._parts])
+        bounds = np.searchsorted(rows[order], np.concatenate([[0], ends]))
+        for (count, part), lo, hi, end in zip(self._parts, bounds[:-1], bounds[1:], ends, strict=True):
+            if hi > lo:
+                hit = order[lo:hi]
+                values = part if isinstance(part, np.ndarray) else self.from_arrow(_read_chunk(part, self.column))
+                out[hit] = values.take(rows[hit] - (end - count), axis=0)
+                del values  # a chunk read from disk: unmapped before the next one
+                release_pages(out)  # a mapped answer: what was written stays in the page cache
+        return out, np.flatnonzero(rows < 0).tolist()
 
     def add(self, shas: Sequence[str], values: np.ndarray) -> None:
         """Store the values of shas not cached yet (of a sha given twice, the first).
@@ -500,8 +515,12 @@ class ShaKeyedCache:
         """
         self.add_batches([(shas, values)])
 
-    def add_batches(self, batches: Sequence[tuple[Sequence[str], np.ndarray]]) -> None:
-        """:meth:`add` for consecutive ``(shas, values)`` batches, stored as one chunk without joining them."""
+    def add_batches(self, batches: Sequence[tuple[Sequence[str], np.ndarray]], *, keep: bool = True) -> None:
+        """:meth:`add` for consecutive ``(shas, values)`` batches, stored as one chunk without joining them.
+
+        With ``keep`` False the values are not kept in memory (a later :meth:`get` reads them back from
+        the chunk): a stage that streams a million faces through the cache holds one chunk at a time.
+        """
         keys = [pa.array(shas, pa.string()) for shas, _ in batches]
         every = pa.chunked_array(keys, pa.string())
         first = pc.index_in(every, value_set=every).to_numpy()
@@ -510,14 +529,14 @@ class ShaKeyedCache:
         new_values: list[np.ndarray] = []
         start = 0
         for (_, values), batch_keys in zip(batches, keys, strict=True):
-            keep = fresh[start : start + len(batch_keys)]
+            new = fresh[start : start + len(batch_keys)]
             start += len(batch_keys)
-            if keep.all():
+            if new.all():
                 new_keys.append(batch_keys)
                 new_values.append(np.ascontiguousarray(values, dtype=self.dtype))
-            elif keep.any():
-                new_keys.append(batch_keys.filter(keep))
-                new_values.append(np.ascontiguousarray(values[keep], dtype=self.dtype))
+            elif new.any():
+                new_keys.append(batch_keys.filter(new))
+                new_values.append(np.ascontiguousarray(values[new], dtype=self.dtype))
         if not new_keys:
             return
         table = pa.table(
@@ -526,30 +545,23 @@ class ShaKeyedCache:
                 self.column: pa.chunked_array([self.to_arrow(v) for v in new_values]),
             }
         )
-        name = f"{time.time_ns()}-{os.getpid()}.arrow"
-        atomic_write(self.dir / name, lambda tmp: _write_ipc(table, tmp))
+        path = self.dir / f"{time.time_ns()}-{os.getpid()}.arrow"
+        atomic_write(path, lambda tmp: _write_ipc(table, tmp))
         self._cached_keys().extend(new_keys)
-        self._values.extend(new_values)
+        if keep:
+            self._parts.extend((len(v), v) for v in new_values)
+        else:
+            self._parts.append((table.num_rows, path))
 
     def _cached_keys(self) -> list[pa.Array]:
         if self._keys is None:
             chunks = [*self.dir.glob("*.arrow"), *self.dir.glob("*.parquet")] if self.dir.is_dir() else []
-            self._unread = sorted(chunks, key=lambda f: f.name)  # time_ns names: the order they were written
-            self._keys = [k for f in self._unread for k in _read_chunk(f, "sha256").chunks]
+            self._keys = []
+            for f in sorted(chunks, key=lambda f: f.name):  # time_ns names: the order they were written
+                keys = _read_chunk(f, "sha256")
+                self._keys.extend(keys.chunks)
+                self._parts.append((len(keys), f))
         return self._keys
-
-    def _cached_values(self) -> np.ndarray:
-        """All cached values as one array, in the order of :meth:`_cached_keys`."""
-        self._cached_keys()
-        if self._unread:
-            on_disk = [self.from_arrow(_read_chunk(f, self.column)) for f in self._unread]
-            self._values[:0] = on_disk
-            self._unread = []
-        if not self._values:
-            self._values = [np.zeros((0, *self.shape), dtype=self.dtype)]
-        elif len(self._values) > 1:
-            self._values = [np.concatenate(self._values)]
-        return self._values[0]
 
 
 def _write_ipc(table: pa.Table, path: Path) -> None:
@@ -613,11 +625,15 @@ def load_pixels(
     rows: pd.DataFrame,
     size: int = 48,
     progress: Any = None,
+    *,
+    mapped: bool = False,
 ) -> np.ndarray:
     """Grayscale ``size`` x ``size`` pixels for ``rows`` (in row order), from the cache or decoded.
 
     Images missing from the :class:`PixelCache` are decoded in parallel and added to it, so each file
-    is decoded once per workspace and size. Rows whose file cannot be decoded get zeros.
+    is decoded once per workspace and size. Rows whose file cannot be decoded get zeros. With
+    ``mapped``, the array lives in a memory-mapped temp file (:func:`mapped_array`), not in this
+    process's own memory: for a stage that holds a million faces (2.3 GB) while it works.
     """
     import functools
 
@@ -625,7 +641,8 @@ def load_pixels(
 
     cache = PixelCache(workspace, size)
     shas = rows[Col.SHA256].astype(str).tolist()
-    pixels, missing = cache.get(shas)
+    shape = (len(shas), size, size)
+    pixels, missing = cache.get(shas, mapped_array(workspace.cache_dir, shape) if mapped else None)
     if missing:
         root = workspace.dataset_root(info)
         paths = [str(workspace.resolve_image_path(str(rows[Col.PATH].iloc[i]), root)) for i in missing]
@@ -641,4 +658,49 @@ def load_pixels(
         )
         pixels[missing] = decoded
         cache.add([shas[i] for i in missing], decoded)
+    release_pages(pixels)
     return pixels
+
+
+def mapped_array(folder: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array of ``shape`` backed by a temp file in ``folder`` rather than by memory.
+
+    Its pages live in the OS page cache, which the kernel may write out and drop under memory
+    pressure, so a process holding gigabytes of pixels this way does not need that much memory of
+    its own. The file is unlinked at once (POSIX keeps it while mapped): a killed process leaves
+    nothing behind. Elsewhere (Windows) this is a plain in-memory array.
+    """
+    nbytes = int(np.prod(shape))
+    if nbytes == 0 or os.name != "posix":
+        return np.zeros(shape, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".mapped-", suffix=".tmp")
+    try:
+        os.unlink(name)
+        os.ftruncate(fd, nbytes)  # a sparse file: reads as zeros, takes no disk until written
+        mapping = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=np.uint8).reshape(shape)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a :func:`mapped_array`'s pages from this process's resident memory (they stay in the
+    page cache and come back on the next read); no effect on an ordinary array."""
+    mapping = _mapping(array)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def is_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` (or the array it views) is a :func:`mapped_array`."""
+    return _mapping(array) is not None
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None

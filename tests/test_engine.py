@@ -68,6 +68,29 @@ def test_the_local_engine_keeps_batches_in_order() -> None:
         assert out == [11, 12] and seen == [(0, 11), (1, 12)]
 
 
+def test_the_local_engine_maps_a_memory_mapped_array_a_slice_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fercurate.engine as engine_module
+    from fercurate.workspace import mapped_array
+
+    monkeypatch.setattr(engine_module, "MAPPED_BATCHES", 1)
+    pixels = mapped_array(tmp_path, (10, 2, 2))
+    pixels[:] = np.arange(40, dtype=np.uint8).reshape(10, 2, 2)
+    sums = pixels.sum(axis=(1, 2))
+    with open_engine() as engine:
+        parts = engine.map_images(lambda p: p.sum(axis=(1, 2)), pixels, batch_size=3)
+        assert len(parts) == 4 and np.array_equal(np.concatenate(parts), sums)
+        rows = np.array([9, 0, 5, 5])
+        parts = engine.map_images(lambda p, rows: p[rows].sum(axis=(1, 2)), pixels, rows=rows, batch_size=3)
+        assert len(parts) == 2 and np.array_equal(np.concatenate(parts), sums[rows])
+        # an ordinary array: one call on the whole
+        assert len(engine.map_images(lambda p: p.sum(axis=(1, 2)), np.array(pixels), batch_size=3)) == 1
+        a, b = np.array([0, 9, 4, 4, 7]), np.array([1, 1, 2, 8, 3])
+        pairs = engine.map_pairs(_pair_sums, (pixels, pixels), (a, b, np.ones(5, int)), batch_size=2)
+        assert len(pairs) == 3 and np.array_equal(np.concatenate(pairs), _pair_sums(pixels, pixels, a, b, 1))
+
+
 def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,6 +241,47 @@ def test_mirrored_and_recropped_pairs_are_found_alike_on_ray(cluster: dict[str, 
     assert len(local) > 0 and set(local["kind"]) > {"exact"}
     pd.testing.assert_frame_equal(local, remote)
     assert sum(engine.tasks_by_node.values()) >= 2  # the plain and the re-crop pair checks ran as tasks
+
+
+@needs_ray
+def test_image_and_pair_tasks_are_sent_only_their_rows_a_bounded_number_at_a_time(cluster: dict[str, str]) -> None:
+    from fercurate.engine import RayEngine, _on_node, _pair_call
+
+    engine = RayEngine(cluster["address"])
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    pixels = np.arange(40 * 2 * 2, dtype=np.uint8).reshape(40, 2, 2)
+    rows = np.array([39, 3, 3, 17, 0, 21, 8])
+    parts = engine.map_images(_row_sums, pixels, rows=rows, batch_size=2)
+    assert np.array_equal(np.concatenate(parts), pixels[rows].sum(axis=(1, 2)))
+    # a pair task gets the rows its pairs name, renumbered, and computes what it would on the whole arrays
+    left, right = pixels, pixels[::-1].copy()
+    a, b, w = np.array([5, 30, 5]), np.array([0, 0, 39]), np.array([1, 2, 3])
+    _, sub_left, sub_right, sub_a, sub_b, sub_w = _pair_call(_pair_sums, (left, right), [a, b, w])
+    assert len(sub_left) == 2 and len(sub_right) == 2 and sub_w is w
+    assert np.array_equal(_pair_sums(sub_left, sub_right, sub_a, sub_b, sub_w), _pair_sums(left, right, a, b, w))
+    remote = engine.map_pairs(_pair_sums, (left, right), (a, b, w), batch_size=2)
+    assert np.array_equal(np.concatenate(remote), _pair_sums(left, right, a, b, w))
+    # submitted but not yet taken: never more than the window, however many calls there are
+    drawn = 0
+
+    def calls() -> Iterator[tuple[Any, ...]]:
+        nonlocal drawn
+        for k in range(30):
+            drawn += 1
+            yield (_row_sums, pixels[k : k + 1])
+
+    window = 2 * int(ray.cluster_resources()["CPU"])
+    for k, out in enumerate(RayEngine._bounded(ray.remote(_on_node), calls(), engine.tasks_by_node)):
+        assert out[0] == pixels[k].sum() and drawn - (k + 1) <= window
+    assert drawn == 30
+
+
+def _row_sums(pixels: np.ndarray) -> np.ndarray:
+    return pixels.sum(axis=(1, 2))
+
+
+def _pair_sums(left: np.ndarray, right: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (left[a].sum(axis=(1, 2)) - right[b].sum(axis=(1, 2))) * w
 
 
 @needs_ray

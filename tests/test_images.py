@@ -15,11 +15,13 @@ from PIL import Image
 
 from fercurate.images import (
     DEFAULT_MAX_PIXELS,
+    IN_FLIGHT_PER_WORKER,
     NEAR_UNIFORM_STD,
     apply_batches,
     gray_std,
     inspect_files,
     inspect_images,
+    iter_batches,
     map_batches,
     read_file,
 )
@@ -119,6 +121,31 @@ def test_apply_batches_keeps_order_and_reports_progress(workers: int) -> None:
     assert np.array_equal(np.concatenate([p["ids"] for p in parts]), np.arange(1000) * 2)  # type: ignore[misc]
     assert sorted(done) == sorted([128] * 7 + [104])
     assert map_batches(_doubled, list(range(300)), batch_size=64, workers=workers) == [2 * x for x in range(300)]
+
+
+class _Watched(list):  # type: ignore[type-arg]
+    """A list that counts the items handed out (by slicing), to see how far a pool has read ahead."""
+
+    taken = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        out = super().__getitem__(index)
+        self.taken += len(out) if isinstance(index, slice) else 1
+        return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iter_batches_streams_with_a_bounded_number_of_batches_in_flight(workers: int) -> None:
+    items = _Watched(range(5000))
+    ahead = []
+    for k, part in enumerate(iter_batches(_batch_ids, items, batch_size=50, workers=workers)):
+        assert part["first"] == 50 * k  # in order
+        # batches handed to the pool but not yet yielded: never more than the bound (not all 100)
+        ahead.append(items.taken // 50 - (k + 1))
+    assert items.taken == 5000
+    assert max(ahead) <= (IN_FLIGHT_PER_WORKER * workers if workers > 1 else 0)
+    if workers > 1:
+        assert max(ahead) > 0  # the workers were kept busy ahead of the consumer
 
 
 def _png_claiming(width: int, height: int) -> bytes:

@@ -308,3 +308,26 @@ def test_images_over_the_pixel_cap_are_invalid_before_decoding(tmp_path: Path) -
     assert result.invalid_reasons == {"too_large": 1} and info.params["max_pixels"] == 100 * 100
     with pytest.raises(InputError, match="max_pixels 0 is below"):
         scan(ws, ScanParams(dataset=root, max_pixels=0))
+
+
+def test_a_scan_streams_pixels_to_cache_chunks_with_the_same_result(
+    tree: tuple[Path, dict[str, str]], scanned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fercurate.scan as scan_module
+    from fercurate.images import load_gray_files
+
+    root, _ = tree
+    ws0, _, df0, _ = scanned
+    monkeypatch.setattr(scan_module, "FILES_PER_BATCH", 4)
+    monkeypatch.setattr(scan_module, "CACHE_CHUNK_ROWS", 5)  # a chunk every two batches or so
+    ws = Workspace(tmp_path / "ws")
+    scan(ws, ScanParams(dataset=root, workers=2))
+    info, df = ws.read()
+    assert info.content_hash == ws0.versions()[0].content_hash  # the same manifest as one big chunk
+    pd.testing.assert_frame_equal(df, df0)
+    folder = ws.cache_dir / "pixels-48"
+    decoded = df[df[Col.STATUS] != "invalid"]
+    assert len(list(folder.glob("*.arrow"))) >= len(decoded) // 8 > 1
+    got, missing = PixelCache(ws, 48).get(decoded[Col.SHA256].tolist())
+    assert missing == []
+    assert np.array_equal(got, load_gray_files([str(root / p) for p in decoded[Col.PATH]]))

@@ -17,7 +17,7 @@ from conftest import write_tree
 from fercurate.errors import WorkspaceError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, scan
-from fercurate.workspace import PixelCache, Workspace, load_pixels
+from fercurate.workspace import PixelCache, Workspace, load_pixels, mapped_array, release_pages
 
 
 @pytest.fixture()
@@ -239,6 +239,32 @@ def test_cache_stores_each_sha_once(tmp_path: Path) -> None:
     got, missing = cache.get(["a", "b", "c", "f"])  # the same instance sees what it added
     assert missing == [] and np.array_equal(got, pixels[[0, 1, 3, 5]])
     assert np.array_equal(PixelCache(ws, 8).get(["a", "b", "c", "f"])[0], got)
+
+
+def test_chunks_added_without_keeping_are_read_back_from_disk(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    pixels = _pixels(9)
+    cache = PixelCache(ws, 8)
+    for s in range(0, 9, 3):  # three chunks, as a streaming scan writes them
+        cache.add_batches([([f"s{i}" for i in range(s, s + 3)], pixels[s : s + 3])], keep=False)
+    assert len(_chunks(ws.cache_dir / "pixels-8")) == 3
+    assert not any(isinstance(part, np.ndarray) for _, part in cache._parts)  # nothing held in memory
+    order = [8, 0, 4, 4, 2, 7]
+    for reader in (cache, PixelCache(ws, 8)):
+        got, missing = reader.get([f"s{i}" for i in order])
+        assert missing == [] and np.array_equal(got, pixels[order])
+
+
+def test_a_mapped_array_is_filled_in_place_and_leaves_no_file(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    pixels = _pixels(4)
+    PixelCache(ws, 8).add([f"s{i}" for i in range(4)], pixels)
+    out = mapped_array(tmp_path / "maps", (3, 8, 8))
+    got, missing = PixelCache(ws, 8).get(["s2", "x", "s0"], out)
+    assert got is out and missing == [1]
+    release_pages(out)  # dropped from memory, not lost: read back from the file
+    assert np.array_equal(out[[0, 2]], pixels[[2, 0]]) and not out[1].any()
+    assert list((tmp_path / "maps").iterdir()) == []  # unlinked as soon as it was mapped
 
 
 def test_an_empty_cache_misses_everything(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from fercurate.engine import Engine
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
 from fercurate.reports import to_dict
-from fercurate.workspace import VersionInfo, Workspace, load_pixels
+from fercurate.workspace import VersionInfo, Workspace, load_pixels, release_pages
 
 #: Columns dedup writes (besides the hash column, named after the hasher).
 DUP_GROUP = Col.DUP_GROUP
@@ -106,12 +106,13 @@ def dedup(
         info, df = workspace.read(params.version)
         act = df[df[Col.STATUS] == ACTIVE].reset_index()  # "index": the row's label in df
         progress.start("Loading pixels", None)
-        pixels = load_pixels(workspace, info, act, params.image_size, progress)
+        # memory-mapped: a million faces are 2.3 GB, which the driver need not hold as its own memory
+        pixels = load_pixels(workspace, info, act, params.image_size, progress, mapped=True)
         hashes, hashed = _hashes(workspace, act, pixels, params, progress, engine)
         progress.start("Finding duplicates", None)
         # scan marks flat images invalid, so a flat active row is a file that no longer decodes;
         # matching it would make every such row a duplicate of the others
-        flat = pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
+        flat = _flat_rows(pixels)
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
         pairs, related = find_pairs(
@@ -119,7 +120,9 @@ def dedup(
         )
         for table in (pairs, related):
             table["i"], table["j"] = readable[table["i"].to_numpy(int)], readable[table["j"].to_numpy(int)]
+        release_pages(pixels)  # read whole by the search's passes; the rest reads the pairs' images
         groups = _group(act, pixels, pairs)
+        release_pages(pixels)
         related, related_groups = _related_groups(act, pairs, related)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
         out = _new_manifest(df, act, hashes, groups, resolution, params.hasher, related_groups)
@@ -197,6 +200,17 @@ def _hashes(
         cache.add([shas[i] for i in missing], fresh)
         progress.advance(len(missing))
     return hashes, len(missing)
+
+
+def _flat_rows(pixels: np.ndarray, step: int = 65536) -> np.ndarray:
+    """Whether each image is flat (one value), a slice at a time: a mapped array's pages are dropped
+    after each slice, so a million faces are never all resident."""
+    flat = np.zeros(len(pixels), dtype=bool)
+    for s in range(0, len(pixels), step):
+        part = pixels[s : s + step]
+        flat[s : s + step] = part.max(axis=(1, 2)) == part.min(axis=(1, 2))
+        release_pages(pixels)
+    return flat
 
 
 # -- grouping --------------------------------------------------------------------------------------
