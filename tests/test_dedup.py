@@ -842,3 +842,21 @@ def test_flipped_recrops_are_found_with_mirror_only() -> None:
     assert len(hit) >= 0.5 * len(want)
     assert {found[pair] for pair in hit} == {"mirror"}
     assert not [f for f in frames if f in found], "next frames matched"
+
+
+def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path) -> None:
+    from fercurate.dedup.match import exact_groups, row_keys
+    from fercurate.dedup.stage import _row_keys
+    from fercurate.workspace import is_mapped, mapped_array
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(7, 48, 48), dtype=np.uint8)
+    pixels = mapped_array(tmp_path, (10, 48, 48))
+    pixels[:7] = base
+    pixels[7:] = base[[2, 5, 2]]  # identical copies of rows 2, 5 and 2
+    assert is_mapped(pixels)
+    keys = _row_keys(pixels, step=3)  # slices of 3 rows, pages dropped after each
+    np.testing.assert_array_equal(keys, row_keys(np.array(pixels)))
+    first = exact_groups(pixels, keys)
+    np.testing.assert_array_equal(first, exact_groups(np.array(pixels)))
+    assert first.tolist() == [0, 1, 2, 3, 4, 5, 6, 2, 5, 2]

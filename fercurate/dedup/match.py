@@ -306,18 +306,26 @@ def blurs(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- exact duplicates ------------------------------------------------------------------------------
-def exact_groups(pixels: np.ndarray) -> np.ndarray:
+def row_keys(pixels: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each image's bytes, for :func:`exact_groups`. Python's ``hash`` of bytes is
+    salted per process, so keys compare only with keys computed in the same process."""
+    flat = pixels.reshape(len(pixels), -1)
+    return np.fromiter((hash(row.tobytes()) for row in flat), dtype=np.int64, count=len(flat))
+
+
+def exact_groups(pixels: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
     """For each image, the position of the first image with identical pixels (itself if none).
 
-    Rows are keyed by a 64-bit hash of their bytes; only rows sharing a key are compared byte for
-    byte, so a hash collision never merges two images.
+    Rows are keyed by a 64-bit hash of their bytes (``keys``: :func:`row_keys` of ``pixels``,
+    computed here if not given); only rows sharing a key are compared byte for byte, so a hash
+    collision never merges two images.
     """
     n = len(pixels)
     first = np.arange(n, dtype=np.int64)
     if n < 2:
         return first
     flat = np.ascontiguousarray(pixels.reshape(n, -1))
-    keys = np.array([hash(row.tobytes()) for row in flat], dtype=np.int64)
+    keys = row_keys(flat) if keys is None else keys
     order = np.argsort(keys, kind="stable")
     shared = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
     if len(shared) == 0:
@@ -1104,8 +1112,12 @@ def find_pairs(
     engine: Engine | None = None,
     *,
     related: bool = True,
+    keys: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The duplicate pairs (as :func:`find_duplicate_pairs`) and, with ``related``, the related frames.
+
+    ``keys`` (optional) are :func:`row_keys` of ``pixels``, for a caller that computed them in a
+    pass of its own (dedup's stage does, a slice at a time over memory-mapped pixels).
 
     Related frames are other frames of one sitting (the same person, backdrop and light, another
     expression): not duplicates, but the same identity. They are looked for among the candidates the
@@ -1125,7 +1137,7 @@ def find_pairs(
     no_related = pd.DataFrame({c: [] for c in RELATED_COLUMNS})
     if hashes is None:
         hashes = _hash(pixels, params.hasher)
-    first = exact_groups(pixels)
+    first = exact_groups(pixels, keys)
     copies = np.nonzero(first != np.arange(n))[0]
     exact = pd.DataFrame(
         {

@@ -20,6 +20,7 @@ from fercurate.dedup.match import (
     KIND_RECROP,
     exact_groups,
     find_pairs,
+    row_keys,
 )
 from fercurate.dedup.params import DedupParams
 from fercurate.engine import Engine
@@ -115,13 +116,19 @@ def dedup(
         flat = _flat_rows(pixels)
         readable = np.nonzero(~flat)[0]
         every = len(readable) == len(pixels)  # then no copy of what may be gigabytes of pixels
+        keys = _row_keys(pixels)
         pairs, related = find_pairs(
-            pixels if every else pixels[readable], params, hashes[readable], engine, related=params.related
+            pixels if every else pixels[readable],
+            params,
+            hashes[readable],
+            engine,
+            related=params.related,
+            keys=keys if every else keys[readable],
         )
         for table in (pairs, related):
             table["i"], table["j"] = readable[table["i"].to_numpy(int)], readable[table["j"].to_numpy(int)]
         release_pages(pixels)  # read whole by the search's passes; the rest reads the pairs' images
-        groups = _group(act, pixels, pairs)
+        groups = _group(act, pixels, pairs, keys)
         release_pages(pixels)
         related, related_groups = _related_groups(act, pairs, related)
         resolution, conflicts = _resolve(act, groups, params.conflicts)
@@ -214,7 +221,18 @@ def _flat_rows(pixels: np.ndarray, step: int = 65536) -> np.ndarray:
 
 
 # -- grouping --------------------------------------------------------------------------------------
-def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.DataFrame:
+def _row_keys(pixels: np.ndarray, step: int = 65_536) -> np.ndarray:
+    """:func:`row_keys` of every image, a slice at a time, dropping memory-mapped pixels' pages
+    after each: hashing reads every byte, and at a million faces the whole array resident would
+    double the driver's memory."""
+    parts = [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(pixels), step):
+        parts.append(row_keys(pixels[start : start + step]))
+        release_pages(pixels)
+    return np.concatenate(parts)
+
+
+def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, keys: np.ndarray | None = None) -> pd.DataFrame:
     """The grouped rows: position in ``act``, group id and size, kind, nearest duplicate, similarity.
 
     Groups are the connected components of the duplicate pairs. A row's kind is ``exact`` when all
@@ -241,7 +259,7 @@ def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame) -> pd.Dat
     frame[DUP_GROUP_SIZE] = sizes[frame["component"].to_numpy()]
 
     # identical images: their class is the first of them; the class's smallest image_id names it
-    first = exact_groups(pixels)
+    first = exact_groups(pixels, keys)
     cls = pd.DataFrame({"pos": np.arange(n), "cls": first, "image_id": ids})
     cls_min = cls.groupby("cls")["image_id"].min()
     cls_size = cls.groupby("cls").size()
