@@ -89,6 +89,11 @@ def test_the_local_engine_maps_a_memory_mapped_array_a_slice_at_a_time(
         a, b = np.array([0, 9, 4, 4, 7]), np.array([1, 1, 2, 8, 3])
         pairs = engine.map_pairs(_pair_sums, (pixels, pixels), (a, b, np.ones(5, int)), batch_size=2)
         assert len(pairs) == 3 and np.array_equal(np.concatenate(pairs), _pair_sums(pixels, pixels, a, b, 1))
+        # on a mapped array the calls never take more than MAPPED_PAIRS pairs, whatever batch_size says
+        monkeypatch.setattr(engine_module, "MAPPED_PAIRS", 2)
+        pairs = engine.map_pairs(_pair_sums, (pixels, pixels), (a, b, np.ones(5, int)), batch_size=100)
+        assert len(pairs) == 3 and np.array_equal(np.concatenate(pairs), _pair_sums(pixels, pixels, a, b, 1))
+        assert len(engine.map_pairs(_pair_sums, (np.array(pixels),) * 2, (a, b, np.ones(5, int)))) == 1
 
 
 def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(
