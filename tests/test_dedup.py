@@ -844,7 +844,8 @@ def test_flipped_recrops_are_found_with_mirror_only() -> None:
     assert not [f for f in frames if f in found], "next frames matched"
 
 
-def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path) -> None:
+def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fercurate.engine as engine_module
     from fercurate.dedup.match import exact_groups, row_keys
     from fercurate.dedup.stage import _row_keys
     from fercurate.workspace import is_mapped, mapped_array
@@ -855,7 +856,8 @@ def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path) -> None:
     pixels[:7] = base
     pixels[7:] = base[[2, 5, 2]]  # identical copies of rows 2, 5 and 2
     assert is_mapped(pixels)
-    keys = _row_keys(pixels, step=3)  # slices of 3 rows, pages dropped after each
+    monkeypatch.setattr(engine_module, "MAPPED_BATCHES", 1)
+    keys = _row_keys(pixels, batch_size=3)  # slices of 3 rows, pages dropped after each
     np.testing.assert_array_equal(keys, row_keys(np.array(pixels)))
     first = exact_groups(pixels, keys)
     np.testing.assert_array_equal(first, exact_groups(np.array(pixels)))

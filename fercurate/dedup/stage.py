@@ -221,15 +221,11 @@ def _flat_rows(pixels: np.ndarray, step: int = 65536) -> np.ndarray:
 
 
 # -- grouping --------------------------------------------------------------------------------------
-def _row_keys(pixels: np.ndarray, step: int = 65_536) -> np.ndarray:
-    """:func:`row_keys` of every image, a slice at a time, dropping memory-mapped pixels' pages
-    after each: hashing reads every byte, and at a million faces the whole array resident would
-    double the driver's memory."""
-    parts = [np.zeros(0, dtype=np.int64)]
-    for start in range(0, len(pixels), step):
-        parts.append(row_keys(pixels[start : start + step]))
-        release_pages(pixels)
-    return np.concatenate(parts)
+def _row_keys(pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """:func:`row_keys` of every image, on the local engine whatever ``--engine`` says (Python salts
+    its ``hash`` per process, so all keys must come from this one); it goes a slice at a time over
+    memory-mapped pixels and drops their pages after each, as every pass over them does."""
+    return np.concatenate([np.zeros(0, dtype=np.int64), *Engine().map_images(row_keys, pixels, batch_size=batch_size)])
 
 
 def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, keys: np.ndarray | None = None) -> pd.DataFrame:
