@@ -180,6 +180,12 @@ def vote_truth(votes_csv: Path, index_csv: Path) -> pd.DataFrame:
 
 def score_flagged(args: argparse.Namespace) -> None:
     """Score a version written by ``fercurate relabel-review flag`` against the FER+ votes."""
+    for option, path in (("--votes", args.votes), ("--index", args.index)):
+        if path is None or not Path(path).is_file():
+            sys.exit(
+                f"{option} {path} is not a file; pass sets/truth/ferplus_votes.csv and fer4_index.csv "
+                "written by bench/real/prepare.py"
+            )
     ws = Workspace(args.flagged)
     info, df = ws.read(args.version)
     truth = vote_truth(args.votes, args.index)
