@@ -169,10 +169,10 @@ class Engine:
         pairs (at most ``MAPPED_PAIRS``), their pages dropped after each (the pairs of a million
         faces touch most of them).
         """
-        from fercurate.workspace import is_mapped, release_pages
+        from fercurate.workspace import release_pages
 
         n = len(pairs[0]) if pairs else 0
-        if not any(is_mapped(a) for a in shared):
+        if not _any_mapped(shared):
             return [fn(*shared, *pairs)]
         batch_size = min(batch_size, MAPPED_PAIRS)
         if n <= batch_size:
@@ -307,7 +307,8 @@ class RayEngine(Engine):
         *,
         batch_size: int = 32768,
     ) -> list[R]:
-        """One Ray task per ``batch_size`` pairs, a bounded number in flight.
+        """One Ray task per ``batch_size`` pairs (at most ``MAPPED_PAIRS`` over memory-mapped shared
+        arrays, as locally), a bounded number in flight.
 
         ``pairs[k]`` for ``k < len(shared)`` holds rows of ``shared[k]`` (``fn(left, right, a, b, ...)``
         reads ``left[a]`` and ``right[b]``); each task is sent only the rows its pairs name, and those
@@ -316,6 +317,8 @@ class RayEngine(Engine):
         import ray
 
         n = len(pairs[0]) if pairs else 0
+        if _any_mapped(shared):
+            batch_size = min(batch_size, MAPPED_PAIRS)
         task = ray.remote(num_cpus=1)(_on_node)
         starts = range(0, max(n, 1), batch_size)
         calls = (_pair_call(fn, shared, [p[s : s + batch_size] for p in pairs]) for s in starts)
@@ -476,13 +479,23 @@ def _pair_call(
     fn: Callable[..., Any], shared: tuple[np.ndarray, ...], pairs: list[np.ndarray]
 ) -> tuple[Any, ...]:
     """The arguments of one pair task: ``fn``, the rows of each shared array its pairs name, then the
-    pair arrays with those rows renumbered (pair arrays beyond the shared ones as they are)."""
+    pair arrays with those rows renumbered (pair arrays beyond the shared ones as they are). A
+    memory-mapped array's pages are dropped again once copied."""
+    from fercurate.workspace import release_pages
+
     subsets, renumbered = [], []
     for array, picks in zip(shared, pairs, strict=False):
         used, local = np.unique(picks, return_inverse=True)
         subsets.append(array[used])
+        release_pages(array)
         renumbered.append(local.astype(picks.dtype, copy=False))
     return (fn, *subsets, *renumbered, *pairs[len(shared) :])
+
+
+def _any_mapped(arrays: tuple[np.ndarray, ...]) -> bool:
+    from fercurate.workspace import is_mapped
+
+    return any(is_mapped(a) for a in arrays)
 
 
 def _batch_row(start: int, n: int, result: Any) -> dict[str, list[Any]]:

@@ -249,8 +249,12 @@ def test_mirrored_and_recropped_pairs_are_found_alike_on_ray(cluster: dict[str, 
 
 
 @needs_ray
-def test_image_and_pair_tasks_are_sent_only_their_rows_a_bounded_number_at_a_time(cluster: dict[str, str]) -> None:
+def test_image_and_pair_tasks_are_sent_only_their_rows_a_bounded_number_at_a_time(
+    cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fercurate.engine as engine_module
     from fercurate.engine import RayEngine, _on_node, _pair_call
+    from fercurate.workspace import mapped_array
 
     engine = RayEngine(cluster["address"])
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
@@ -266,6 +270,12 @@ def test_image_and_pair_tasks_are_sent_only_their_rows_a_bounded_number_at_a_tim
     assert np.array_equal(_pair_sums(sub_left, sub_right, sub_a, sub_b, sub_w), _pair_sums(left, right, a, b, w))
     remote = engine.map_pairs(_pair_sums, (left, right), (a, b, w), batch_size=2)
     assert np.array_equal(np.concatenate(remote), _pair_sums(left, right, a, b, w))
+    # over a memory-mapped array a task never takes more than MAPPED_PAIRS pairs, as locally
+    mapped = mapped_array(tmp_path, pixels.shape)
+    mapped[:] = pixels
+    monkeypatch.setattr(engine_module, "MAPPED_PAIRS", 1)
+    remote = engine.map_pairs(_pair_sums, (mapped, mapped), (a, b, w), batch_size=100)
+    assert len(remote) == 3 and np.array_equal(np.concatenate(remote), _pair_sums(pixels, pixels, a, b, w))
     # submitted but not yet taken: never more than the window, however many calls there are
     drawn = 0
 
