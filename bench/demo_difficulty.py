@@ -3,10 +3,14 @@ images, the same held-out share, on a demo and on real FER2013 faces.
 
 python bench/demo_difficulty.py demo /tmp/demo                       # a folder written by `fercurate demo`
 python bench/demo_difficulty.py real /tmp/real/fer2013/train --n 3000  # Kaggle layout, <class>/*.jpg
+python bench/demo_difficulty.py real /tmp/real/fer2013/train --votes /tmp/real/sets/truth/ferplus_votes.csv
 
 Demo: trains on the clean renders (no planted copies, bursts or invalid files) with their given,
 10%-noisy labels and reports held-out accuracy against given and true labels. Real: a stratified
-random ``--n`` images of the four classes, 75/25, accuracy against FER2013's labels.
+random ``--n`` images of the four classes, 75/25, accuracy against FER2013's labels and, with
+``--votes`` (``bench/real/prepare.py``'s ``ferplus_votes.csv``), against the class at least 6 of the
+10 FER+ annotators chose (the nearest real thing to the demo's true labels), on the held-out images
+where one did.
 The trainer is ``--preset`` with the overrides `fercurate demo --run` trains with.
 """
 
@@ -35,6 +39,19 @@ def _load(paths: list[Path]) -> np.ndarray:
     return np.stack(out)
 
 
+def _annotators(votes_csv: Path, folder: Path, paths: list[Path]) -> np.ndarray:
+    """The FER+ majority class of each image (None where no class reached 6 of 10 votes)."""
+    sys.path.insert(0, str(Path(__file__).parent / "real"))
+    from scoring import FERPLUS_TO_CLASS, annotator_class
+
+    if not votes_csv.is_file():
+        sys.exit(f"{votes_csv} is missing; pass truth/ferplus_votes.csv written by bench/real/prepare.py")
+    votes = pd.read_csv(votes_csv).set_index("source")[list(FERPLUS_TO_CLASS)]
+    keys = [f"{folder.name}/{p.parent.name}/{p.name}" for p in paths]
+    majority = annotator_class(votes.reindex(keys).fillna(0))  # an image FER+ dropped: no majority
+    return majority.to_numpy(dtype=object)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["demo", "real"])
@@ -42,6 +59,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000, help="real: images drawn (demo: all clean renders)")
     parser.add_argument("--preset", default=DemoRunParams.preset)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--votes", type=Path, help="real: FER+ votes per image (truth/ferplus_votes.csv)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     if args.kind == "demo":
@@ -59,9 +77,12 @@ def main() -> None:
         pick = rng.choice(len(rows), size=min(args.n, len(rows)), replace=False)
         paths = [rows[i][0] for i in pick]
         given = true = np.array([rows[i][1] for i in pick])
+        if args.votes:
+            true = _annotators(args.votes, args.path, paths)
     x = _load(paths)
     y = np.array([CLASSES.index(c) for c in given])
-    y_true = np.array([CLASSES.index(c) for c in true])
+    # -1: no class of the four reached the annotators' majority (left out of the "true" accuracy)
+    y_true = np.array([CLASSES.index(c) if c in CLASSES else -1 for c in true])
     order = rng.permutation(len(y))
     cut = int(0.75 * len(y))
     tr, te = order[:cut], order[cut:]
@@ -75,8 +96,15 @@ def main() -> None:
         f"{time.process_time() - cpu:.0f} s CPU"
     )
     print(f"held-out accuracy vs given labels: {(pred == y[te]).mean():.3f}")
-    if args.kind == "demo":
-        print(f"held-out accuracy vs true labels: {(pred == y_true[te]).mean():.3f}")
+    per_class = {c: float((pred[y[te] == k] == k).mean()) for k, c in enumerate(CLASSES) if (y[te] == k).any()}
+    print("  per given class (recall): " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()))
+    if args.kind == "demo" or args.votes:
+        known = y_true[te] >= 0
+        what = "true labels" if args.kind == "demo" else "FER+ majority (6 of 10)"
+        print(
+            f"held-out accuracy vs {what}: {(pred[known] == y_true[te][known]).mean():.3f} "
+            f"({known.sum()} images); given label differs from it on {(y[te] != y_true[te])[known].mean():.1%}"
+        )
     train_acc = (predict_proba(result.model, x[tr]).argmax(1) == y[tr]).mean()
     print(f"training accuracy: {train_acc:.3f}; best epoch {result.best_epoch}/{result.epochs_run}")
 

@@ -110,11 +110,12 @@ def test_mislabels_match_the_rate_and_concentrate_on_sad_neutral(truth: pd.DataF
         assert path.split("/")[1] != true
 
 
-def test_intensities_overlap_only_between_sad_and_neutral(originals: pd.DataFrame) -> None:
+def test_sad_and_neutral_overlap_and_faint_expressions_are_drawn(originals: pd.DataFrame) -> None:
     by = originals.groupby("true_label").intensity
-    assert by.min()["neutral"] < 0.1 and by.max()["neutral"] <= 0.55
-    assert by.min()["sad"] >= 0.35 and by.max()["sad"] > 0.9
-    assert by.max()["neutral"] > by.min()["sad"]
+    assert by.min()["neutral"] < 0.1 and by.max()["neutral"] <= 0.7
+    assert by.min()["sad"] >= 0.2 and by.max()["sad"] > 0.9
+    assert by.max()["neutral"] - by.min()["sad"] > 0.4  # a wide band either class may hold
+    assert by.min()["happy"] < 0.1 and by.min()["surprise"] < 0.15  # faint smiles and surprises
 
 
 def test_duplicates_really_copy_their_originals(demo: DemoResult, truth: pd.DataFrame, originals: pd.DataFrame) -> None:
@@ -373,6 +374,40 @@ def test_bad_params_are_input_errors(tmp_path: Path, changes: dict[str, Any]) ->
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("kind", ["hand", "hair", "object"])
+def test_an_occluder_covers_part_of_the_face_and_leaves_the_rest(kind: str) -> None:
+    """Same person, pose, light and expression, drawn with and without what covers part of the face:
+    the pixels change where it sits (mouth, eye or cheek) and nowhere near the top of the frame."""
+    from PIL import Image as PILImage
+
+    from fercurate.demo.faces import _Occluder, draw_pose, expression_shape, make_identity, render_head
+
+    def draw(occluder: _Occluder | None) -> np.ndarray:
+        rng = np.random.default_rng(3)
+        who, pose = make_identity(rng), draw_pose(rng)
+        shape = expression_shape("happy", 0.8, np.random.default_rng(0))
+        base = PILImage.new("L", (48 * 4, 48 * 4), 128)
+        img, _, _ = render_head(base, 4, who, shape, pose, rng, 48, occluder=occluder)
+        return np.asarray(img, dtype=int)
+
+    occluder = _Occluder(kind=kind, side=1, dx=0.0, dy=-0.02, size=1.0, tone=1.0 if kind == "hand" else 40.0)
+    diff = np.abs(draw(occluder) - draw(None))
+    assert (diff > 8).sum() >= 12  # a visible patch, not a speck
+    assert diff[:6].max() <= 2  # the top of the frame (hair, backdrop) untouched
+
+
+def test_occluders_are_drawn_at_their_shares() -> None:
+    from fercurate.demo.faces import draw_occluder
+    from fercurate.demo.params import OCCLUDED_SHARE, OCCLUDERS
+
+    rng = np.random.default_rng(0)
+    drawn = [draw_occluder(rng) for _ in range(4000)]
+    kinds = pd.Series([o.kind for o in drawn if o is not None])
+    assert len(kinds) / len(drawn) == pytest.approx(OCCLUDED_SHARE, abs=0.03)
+    assert set(kinds) == set(OCCLUDERS)
+    assert kinds.value_counts(normalize=True)["hand"] == pytest.approx(OCCLUDERS["hand"], abs=0.05)
+
+
 def test_render_face_is_a_gray_square_and_expressions_differ() -> None:
     faces = {e: render_face(np.random.default_rng(1), e, 1.0, 48) for e in ("happy", "surprise", "sad", "neutral")}
     for face in faces.values():
@@ -409,5 +444,7 @@ def test_happy_vs_surprise_is_learnable_and_sad_vs_neutral_is_harder(originals: 
 
     easy = accuracy("happy", "surprise")
     hard = accuracy("sad", "neutral")
-    assert easy > 0.68  # chance is 0.5 (balanced accuracy)
+    # chance is 0.5 (balanced accuracy); a linear probe on pooled pixels, not the CNN: occluders,
+    # soft crops and the spread of pose keep it well below what the trainer reaches (docs/demo.md)
+    assert easy > 0.6
     assert hard < easy - 0.1

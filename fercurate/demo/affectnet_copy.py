@@ -53,7 +53,7 @@ def _render_affectnet_image(task: _AffectTask) -> _AffectImage:
     bx = int(rng.integers(max(1, int(0.08 * width)), width - box - max(1, int(0.08 * width)) + 1))
     by = int(rng.integers(max(1, int(0.05 * height)), height - box - max(1, int(0.12 * height)) + 1))
     who = make_identity(rng)
-    pose = draw_pose(rng)
+    pose = draw_pose(rng, tight=True)
 
     scene = soft_background(rng, width, height, "RGB", 20, 235)
     # Clothes below the head.

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fercurate.demo.params import EXPRESSIONS
+from fercurate.demo.params import EXPRESSIONS, OCCLUDED_SHARE, OCCLUDERS, SOFT_BLUR, SOFT_SHARE
 from fercurate.errors import InputError
 
 _SUPERSAMPLED_EDGE = 192
@@ -102,8 +102,8 @@ def make_identity(rng: np.random.Generator) -> Identity:
         lip_l=float(u(0.014, 0.024)),
         lip_tone=float(u(0.72, 0.88)),
         # Some faces look a little sad or a little pleased at rest: part of the ambiguity.
-        rest_corner=float(rng.normal(0.0, 0.006)),
-        rest_brow=float(rng.normal(0.0, 0.006)),
+        rest_corner=float(rng.normal(0.0, 0.01)),
+        rest_brow=float(rng.normal(0.0, 0.01)),
         glasses=bool(rng.random() < 0.12),
     )
 
@@ -160,10 +160,10 @@ def expression_shape(expression: str, intensity: float, rng: np.random.Generator
             fold=0.3 * i,
         )
     if expression == "happy":
-        open_mouth = i > 0.45 and rng.random() < 0.65
+        open_mouth = i > 0.55 and rng.random() < 0.5
         return _Shape(
-            corner_l=-(0.012 + 0.040 * i),
-            corner_r=-(0.012 + 0.040 * i),
+            corner_l=-(0.004 + 0.048 * i),
+            corner_r=-(0.004 + 0.048 * i),
             mouth_wscale=1.0 + 0.28 * i,
             mouth_dy=0.004 * i,
             gap=(0.012 + 0.032 * i) if open_mouth else 0.0,
@@ -172,23 +172,23 @@ def expression_shape(expression: str, intensity: float, rng: np.random.Generator
             brow_inner_dy=-0.006 * i,
             brow_outer_dy=-0.004 * i,
             eye_scale=1.0 - 0.30 * i,
-            lower_lid=i,
-            cheek=i,
-            fold=0.3 + 0.7 * i,
+            lower_lid=0.7 * i,
+            cheek=0.7 * i,
+            fold=0.15 + 0.85 * i,
         )
     if expression == "surprise":
-        raise_ = 0.018 + 0.055 * i
+        raise_ = 0.008 + 0.065 * i
         return _Shape(
             mouth_wscale=1.0 - 0.45 * i,
             mouth_dy=0.012 * i,
-            gap=0.010 + 0.060 * i,
+            gap=0.004 + 0.066 * i,
             gap_power=0.55,
             # Teeth only in a wide-open mouth: a white line under a slit reads as a smile.
             teeth=i > 0.5 and rng.random() < 0.3,
             brow_inner_dy=-raise_,
             brow_outer_dy=-raise_ * 0.8,
             brow_arch=0.012 * i,
-            eye_scale=1.25 + 0.55 * i,
+            eye_scale=1.1 + 0.7 * i,
             jaw_drop=0.035 * i,
             forehead=i,
         )
@@ -258,14 +258,69 @@ class _Pose:
     yaw: float  # -1..1, features shift sideways
 
 
-def draw_pose(rng: np.random.Generator) -> _Pose:
+def draw_pose(rng: np.random.Generator, tight: bool = False) -> _Pose:
+    """The head's pose in its crop. FER crops vary in scale and centring (``tight``: a face box fitted
+    to the head, as AffectNet's are)."""
+    spread = 0.67 if tight else 1.0
     return _Pose(
-        angle=float(np.clip(rng.normal(0.0, 6.0), -14, 14)),
-        scale=float(rng.uniform(1.0, 1.16)),
-        dx=float(rng.uniform(-0.04, 0.04)),
-        dy=float(rng.uniform(-0.04, 0.04)),
+        angle=float(np.clip(rng.normal(0.0, 8.0 * spread), -18, 18)),
+        scale=float(1.0 + 0.16 * rng.random()) if tight else float(rng.uniform(0.92, 1.25)),
+        dx=float(rng.uniform(-0.06, 0.06) * spread),
+        dy=float(rng.uniform(-0.06, 0.06) * spread),
         yaw=float(rng.uniform(-0.7, 0.7)),
     )
+
+
+@dataclass(frozen=True)
+class _Occluder:
+    """Something between the camera and part of the face (face-crop units, placed from the identity's
+    landmarks): a hand over the mouth, chin or a cheek, a strand of hair over an eye, an object."""
+
+    kind: str  # a key of OCCLUDERS
+    side: int  # -1 or 1: which cheek, eye or side of the mouth
+    dx: float
+    dy: float
+    size: float
+    tone: float  # hand: times the skin; object: a gray level
+
+
+def draw_occluder(rng: np.random.Generator) -> _Occluder | None:
+    """None for most renders, else what covers part of the face (``OCCLUDED_SHARE`` of them)."""
+    if rng.random() >= OCCLUDED_SHARE:
+        return None
+    kinds = list(OCCLUDERS)
+    kind = str(rng.choice(kinds, p=[OCCLUDERS[k] for k in kinds]))
+    return _Occluder(
+        kind=kind,
+        side=int(rng.choice([-1, 1])),
+        dx=float(rng.uniform(-0.04, 0.04)),
+        dy=float(rng.uniform(-0.04, 0.04)),
+        size=float(rng.uniform(0.8, 1.25)),
+        tone=float(rng.uniform(0.85, 1.05) if kind == "hand" else rng.uniform(15, 90)),
+    )
+
+
+def _draw_occluder(c: _Canvas, who: Identity, fx: float, occ: _Occluder) -> None:
+    s = occ.size
+    if occ.kind == "hand":
+        # A palm over the mouth and chin, or flat on a cheek, fingers pointing up.
+        over_mouth = occ.dy < 0  # half of the hands
+        x = fx + (0.04 * occ.side if over_mouth else occ.side * (who.eye_dx + 0.06)) + occ.dx
+        y = (who.mouth_y + 0.06 if over_mouth else who.eye_y + 0.2) + occ.dy
+        tone = who.skin * occ.tone
+        for k in range(4):
+            tip = 0.012 * (1.5 - abs(k - 1.5))  # the middle fingers reach higher
+            c.ellipse(x + (k - 1.5) * 0.048 * s, y - 0.13 * s - tip, 0.026 * s, 0.085 * s, tone)
+        c.ellipse(x, y, 0.115 * s, 0.1 * s, tone * 0.96)
+    elif occ.kind == "hair":
+        ex = fx + occ.side * who.eye_dx + occ.dx
+        xs = ex + np.array([-0.12, -0.02, 0.05]) * occ.side
+        c.line(c.pts(xs, who.eye_y + occ.dy + np.array([-0.2, 0.0, 0.18])), who.hair_tone, 0.035 * s)
+    else:  # a phone or a microphone held to the face
+        x = fx + occ.side * (who.mouth_w + 0.08) + occ.dx
+        y = who.mouth_y + occ.dy
+        w, h = 0.05 * s, 0.17 * s
+        c.polygon(c.pts([x - w, x + w, x + w, x - w], [y - h, y - h, y + h, y + h]), occ.tone)
 
 
 _CIRCLE = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * np.pi, 28, endpoint=False)]
@@ -328,7 +383,9 @@ def _tone(value: float) -> int:
     return min(255, max(0, round(value)))
 
 
-def _draw_head(c: _Canvas, who: Identity, shape: _Shape, yaw: float, rng: np.random.Generator) -> None:
+def _draw_head(
+    c: _Canvas, who: Identity, shape: _Shape, yaw: float, rng: np.random.Generator, occluder: _Occluder | None = None
+) -> None:
     """Draw hair, head, neck and features onto ``c``, in face-crop units (the canvas poses them)."""
     skin = who.skin
     cx = 0.5 + 0.015 * yaw
@@ -381,6 +438,8 @@ def _draw_head(c: _Canvas, who: Identity, shape: _Shape, yaw: float, rng: np.ran
     _draw_eyes(c, who, shape, fx, yaw, rng)
     _draw_nose(c, who, shape, fx + 0.02 * yaw, rng)
     _draw_mouth(c, who, shape, fx)
+    if occluder is not None:
+        _draw_occluder(c, who, fx, occluder)
 
 
 def _draw_brows(c: _Canvas, who: Identity, shape: _Shape, fx: float) -> None:
@@ -539,6 +598,7 @@ def render_head(
     scale: float,
     origin: tuple[float, float] = (0.0, 0.0),
     with_mask: bool = False,
+    occluder: _Occluder | None = None,
 ) -> tuple[Image.Image, Image.Image | None, np.ndarray]:
     """Draw one posed head over ``base``, a backdrop ``ss`` times the output size.
 
@@ -547,7 +607,7 @@ def render_head(
     """
     affine = _pose_affine(pose, scale, origin)
     c = _Canvas(base, affine, ss, with_mask)
-    _draw_head(c, who, shape, pose.yaw, rng)
+    _draw_head(c, who, shape, pose.yaw, rng, occluder)
     if ss == 1:
         return c.gray, c.mask, affine
     # Box-averaging the supersampled layers is the anti-aliasing.
@@ -642,7 +702,7 @@ def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gamma = 255.0 * (np.arange(256, dtype=np.float32) / 255.0) ** np.float32(rng.uniform(0.75, 1.35))
     out = gamma[np.clip(out, 0, 255).astype(np.uint8)]
     # Luma noise only: one field shared by the channels is what a JPEG'd sensor mostly shows.
-    out += rng.standard_normal(size=(h, w, 1), dtype=np.float32) * np.float32(rng.uniform(1.0, 5.0))
+    out += rng.standard_normal(size=(h, w, 1), dtype=np.float32) * np.float32(rng.uniform(1.0, 8.0))
     return np.clip(out, 0, 255)
 
 
@@ -681,11 +741,15 @@ def render_face(
     # and light whatever the expression.
     shape = expression_shape(expression, intensity, np.random.default_rng(int(rng.integers(2**32))))
     pose = draw_pose(rng)
+    occluder = draw_occluder(rng)
+    soft = rng.random() < SOFT_SHARE
     ss = _supersample(size)
     # Smooth at output size already, so a blocky upsample to the drawing size loses nothing.
     backdrop = soft_background(rng, size, size, "L", 25, 225).resize((size * ss, size * ss), Image.Resampling.NEAREST)
     zoom, dx, dy = box
     margin = size * (1.0 - zoom) / 2
-    img, _, _ = render_head(backdrop, ss, who, shape, pose, rng, size * zoom, (margin + dx, margin + dy))
-    arr = _blur(img, rng.uniform(0.25, 0.65) * size / 48)
+    img, _, _ = render_head(
+        backdrop, ss, who, shape, pose, rng, size * zoom, (margin + dx, margin + dy), occluder=occluder
+    )
+    arr = _blur(img, rng.uniform(*(SOFT_BLUR if soft else (0.25, 0.65))) * size / 48)
     return camera(arr, rng)[..., 0].round().astype(np.uint8)

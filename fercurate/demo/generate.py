@@ -14,7 +14,10 @@
 Faces come from one small renderer (:func:`render_face`): PIL shapes drawn supersampled and
 downsampled, so they are anti-aliased. Sad and neutral are drawn from one continuous "sadness"
 intensity whose two class ranges overlap, so some images are genuinely ambiguous and a classifier
-cannot reach 100% even on clean labels.
+cannot reach 100% even on clean labels; a faint smile or surprise is close to a neutral face. A
+quarter of the faces have a hand, a strand of hair or an object over part of the face, and some are
+soft (small faces upscaled), so that the demo is about as hard to learn as real FER faces
+(docs/demo.md compares them).
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ TRUTH_MD = """\
 - `true_label`: the expression actually rendered; null for invalid files.
 - `mislabeled`: `given_label != true_label`.
 - `intensity`: 0-1 strength of the expression. Neutral and sad share one sadness axis
-  (neutral 0-0.55, sad 0.35-1.0), so images in 0.35-0.55 are genuinely ambiguous.
+  (neutral 0-0.7, sad 0.2-1.0), so images in 0.2-0.7 may be either; happy and surprise near 0 are
+  faint.
 - `identity`: the rendered person (several images per person); -1 for invalid files.
 - `invalid_reason`: null, or empty, truncated, not_image, uniform, near_uniform, tiny.
 - `dup_of`: null, or the `path` of the original this file is a copy of (originals have null).
