@@ -41,9 +41,14 @@ ENGINES = ("local", "ray")
 ENGINE_ENV = "FERCURATE_ENGINE"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 RAY_INSTALL = 'pip install "fercurate[ray]"'
-#: Batches of files per Ray Data block (one task each): 16 measured faster than 4 (the overhead per
-#: task) or 64 (blocks too few to balance) over 30K files on 2 cores
-_BATCHES_PER_BLOCK = 16
+#: Batches of files per Ray Data block (one task each): about _BLOCKS_PER_CPU blocks per cluster CPU,
+#: each of 4 to 64 batches. Over 30K files on 2 cores 16 measured faster than 4 (the overhead per
+#: task) or 64 (blocks too few to balance); over 1M, 64 scanned in 110 s against 130 s with 16.
+_BATCHES_PER_BLOCK = (4, 64)
+_BLOCKS_PER_CPU = 4
+#: Images per Ray image task: 16,384 (38 MB of 48x48 pixels) hashed a million faces with a quarter of
+#: the tasks' fixed costs of 4,096
+RAY_IMAGES_PER_TASK = 16384
 
 #: Batches per call when the local engine maps a memory-mapped image array (65,536 faces, 150 MB)
 MAPPED_BATCHES = 16
@@ -276,7 +281,7 @@ class RayEngine(Engine):
             column = pa.array([pickle.dumps(item) for item in listed], pa.binary())
         del listed
         table = pa.table({"pos": np.arange(len(column), dtype=np.int64), "item": column})
-        yield from self._map(functools.partial(_items_batch, fn), table, batch_size, _BATCHES_PER_BLOCK, progress)
+        yield from self._map(functools.partial(_items_batch, fn), table, batch_size, progress)
 
     def map_images(
         self,
@@ -284,7 +289,7 @@ class RayEngine(Engine):
         pixels: np.ndarray,
         *,
         rows: np.ndarray | None = None,
-        batch_size: int = 4096,
+        batch_size: int = RAY_IMAGES_PER_TASK,
     ) -> list[R]:
         """One Ray task per ``batch_size`` images, each sent its batch's pixels, a bounded number in flight.
 
@@ -389,7 +394,6 @@ class RayEngine(Engine):
         udf: Callable[[Any], dict[str, list[Any]]],
         table: Any,
         batch_size: int,
-        per_block: int,
         progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
         """The Ray Data pipeline: blocks of whole batches, ``udf`` per batch, results yielded by position.
@@ -397,11 +401,12 @@ class RayEngine(Engine):
         Blocks finish in any order; a result is held only until those before it have come (Ray Data's
         streaming executor bounds how many blocks run or wait ahead of the driver).
         """
+        import ray
         import ray.data
 
         if table.num_rows == 0:
             return
-        block = batch_size * per_block
+        block = batch_size * _per_block(-(-table.num_rows // batch_size), int(ray.cluster_resources().get("CPU", 1)))
         blocks = [table.slice(s, block) for s in range(0, table.num_rows, block)]
         dataset = ray.data.from_arrow(blocks).map_batches(udf, batch_size=batch_size, batch_format="pyarrow")
         waiting: dict[int, tuple[int, Any]] = {}
@@ -475,9 +480,7 @@ def _image_call(fn: Callable[..., Any], pixels: np.ndarray, rows: np.ndarray) ->
     return fn, batch
 
 
-def _pair_call(
-    fn: Callable[..., Any], shared: tuple[np.ndarray, ...], pairs: list[np.ndarray]
-) -> tuple[Any, ...]:
+def _pair_call(fn: Callable[..., Any], shared: tuple[np.ndarray, ...], pairs: list[np.ndarray]) -> tuple[Any, ...]:
     """The arguments of one pair task: ``fn``, the rows of each shared array its pairs name, then the
     pair arrays with those rows renumbered (pair arrays beyond the shared ones as they are). A
     memory-mapped array's pages are dropped again once copied."""
@@ -490,6 +493,12 @@ def _pair_call(
         release_pages(array)
         renumbered.append(local.astype(picks.dtype, copy=False))
     return (fn, *subsets, *renumbered, *pairs[len(shared) :])
+
+
+def _per_block(batches: int, cpus: int) -> int:
+    """Batches per Ray Data block: enough blocks to keep every CPU busy, no more tasks than needed."""
+    least, most = _BATCHES_PER_BLOCK
+    return max(least, min(most, -(-batches // (_BLOCKS_PER_CPU * max(1, cpus)))))
 
 
 def _any_mapped(arrays: tuple[np.ndarray, ...]) -> bool:

@@ -396,3 +396,12 @@ def test_cli_engine_ray_starts_its_own_ray_and_stops_it(demo: Any, tmp_path: Pat
 def _raylets() -> set[int]:
     found = subprocess.run(["pgrep", "-f", "ray/core/src/ray/raylet/raylet"], capture_output=True, text=True)
     return {int(p) for p in found.stdout.split()}
+
+
+def test_ray_data_blocks_keep_every_cpu_busy_with_few_tasks() -> None:
+    from fercurate.engine import _per_block
+
+    assert _per_block(118, 2) == 15  # 30K files in 256s on 2 CPUs: 8 blocks, 4 per CPU
+    assert _per_block(3907, 2) == 64  # a million files: at most 64 batches a block (61 blocks)
+    assert _per_block(3, 2) == 4  # a few batches: one block
+    assert _per_block(3907, 64) == 16  # a large cluster: smaller blocks (245), every CPU fed
