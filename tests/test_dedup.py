@@ -862,3 +862,8 @@ def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path, monkeypatch:
     first = exact_groups(pixels, keys)
     np.testing.assert_array_equal(first, exact_groups(np.array(pixels)))
     assert first.tolist() == [0, 1, 2, 3, 4, 5, 6, 2, 5, 2]
+    # the flat-image pass goes the same way
+    from fercurate.dedup.stage import _flat_rows
+
+    pixels[4] = 17
+    assert _flat_rows(pixels).tolist() == [k == 4 for k in range(10)]

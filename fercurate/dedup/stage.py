@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -209,15 +210,22 @@ def _hashes(
     return hashes, len(missing)
 
 
-def _flat_rows(pixels: np.ndarray, step: int = 65536) -> np.ndarray:
-    """Whether each image is flat (one value), a slice at a time: a mapped array's pages are dropped
-    after each slice, so a million faces are never all resident."""
-    flat = np.zeros(len(pixels), dtype=bool)
-    for s in range(0, len(pixels), step):
-        part = pixels[s : s + step]
-        flat[s : s + step] = part.max(axis=(1, 2)) == part.min(axis=(1, 2))
-        release_pages(pixels)
-    return flat
+def _flat_rows(pixels: np.ndarray) -> np.ndarray:
+    """Whether each image is flat (one value), a slice at a time over memory-mapped pixels (as
+    :func:`_row_keys`)."""
+    return _local_pass(_flat, pixels, np.bool_)
+
+
+def _flat(pixels: np.ndarray) -> np.ndarray:
+    return pixels.max(axis=(1, 2)) == pixels.min(axis=(1, 2))
+
+
+def _local_pass(
+    fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, dtype: Any, batch_size: int = 4096
+) -> np.ndarray:
+    """``fn`` of every image on the local engine, joined: a slice at a time over memory-mapped pixels,
+    their pages dropped after each, so a million faces are never all resident."""
+    return np.concatenate([np.zeros(0, dtype=dtype), *Engine().map_images(fn, pixels, batch_size=batch_size)])
 
 
 # -- grouping --------------------------------------------------------------------------------------
@@ -225,7 +233,7 @@ def _row_keys(pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """:func:`row_keys` of every image, on the local engine whatever ``--engine`` says (Python salts
     its ``hash`` per process, so all keys must come from this one); it goes a slice at a time over
     memory-mapped pixels and drops their pages after each, as every pass over them does."""
-    return np.concatenate([np.zeros(0, dtype=np.int64), *Engine().map_images(row_keys, pixels, batch_size=batch_size)])
+    return _local_pass(row_keys, pixels, np.int64, batch_size)
 
 
 def _group(act: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, keys: np.ndarray | None = None) -> pd.DataFrame:
