@@ -230,6 +230,37 @@ def test_duplicate_groups_stay_in_one_fold_and_folds_are_stratified(
         assert per_fold.min() >= 3  # every fold holds every class
 
 
+@pytest.mark.parametrize("val_fraction", [0.0, 0.25])
+def test_fit_fold_trains_on_every_other_fold_unless_asked_to_hold_out(
+    monkeypatch: pytest.MonkeyPatch, val_fraction: float
+) -> None:
+    import fercurate.train as train_mod
+
+    rng = np.random.default_rng(0)
+    n, classes = 60, ["a", "b"]
+    x = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    groups = np.array([f"id:{i}" for i in range(n)])
+    folds = assign_folds(labels, groups, 3, 0)
+    seen: dict[str, Any] = {}
+
+    def fake_train(config, fit, held_out, classes, progress=None):  # type: ignore[no-untyped-def]
+        seen.update(fit=len(fit), held_out=None if held_out is None else len(held_out))
+        return type("R", (), {"model": None})()
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(train_mod, "predict_proba", lambda model, x, **kw: np.full((len(x), 2), 0.5, np.float32))
+    from fercurate.train import make_config
+
+    out = flag_mod.fit_fold(x, labels, groups, folds, classes, make_config("tiny"), 0, val_fraction, 0)
+    rest = int((folds != 0).sum())
+    assert out.shape == ((folds == 0).sum(), 2)
+    if val_fraction == 0:  # the default: the whole schedule on all the other folds' rows
+        assert seen == {"fit": rest, "held_out": None}
+    else:
+        assert seen["fit"] + seen["held_out"] == rest and seen["held_out"] == pytest.approx(rest * val_fraction, abs=3)
+
+
 def test_assign_folds_rejects_fewer_groups_than_folds() -> None:
     with pytest.raises(InputError, match="fewer than folds 5"):
         assign_folds(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "c"]), 5, 0)
@@ -256,6 +287,8 @@ def test_flag_rejects_bad_options_with_a_clear_message(ws: Workspace) -> None:
         flag(ws, FlagParams(folds=30))
     with pytest.raises(InputError, match="unknown preset"):
         flag(ws, FlagParams(preset="huge"))
+    with pytest.raises(InputError, match="val_fraction 0.5 must be from 0 to below 0.5"):
+        flag(ws, FlagParams(val_fraction=0.5))
 
 
 # -- the decision log ------------------------------------------------------------------------------

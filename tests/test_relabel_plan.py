@@ -14,7 +14,7 @@ from fercurate.relabel.flag import (
 )
 from fercurate.train import PRESETS
 
-VAL = 0.1
+VAL = 0.0  # FlagParams.val_fraction: no early-stopping hold-out
 
 
 def plan_for(rows: int, plan: CrossFitPlan) -> tuple[int, int]:

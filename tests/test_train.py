@@ -292,6 +292,31 @@ def test_tta_flip_averages_a_mirror_pair() -> None:
     assert not isinstance(build_model(tiny(), 3), type(model))
 
 
+def test_tta_shift_averages_five_positions_and_their_mirrors() -> None:
+    torch.manual_seed(0)
+    s = 2
+    model = build_model(tiny(tta_flip=True, tta_shift=s), 3).eval()
+    x = torch.rand(4, 1, 48, 48)
+    views = model.views(x)
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    # the four moves: content down, up, right and left by s pixels, borders reflected
+    torch.testing.assert_close(views[1][..., s:, :], x[..., :-s, :])
+    torch.testing.assert_close(views[2][..., :-s, :], x[..., s:, :])
+    torch.testing.assert_close(views[3][..., :, s:], x[..., :, :-s])
+    torch.testing.assert_close(views[4][..., :, :-s], x[..., :, s:])
+    torch.testing.assert_close(views[1][..., s - 1, :], x[..., 1, :])  # reflected, not zero-filled
+    torch.testing.assert_close(views[5], x.flip(-1))
+    with torch.no_grad():
+        inner = model.net
+        expected = torch.stack([inner(v).softmax(1) for v in views]).mean(0)
+        torch.testing.assert_close(model(x).softmax(1), expected)
+        flip_only = build_model(tiny(tta_flip=True), 3).eval()
+        flip_only.load_state_dict(model.state_dict())  # the same network, fewer views
+        assert not torch.allclose(flip_only(x).softmax(1), expected)
+    with pytest.raises(InputError, match="tta_shift"):
+        tiny(tta_shift=24)
+
+
 def test_tta_flip_model_trains_and_round_trips(data: tuple[ArraySplit, ArraySplit], tmp_path: Path) -> None:
     result = train(tiny(tta_flip=True, translate=0.1, warmup=0.2, epochs=2), *data, CLASSES)
     _, val = data
@@ -373,6 +398,26 @@ def test_early_stopping_on_val_loss(data: tuple[ArraySplit, ArraySplit]) -> None
     best = min(h["val_loss"] for h in result.history)
     assert result.best_metric == best
     assert result.history[result.best_epoch - 1]["val_loss"] == best
+
+
+def test_training_without_a_hold_out_keeps_the_last_epoch(data: tuple[ArraySplit, ArraySplit]) -> None:
+    train_split, val = data
+    snapshots: dict[int, np.ndarray] = {}
+
+    def on_epoch(model: torch.nn.Module, epoch: int) -> None:
+        assert model.training  # the loop hands the model over mid-training
+        snapshots[epoch] = predict_proba(model, val.x)
+
+    # min_delta=1 would stop a run with a hold-out after 2 epochs; without one every epoch runs
+    result = train(tiny(epochs=3, patience=1, min_delta=1.0), train_split, None, CLASSES, on_epoch=on_epoch)
+    assert result.epochs_run == 3 and result.best_epoch == 3 and not result.stopped_early
+    assert all(math.isnan(h["val_acc"]) and math.isnan(h["val_loss"]) for h in result.history)
+    assert sorted(snapshots) == [1, 2, 3]
+    # the model returned is the last epoch's, the one on_epoch saw last, in eval mode
+    assert not result.model.training
+    np.testing.assert_array_equal(predict_proba(result.model, val.x), snapshots[3])
+    assert not np.array_equal(snapshots[1], snapshots[3])
+    assert result.optimizer_state is not None
 
 
 def test_checkpoint_round_trip(

@@ -88,6 +88,10 @@ class TrainConfig:
             probabilities over the image and its mirror image (faces are left-right symmetric
             in meaning), so every prediction is flip-invariant. Costs a second forward pass at
             evaluation only.
+        tta_shift: More test-time augmentation: in eval mode the network also averages over
+            the image moved this many pixels up, down, left and right (reflected borders, as
+            ``translate`` fills them in training), each with its mirror image under
+            ``tta_flip``: 10 forward passes an image with both. 0 (the default) adds none.
         targets: ``labels`` (one-hot of each row's label) or ``votes``: cross-entropy against the
             normalised annotator votes where a row has them (``ArraySplit.soft``), as FER+ trained;
             label smoothing and the focal term apply to either.
@@ -125,6 +129,7 @@ class TrainConfig:
     cuda_graphs: bool = True
     num_threads: int | None = None
     tta_flip: bool = False
+    tta_shift: int = 0
     targets: Literal["labels", "votes"] = "labels"
 
     def __post_init__(self) -> None:
@@ -168,6 +173,8 @@ def _problems(c: TrainConfig) -> list[str]:
         out.append(f"focal_alpha={c.focal_alpha} must be positive")
     if c.zoom >= 1 or c.contrast >= 1:
         out.append(f"zoom={c.zoom} and contrast={c.contrast} must be below 1")
+    if not 0 <= c.tta_shift < c.image_size // 2:
+        out.append(f"tta_shift={c.tta_shift} must be from 0 to below half the image side ({c.image_size // 2})")
     if c.translate >= 0.5:
         out.append(f"translate={c.translate} must be below 0.5 (a fraction of the image side)")
     if not 0.0 <= c.warmup < 1.0:

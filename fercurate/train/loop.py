@@ -418,11 +418,12 @@ def _torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]
             torch.backends.cudnn.benchmark = benchmark
 
 
-def _check_inputs(config: TrainConfig, train: ArraySplit, val: ArraySplit, classes: Sequence[str]) -> None:
+def _check_inputs(config: TrainConfig, train: ArraySplit, val: ArraySplit | None, classes: Sequence[str]) -> None:
     if len(classes) < 2:
         raise InputError(f"training needs at least two classes, got {list(classes)}")
     check_split(train, "train", len(classes), config.image_size)
-    check_split(val, "val", len(classes), config.image_size)
+    if val is not None:
+        check_split(val, "val", len(classes), config.image_size)
     if config.targets == "votes":
         soft = train.soft
         if soft is None or soft.shape != (len(train), len(classes)):
@@ -447,21 +448,27 @@ def _check_inputs(config: TrainConfig, train: ArraySplit, val: ArraySplit, class
 def train(
     config: TrainConfig,
     train: ArraySplit,
-    val: ArraySplit,
+    val: ArraySplit | None,
     classes: Sequence[str],
     progress: Progress | None = None,
+    on_epoch: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainResult:
     """Train the recipe's CNN on ``train``, early-stopping on ``val``.
 
     Args:
         config: Hyperparameters (see :func:`~fercurate.train.config.make_config`).
         train: Training images and labels.
-        val: Validation images and labels, for early stopping and the best-epoch choice.
+        val: Validation images and labels, for early stopping and the best-epoch choice; None
+            trains every epoch of the schedule and keeps the last weights (``val_loss`` and
+            ``val_acc`` are NaN in the history).
         classes: Class names; labels index into it.
         progress: Called after every epoch with a dict holding ``epoch`` (1-based), ``epochs``,
             ``train_loss``, ``train_acc`` (on augmented batches, in train mode), ``val_loss``,
             ``val_acc``, ``lr`` (at the epoch's start), ``seconds`` (this epoch) and
             ``improved`` (whether this epoch became the best). The same dicts form ``history``.
+        on_epoch: Called after every epoch with the model (in train mode) and the 1-based epoch,
+            e.g. to predict with each of the last epochs' weights; it must leave the model as it
+            found it (:func:`predict_proba` does).
 
     Returns:
         The best model and how it got there.
@@ -481,7 +488,7 @@ def train(
         # -- data: each split becomes one uint8 tensor on the device, for the whole run
         gen = torch.Generator(device=device).manual_seed(config.seed)
         train_d = DeviceSplit.from_arrays(train, device)
-        val_d = DeviceSplit.from_arrays(val, device)
+        val_d = None if val is None else DeviceSplit.from_arrays(val, device)
         weights = torch.from_numpy(class_weights(train.y, n_classes)).to(device) if config.class_weights else None
 
         # -- model, optimizer and the training step
@@ -515,10 +522,17 @@ def train(
                 train_step(idx, sums)
                 seen += len(idx)
 
-            val_loss, val_acc = evaluate(model, val_d, config, device)
-            value = val_acc if config.monitor == "val_acc" else val_loss
-            improved = sign * value > best_score + config.min_delta
-            if improved:
+            if on_epoch is not None:
+                on_epoch(model, epoch + 1)
+            if val_d is None:  # no hold-out: every epoch of the schedule, the last one kept
+                val_loss = val_acc = math.nan
+                improved = True
+                best_epoch = epoch + 1
+            else:
+                val_loss, val_acc = evaluate(model, val_d, config, device)
+                value = val_acc if config.monitor == "val_acc" else val_loss
+                improved = sign * value > best_score + config.min_delta
+            if improved and val_d is not None:
                 best_score, best_epoch, best_metric = sign * value, epoch + 1, value
                 # Copies on the device: cheap, and restoring needs no host round trip.
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -541,7 +555,10 @@ def train(
                 break
 
         # -- restore the best epoch, as Keras EarlyStopping(restore_best_weights=True)
-        model.load_state_dict(best_state)
+        if val_d is None:
+            best_opt_state = copy.deepcopy(optimizer.state_dict())
+        else:
+            model.load_state_dict(best_state)
         model.eval()
 
     return TrainResult(

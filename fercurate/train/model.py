@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fercurate.train.config import TrainConfig
@@ -34,23 +35,43 @@ def flat_size(config: TrainConfig) -> int:
     return config.widths[-1] * side * side
 
 
-class FlipAverage(nn.Module):
-    """Test-time flip averaging around a network: in eval mode, the mean of the class
-    probabilities of the image and of its mirror image, returned as log-probabilities (valid
-    logits: their softmax is that mean). In train mode it is the bare network, so training
-    augmentation and cost are unchanged."""
+class ViewAverage(nn.Module):
+    """Test-time augmentation around a network: in eval mode, the mean of the class probabilities
+    over several views of each image, returned as log-probabilities (valid logits: their softmax
+    is that mean). The views are the image, moved ``shift`` pixels each way along each axis
+    (borders reflected, as training's random shifts fill them) when ``shift`` is positive, and
+    the mirror image of each when ``flip`` is set. In train mode it is the bare network, so
+    training augmentation and cost are unchanged.
 
-    def __init__(self, net: nn.Module) -> None:
+    The wrapped network is the attribute ``net`` whatever the views, so checkpoints of a
+    flip-only model load into it unchanged."""
+
+    def __init__(self, net: nn.Module, flip: bool = True, shift: int = 0) -> None:
         super().__init__()
         self.net = net
+        self.flip = flip
+        self.shift = shift
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The views averaged in eval mode, each shaped like ``x``."""
+        out = [x]
+        s = self.shift
+        if s > 0:
+            side_h, side_w = x.shape[-2], x.shape[-1]
+            padded = F.pad(x, (s, s, s, s), mode="reflect")
+            for dy, dx in ((0, s), (2 * s, s), (s, 0), (s, 2 * s)):  # down, up, right, left
+                out.append(padded[..., dy : dy + side_h, dx : dx + side_w])
+        if self.flip:
+            out += [v.flip(-1) for v in out]
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             out: torch.Tensor = self.net(x)
             return out
-        both = self.net(torch.cat([x, x.flip(-1)])).float().log_softmax(dim=1)
-        plain, mirrored = both.chunk(2)
-        return torch.logaddexp(plain, mirrored) - math.log(2.0)
+        # one view at a time: a batch of ten views at once would hold ten times the activations
+        logs = [self.net(v).float().log_softmax(dim=1) for v in self.views(x)]
+        return torch.logsumexp(torch.stack(logs), dim=0) - math.log(len(logs))
 
 
 def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
@@ -65,7 +86,7 @@ def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
 
     Returns:
         An ``nn.Module`` mapping ``(N, 1, S, S)`` floats in [0, 1] to ``(N, n_classes)`` logits,
-        wrapped in :class:`FlipAverage` when ``config.tta_flip`` is set.
+        wrapped in :class:`ViewAverage` when ``config.tta_flip`` or ``config.tta_shift`` is set.
     """
     w1, w2, w3 = config.widths
     d1, d2, d3, d4 = config.dropouts
@@ -86,7 +107,9 @@ def build_model(config: TrainConfig, n_classes: int) -> nn.Module:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    return FlipAverage(model) if config.tta_flip else model
+    if config.tta_flip or config.tta_shift:
+        return ViewAverage(model, flip=config.tta_flip, shift=config.tta_shift)
+    return model
 
 
 def kernel_parameters(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
