@@ -526,17 +526,16 @@ def train(
                 on_epoch(model, epoch + 1)
             if val_d is None:  # no hold-out: every epoch of the schedule, the last one kept
                 val_loss = val_acc = math.nan
-                improved = True
-                best_epoch = epoch + 1
+                improved, best_epoch = True, epoch + 1
             else:
                 val_loss, val_acc = evaluate(model, val_d, config, device)
                 value = val_acc if config.monitor == "val_acc" else val_loss
                 improved = sign * value > best_score + config.min_delta
-            if improved and val_d is not None:
-                best_score, best_epoch, best_metric = sign * value, epoch + 1, value
-                # Copies on the device: cheap, and restoring needs no host round trip.
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best_opt_state = copy.deepcopy(optimizer.state_dict())
+                if improved:
+                    best_score, best_epoch, best_metric = sign * value, epoch + 1, value
+                    # Copies on the device: cheap, and restoring needs no host round trip.
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_opt_state = copy.deepcopy(optimizer.state_dict())
             record = {
                 "epoch": epoch + 1,
                 "epochs": config.epochs,
@@ -554,7 +553,8 @@ def train(
             if epoch + 1 - best_epoch >= config.patience:
                 break
 
-        # -- restore the best epoch, as Keras EarlyStopping(restore_best_weights=True)
+        # -- restore the best epoch, as Keras EarlyStopping(restore_best_weights=True); without a
+        # hold-out the last epoch is the one kept
         if val_d is None:
             best_opt_state = copy.deepcopy(optimizer.state_dict())
         else:
