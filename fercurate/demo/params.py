@@ -32,7 +32,7 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.75, "validation": 0.245, "test": 0.005}
 
 # Intensity ranges per class. Neutral and sad share one "sadness" axis and overlap on
-# [0.3, 0.6]: an image drawn there could have come from either class. A faint smile or a faint
+# [0.2, 0.7]: an image drawn there could have come from either class. A faint smile or a faint
 # surprise (intensity near 0) is close to a neutral face, as in real FER.
 INTENSITY_RANGES: dict[str, tuple[float, float]] = {
     "neutral": (0.0, 0.7),

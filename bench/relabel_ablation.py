@@ -1,0 +1,108 @@
+"""Cross-fitting variants of ``relabel-review flag`` on a scanned (and deduplicated) real set, scored
+against FER+: what each change to the training plan buys, one variant per run.
+
+Each variant trains the same folds (``assign_folds`` of the version's active rows, seed 0) with
+``flag``'s own ``fit_fold``, so the only differences are the options given here; nothing is written to
+the workspace. Scoring is ``bench/bench_relabel.py``'s (out-of-fold accuracy, precision at
+100 / 500 / 1000 of the normalised-margin ranking, F1 of the flagged set; all rows and the FER2013
+``Training`` rows).
+
+    python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth \\
+        --epochs 11 --val-fraction 0.1 --set label_smoothing=0.1 --set tta_shift=0   # the previous plan
+    python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth   # the plan now
+
+``--set`` overrides a TrainConfig field on top of the ``cpu`` preset and its cross-fitting plan's
+overrides; ``--epochs`` and ``--folds`` default to what ``flag`` would choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+try:
+    import fercurate  # noqa: F401
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_relabel import evaluate, vote_truth  # noqa: E402
+
+from fercurate.manifest import Col  # noqa: E402
+from fercurate.train import make_config  # noqa: E402
+from fercurate.workspace import Workspace, load_pixels  # noqa: E402
+
+F = importlib.import_module("fercurate.relabel.flag")  # the package re-exports flag(), shadowing the module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workspace", type=Path)
+    ap.add_argument("--version", default=None, help="the version to cross-fit (default: latest)")
+    ap.add_argument("--truth", type=Path, required=True, help="bench/real truth folder")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--folds", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--val-fraction", type=float, default=0.0)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a TrainConfig override")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    for name in ("ferplus_votes.csv", "fer4_index.csv"):
+        if not (args.truth / name).is_file():
+            sys.exit(f"{args.truth / name} is missing; pass the truth folder bench/real/prepare.py wrote")
+
+    ws = Workspace(args.workspace)
+    info, df = ws.read(args.version)
+    rows = F._active_rows(df)
+    classes = sorted(rows[Col.LABEL].unique().tolist())
+    labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
+    groups = F._groups(rows)
+    plan = F.CROSS_FIT.get(args.preset)
+    overrides = dict(plan.overrides if plan else {})
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = json.loads(value)
+    config = make_config(args.preset, **overrides, seed=0, num_threads=args.threads)
+    folds_n = args.folds or F.cross_fit_folds(plan, len(rows), args.val_fraction)
+    fit_n = F.fit_rows(len(rows), folds_n, args.val_fraction)
+    epochs = args.epochs or F.cross_fit_epochs(plan, config.epochs, fit_n, folds_n)
+    config = dataclasses.replace(config, epochs=epochs)
+
+    x = load_pixels(ws, info, rows, size=config.image_size)
+    folds = F.assign_folds(labels, groups, folds_n, 0)
+    probs = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    started, cpu = time.perf_counter(), time.process_time()
+    for fold in range(folds_n):
+        probs[folds == fold] = F.fit_fold(x, labels, groups, folds, classes, config, fold, args.val_fraction, 0)
+        print(f"fold {fold + 1}/{folds_n}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"{folds_n} folds x {epochs} epochs, val_fraction {args.val_fraction}, overrides {overrides}: "
+        f"{time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; "
+        f"out-of-fold accuracy {(probs.argmax(1) == labels).mean():.4f}"
+    )
+
+    scored = pd.DataFrame({Col.PATH: rows[Col.PATH], Col.LABEL: rows[Col.LABEL]})
+    for j, c in enumerate(classes):
+        scored[F.prob_column(c)] = probs[:, j]
+    truth = vote_truth(args.truth / "ferplus_votes.csv", args.truth / "fer4_index.csv")
+    usage = pd.read_csv(args.truth / "fer4_index.csv")[["path", "usage"]]
+    scored = scored.merge(truth, left_on=Col.PATH, right_on="path").merge(usage, on="path")
+    for name, part in (("all rows", scored), ("Training rows", scored[scored["usage"] == "Training"])):
+        cols = [Col.PATH, Col.LABEL, "true_label", *(F.prob_column(c) for c in classes)]
+        m = evaluate(part[cols])["table"]["fercurate prune_by_noise_rate / normalized_margin"]
+        print(
+            f"{name}: p@100 {m['p@100']} p@500 {m['p@500']} p@1000 {m['p@1000']} "
+            f"precision {m['precision']} recall {m['recall']} F1 {m['f1']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
