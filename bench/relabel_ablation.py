@@ -8,7 +8,7 @@ the workspace. Scoring is ``bench/bench_relabel.py``'s (out-of-fold accuracy, pr
 ``Training`` rows).
 
     python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth \\
-        --epochs 11 --val-fraction 0.1 --set label_smoothing=0.1 --set tta_shift=0   # the previous plan
+        --folds 3 --epochs 11 --val-fraction 0.1 --set label_smoothing=0.1 --set tta_shift=0   # the previous plan
     python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth   # the plan now
 
 ``--set`` overrides a TrainConfig field on top of the ``cpu`` preset and its cross-fitting plan's
