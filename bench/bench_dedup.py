@@ -224,16 +224,19 @@ def recrop_set(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]
     images: list[np.ndarray] = []
     truth: list[tuple[int, int, str]] = []
     bursts: list[tuple[int, int]] = []
-    for _ in range(n):
+    while len(truth) < n:
         who = make_identity(rng)
         face_seed = int(rng.integers(2**32))
-        first, second = rng.choice(len(EXPRESSIONS), 2, replace=False)
+        first, *others = rng.permutation(len(EXPRESSIONS))
         source = render_face(np.random.default_rng(face_seed), EXPRESSIONS[first], 0.9, 64, identity=who)
-        other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
-        # some expression pairs draw alike on some faces: a burst frame must show another expression
-        while _visible_change(source, other) < 30:
-            second = rng.choice([k for k in range(len(EXPRESSIONS)) if k != first])
+        # some expression pairs draw alike on some faces (faint expressions): a burst frame must show
+        # another expression, the first other one that does; a face on which all draw alike is skipped
+        for second in others:
             other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
+            if _visible_change(source, other) >= 30:
+                break
+        else:
+            continue
         a, b, _, _ = recrop_pair(source, rng, 0.15, 4.0)
         how = "recrop"
         if rng.random() < 0.4:

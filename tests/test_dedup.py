@@ -783,6 +783,35 @@ def test_recropped_watermarked_and_toned_copies_match_and_next_frames_do_not() -
     assert not set(zip(plain["i"], plain["j"], strict=True)) & {(a, b) for a, b, _ in copies}
 
 
+def test_residual_limit_rises_with_similarity_and_stops() -> None:
+    limit = match.residual_limit(np.array([0.85, 0.90, 0.90 + match.RESIDUAL_RAMP / 2, 0.99, 1.0]), 0.90, 0.15)
+    gain = match.RESIDUAL_GAIN
+    assert limit == pytest.approx([0.15, 0.15, 0.15 * (1 + gain / 2), 0.15 * (1 + gain), 0.15 * (1 + gain)])
+    assert match.residual_limit(np.array([0.97]), 0.95, 0.2) == pytest.approx(0.2 * (1 + gain * 0.4))
+
+
+def test_recrop_candidates_estimate_odd_moves_to_a_pixel() -> None:
+    """Views lie on a 2-pixel grid; the in-between centre windows bring an odd move within reach of the
+    radius, and the estimate (``b(u) ~ a(c + scale (u - c) + o)``) within a pixel of the truth."""
+    zoom, (oy, ox) = 1 / 0.85, (1.0, -3.0)  # b's face larger; its box moved so that o = (1, -3)
+    hits = []
+    for k in range(8):
+        src = face(np.random.default_rng(300 + k), size=64)
+        a, b = plant.crop(src, 1.0, 0, 0), plant.crop(src, zoom, oy * zoom, ox * zoom)
+        pixels = np.stack([decode(jpeg_bytes(a, 90)), decode(jpeg_bytes(b, 90))])
+        found = match.recrop_candidates(pixels, np.arange(2), 6, 0.15)
+        row = found[(found["a"] == 0) & (found["b"] == 1)]
+        if len(row):
+            hits.append((float(row["scale"].iloc[0]), float(row["oy"].iloc[0]), float(row["ox"].iloc[0])))
+    assert len(hits) >= 6, hits
+    for scale, y, x in hits:
+        assert scale == pytest.approx(0.85, abs=0.01)
+        assert abs(y - oy) <= 1.2 and abs(x - ox) <= 1.2, hits
+    # views alone (even moves) are a whole pixel off on x every time; with the in-between centres most are not
+    assert sum(abs(y - oy) < 0.5 and abs(x - ox) < 0.5 for _, y, x in hits) > len(hits) / 2, hits
+    assert match.recrop_centres(48) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
 def test_plant_crop_moves_and_zooms_the_box() -> None:
     src = np.zeros((64, 64), np.uint8)
     src[26:38, 26:38] = 255  # a bright square at the centre

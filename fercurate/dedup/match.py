@@ -111,6 +111,12 @@ RELATED_MAX_DIFFERENCE = 0.09
 #: Side of the thumbnails of the prefilter and the border (in thumbnail cells) it leaves out.
 RELATED_THUMB, RELATED_THUMB_BORDER = 16, 2
 
+#: The residual check loosens with the pair's similarity: at ``min_similarity`` the residual may reach
+#: ``max_residual``, and RESIDUAL_RAMP more similarity raises that by RESIDUAL_GAIN times (see
+#: :func:`residual_limit`; a gain of 1 let the test suite's drawn next frame at NCC 0.978 through).
+RESIDUAL_RAMP = 0.05
+RESIDUAL_GAIN = 0.3
+
 KIND_EXACT, KIND_NEAR, KIND_MIRROR, KIND_RECROP, KIND_RELATED = "exact", "near", "mirror", "recrop", "related"
 PAIR_COLUMNS = ["i", "j", "hamming", "similarity", "kind", "dy", "dx"]
 #: The related pairs carry their difference too (:func:`related_difference`).
@@ -458,6 +464,20 @@ def residual_map(
     return residual, (fb * fb).sum(axis=(1, 2))
 
 
+def residual_limit(similarity: np.ndarray, min_similarity: float, max_residual: float) -> np.ndarray:
+    """The largest residual a pair of this ``similarity`` may have: ``max_residual`` at
+    ``min_similarity``, rising linearly to ``1 + RESIDUAL_GAIN`` times that at ``min_similarity +
+    RESIDUAL_RAMP`` and above.
+
+    A tone curve, a watermark or another JPEG leave residual in a few windows while the whole image
+    still correlates at 0.95-0.99; another frame of one person (a changed mouth or eyes) lowers the
+    correlation with its residual. On real FER Training rows the pairs rejected at 0.15-0.30 with a
+    similarity of 0.95 or more were nearly all the same photo by the reference (docs/dedup.md).
+    """
+    ramp = np.clip((np.asarray(similarity, dtype=np.float64) - min_similarity) / RESIDUAL_RAMP, 0.0, 1.0)
+    return max_residual * (1.0 + RESIDUAL_GAIN * ramp)
+
+
 def worst_window(residual: np.ndarray, energy: np.ndarray, size: int) -> np.ndarray:
     """The residual of the worst window (side ``size / 6``, half-overlapping) relative to an average one.
 
@@ -624,6 +644,14 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
     return out
 
 
+def recrop_centres(size: int) -> list[tuple[int, int]]:
+    """Offsets of the centre windows the views are searched against: the centre and, when the views
+    lie on a grid of 2 pixels, the in-between offsets, so that every whole-pixel move lies on a view
+    of one image and a centre of the other (a view one pixel off its match is 8-12 bits away)."""
+    step = max(1, round(RECROP_STEP * size / 48))
+    return [(0, 0)] if step == 1 else [(dy, dx) for dy in (0, 1) for dx in (0, 1)]
+
+
 def recrop_hashes(
     pixels: np.ndarray,
     rows: np.ndarray | None = None,
@@ -632,10 +660,10 @@ def recrop_hashes(
     views: list[tuple[int, list[tuple[int, int]]]],
     flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The centre-window hash ``(N,)`` and every view's hash ``(N, views)`` of ``pixels`` (or its ``rows``);
-    the views of the mirrored images with ``flip``."""
+    """The centre windows' hashes ``(N, centres)`` (:func:`recrop_centres`) and every view's hash
+    ``(N, views)`` of ``pixels`` (or its ``rows``); the views of the mirrored images with ``flip``."""
     sub = pixels if rows is None else pixels[rows]
-    centre = view_hashes(sub, base, [(0, 0)])[:, 0]
+    centre = view_hashes(sub, base, recrop_centres(pixels.shape[1]))
     return centre, np.concatenate([view_hashes(sub, w, offs, flip=flip) for w, offs in views], axis=1)
 
 
@@ -664,21 +692,26 @@ def recrop_candidates(
     centre, hashes = joined_arrays((engine or Engine()).map_images(recrop, pixels, rows=rows))
     meta = [(w, dy, dx) for w, offs in views for dy, dx in offs]
     stride = len(meta)
-    found = hamming_pairs(hashes.ravel(), radius, centre, keep=lambda q, d: q // stride != d)
+    moves = np.array(recrop_centres(size), dtype=np.float64)
+    n_moves = len(moves)
+    found = hamming_pairs(hashes.ravel(), radius, centre.ravel(), keep=lambda q, d: q // stride != d // n_moves)
     q, d = found.query, found.database
     w = np.array([m[0] for m in meta])[q % stride]
     oy = np.array([m[1] for m in meta])[q % stride]
     ox = np.array([m[2] for m in meta])[q % stride]
     # the window's own centre sits half a pixel off when S - w is odd
     off = (size - w) // 2 + (w - 1) / 2 - (size - 1) / 2
+    scale = w / base
+    # b's centre window moved by e: b(u + e) ~ a(c + s (u - c) + o), so b(v) ~ a(c + s (v - c) + o - s e)
+    ey, ex = moves[d % n_moves, 0], moves[d % n_moves, 1]
     frame = pd.DataFrame(
         {
             "a": rows[q // stride],
-            "b": rows[d],
-            "scale": w / base,
-            "oy": oy + off,
-            "ox": ox + off,
-            "dist": np.bitwise_count(hashes.ravel()[q] ^ centre[d]).astype(np.int64),
+            "b": rows[d // n_moves],
+            "scale": scale,
+            "oy": oy + off - scale * ey,
+            "ox": ox + off - scale * ex,
+            "dist": np.bitwise_count(hashes.ravel()[q] ^ centre.ravel()[d]).astype(np.int64),
             "flip": flip,
         }
     )
@@ -789,7 +822,7 @@ def verify_scaled(
         res = worst_window(res_map, energy, size)
         # a watermark on one copy: its band left out of both measures
         band, textlike = overlay_band(res_map, round(OVERLAY_BAND * size / 48))
-        over = textlike & (res > max_residual)
+        over = textlike & (res > residual_limit(top[keep], min_similarity, max_residual))
         if over.any():
             o = np.nonzero(over)[0]
             rest = ~band[o] & ~outside[o][:, g : g + n, g : g + n]
@@ -1284,6 +1317,8 @@ def _verified(
     flip = cands["flip"].to_numpy()
     verify = functools.partial(_verify, max_shift=params.max_shift)
     sim, dy, dx, residual = joined_arrays((engine or Engine()).map_pairs(verify, (left, right), (a, b, flip)))
+    # the fixed limit here: the drawn demo's burst frames (faint expressions) pass a looser one, and
+    # the re-crop search (``max_zoom``, for real photos) verifies the pairs failing here again
     ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
     return pd.DataFrame(
         {
@@ -1330,7 +1365,7 @@ def _recrops(
     pairs = (a, b, todo["scale"].to_numpy(), todo["oy"].to_numpy(), todo["ox"].to_numpy(), flip)
     sim, scale, dy, dx, residual, _ = joined_arrays((engine or Engine()).map_pairs(verify, (pixels, pixels), pairs))
     moved = (np.abs(scale - 1) > 0.02) | (np.maximum(np.abs(dy), np.abs(dx)) > params.max_shift)
-    ok = (sim >= params.min_similarity) & (residual <= params.max_residual)
+    ok = (sim >= params.min_similarity) & (residual <= residual_limit(sim, params.min_similarity, params.max_residual))
     out = pd.DataFrame(
         {
             "a": np.minimum(a, b)[ok],

@@ -66,7 +66,7 @@ class DedupParams:
     max_residual: float = 0.15
     max_shift: int = 2
     max_zoom: float = 0.0
-    recrop_radius: int = 8
+    recrop_radius: int = 6
     mirror: bool = False
     related: bool = True
     conflicts: str = "remove-all"
