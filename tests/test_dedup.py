@@ -616,6 +616,33 @@ def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "zoom", "residual"),
+    [
+        ([], 0.0, 0.15),
+        (["--photos"], 0.2, 0.3),
+        (["--photos", "--max-zoom", "0.1"], 0.1, 0.3),  # an option given wins over --photos
+        (["--max-residual", "0.25"], 0.0, 0.25),
+    ],
+)
+def test_cli_photos_sets_the_real_photo_tolerances(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, args: list[str], zoom: float, residual: float
+) -> None:
+    import fercurate.dedup as dedup_module
+
+    seen: list[DedupParams] = []
+    real = dedup_module.dedup
+
+    def spy(workspace: Workspace, params: DedupParams, *rest: object) -> object:
+        seen.append(params)
+        return real(workspace, params, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dedup_module, "dedup", spy)
+    res = runner.invoke(app, ["dedup", "-w", str(ws.root), "--dry-run", "--json", *args], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert (seen[0].max_zoom, seen[0].max_residual) == (zoom, residual)
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--radius", "40"], "--radius 40 is out of range; use a value from 0 to 32"),
@@ -623,6 +650,7 @@ def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
         (["--max-shift", "9"], "--max-shift 9 is out of range; use a value from 0 to 4"),
         (["--hasher", "md5"], "--hasher 'md5' is not one of: phash, dhash, whash, ahash"),
         (["--conflicts", "maybe"], "--conflicts 'maybe' is not one of"),
+        (["--max-residual", "20"], "--max-residual 20.0 is out of range; use a value from 0 to 16"),
     ],
 )
 def test_cli_bad_options_are_one_line_errors(ws: Workspace, args: list[str], message: str) -> None:

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/real/dedup_truth.py candidates|verify|truth   # the reference, step by step
-    python bench/real/dedup_truth.py score [--mirror] [--max-zoom 0]   # fercurate dedup against it
+    python bench/real/dedup_truth.py score [--mirror] [--max-zoom 0] [--max-residual 0.3] [--rows all4]
     # (writes $RECROP_DIR/missed-ROWS.csv/.png and false-ROWS.parquet/.png: contact sheets of a, a
     # aligned onto b, b and their difference)
 
@@ -49,6 +49,11 @@ WORK = Path(os.environ.get("RECROP_DIR", "/tmp/recrop"))
 CLASSES = ("happy", "neutral", "sad", "surprise")
 SIZE = 48
 CENTER = (SIZE - 1) / 2
+
+
+def truth_file(rows: str) -> Path:
+    """The reference of ``rows``: ``same_photo_pairs.csv`` for the Training rows, ``-all4`` beside it for all."""
+    return OUT if rows == "train4" else OUT.with_name(f"{OUT.stem}-{rows}{OUT.suffix}")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -335,10 +340,11 @@ def build_truth(paths: list[str], pixels: np.ndarray, rows: str) -> pd.DataFrame
             "how": "descriptor kNN >= 0.85 (35 zoom/shift variants, 3 mirrored); scale+shift search",
         }
     )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
+    dest = truth_file(rows)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
     out.to_csv(tmp, index=False)
-    tmp.replace(OUT)
+    tmp.replace(dest)
     return out
 
 
@@ -346,7 +352,7 @@ def score(paths: list[str], pixels: np.ndarray, rows: str, **params: float) -> d
     """``find_duplicate_pairs`` against the reference: recall per kind and band, precision by re-verifying."""
     from fercurate.dedup import DedupParams, find_duplicate_pairs
 
-    truth = pd.read_csv(OUT)
+    truth = pd.read_csv(truth_file(rows))
     pos = {q: k for k, q in enumerate(paths)}
     ta = truth["a"].map(pos).to_numpy()
     tb = truth["b"].map(pos).to_numpy()
@@ -429,6 +435,7 @@ def main() -> None:
     ap.add_argument("--min-desc", type=float, default=0.8)
     ap.add_argument("--mirror", action="store_true", help="score: dedup with --mirror")
     ap.add_argument("--max-zoom", type=float, default=None, help="score: dedup's --max-zoom (default 0.15)")
+    ap.add_argument("--max-residual", type=float, default=None, help="score: dedup's --max-residual (default 0.15)")
     ap.add_argument("--rows", default="train4")
     ap.add_argument("--root", type=Path, default=ROOT)
     args = ap.parse_args()
@@ -451,6 +458,8 @@ def main() -> None:
 
         extra: dict[str, float] = {"mirror": True} if args.mirror else {}
         extra["max_zoom"] = 0.15 if args.max_zoom is None else args.max_zoom
+        if args.max_residual is not None:
+            extra["max_residual"] = args.max_residual
         print(json.dumps(score(paths, pixels, args.rows, **extra), indent=2))
 
 

@@ -59,6 +59,8 @@ _RELATED_BLOCK = 8192
 RECROP_WINDOW = 40
 #: Offsets of the re-crop views: every RECROP_STEP pixels up to RECROP_REACH (each axis).
 RECROP_STEP, RECROP_REACH = 2, 4
+#: The views' windows shrink from RECROP_WINDOW by about this share of it at a time, down to ``1 - max_zoom``.
+RECROP_ZOOM_STEP = 0.05
 #: The re-crop search keeps each image's closest candidates only (by hash distance of the view).
 RECROP_PER_IMAGE = 8
 #: Zooms tried around a re-crop candidate's estimate, and the widest shift searched around it.
@@ -634,7 +636,7 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
     base = round(RECROP_WINDOW * size / 48)
     step = max(1, round(RECROP_STEP * size / 48))
     reach = round(RECROP_REACH * size / 48)
-    n_zooms = max(1, int(np.ceil(max_zoom / 0.1 - 1e-9)) + 1)
+    n_zooms = max(1, int(np.ceil(max_zoom / RECROP_ZOOM_STEP - 1e-9)) + 1)
     windows = sorted({round(base * (1 - max_zoom * k / max(1, n_zooms - 1))) for k in range(n_zooms)}, reverse=True)
     out = []
     for w in windows:

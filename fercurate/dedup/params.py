@@ -21,6 +21,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "recrop_radius": (0, 16),
 }
 
+#: ``fercurate dedup --photos``: the tolerances measured on real FER photos (docs/dedup.md, "Real FER
+#: data"): re-crops up to a zoom of 1 +- 0.2, and a residual limit of 0.3 (stock watermarks, tone
+#: curves, re-sampling). Not the defaults: the demo's drawn faces have burst frames (another,
+#: faint expression) that pass these.
+PHOTO_TOLERANCES: dict[str, float] = {"max_zoom": 0.2, "max_residual": 0.3}
+
 
 @dataclass(frozen=True)
 class DedupParams:
