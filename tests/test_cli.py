@@ -118,9 +118,10 @@ def test_allocator_tuning_keeps_freed_blocks_for_reuse() -> None:
 
 
 #: Options that are not a field of the command's params classes: the shared ones, switches that pick
-#: what runs, and overrides that go into a nested config.
+#: what runs, overrides that go into a nested config, and a preset of other options' values
+#: (``dedup --photos`` sets --max-zoom and --max-residual).
 NOT_PARAMS = {"workspace", "as_json", "version_flag"}
-CLI_ONLY = {"demo": {"run", "dest"}, "benchmark": {"epochs"}}
+CLI_ONLY = {"demo": {"run", "dest"}, "benchmark": {"epochs"}, "dedup": {"photos"}}
 
 
 def _as_params(value: object, default: object) -> object:
