@@ -647,11 +647,12 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
 
 
 def recrop_centres(size: int) -> list[tuple[int, int]]:
-    """Offsets of the centre windows the views are searched against: the centre and, when the views
-    lie on a grid of 2 pixels, the in-between offsets, so that every whole-pixel move lies on a view
-    of one image and a centre of the other (a view one pixel off its match is 8-12 bits away)."""
+    """Offsets of the centre windows the views are searched against: the centre and the offsets
+    between the views' grid points (at 48x48, the grid is 2 pixels: 4 centres), so that every
+    whole-pixel move lies on a view of one image and a centre of the other (a view one pixel off its
+    match is 8-12 bits away)."""
     step = max(1, round(RECROP_STEP * size / 48))
-    return [(0, 0)] if step == 1 else [(dy, dx) for dy in (0, 1) for dx in (0, 1)]
+    return [(dy, dx) for dy in range(step) for dx in range(step)]
 
 
 def recrop_hashes(
