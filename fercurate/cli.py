@@ -1268,6 +1268,7 @@ def _range(name: str) -> str:
 
 @command("dedup", DedupParams, EngineParams)
 def dedup_cmd(
+    ctx: typer.Context,
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
@@ -1368,9 +1369,11 @@ def dedup_cmd(
     """
     from fercurate.dedup import dedup
 
-    if photos:  # the photo tolerances, where the option was left at its default
-        max_zoom = PHOTO_TOLERANCES["max_zoom"] if max_zoom == DedupParams.max_zoom else max_zoom
-        max_residual = PHOTO_TOLERANCES["max_residual"] if max_residual == DedupParams.max_residual else max_residual
+    if photos:  # the photo tolerances, for the options not given on the command line
+        sources = {k: ctx.get_parameter_source(k) for k in PHOTO_TOLERANCES}
+        unset = {k for k, source in sources.items() if source is None or source.name == "DEFAULT"}
+        max_zoom = PHOTO_TOLERANCES["max_zoom"] if "max_zoom" in unset else max_zoom
+        max_residual = PHOTO_TOLERANCES["max_residual"] if "max_residual" in unset else max_residual
     params = DedupParams(
         version=version,
         hasher=hasher,

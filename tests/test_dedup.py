@@ -621,6 +621,7 @@ def test_cli_dedup_json_and_tables(ws: Workspace) -> None:
         ([], 0.0, 0.15),
         (["--photos"], 0.2, 0.3),
         (["--photos", "--max-zoom", "0.1"], 0.1, 0.3),  # an option given wins over --photos
+        (["--photos", "--max-zoom", "0"], 0.0, 0.3),  # ... also when it is the default's value
         (["--max-residual", "0.25"], 0.0, 0.25),
     ],
 )

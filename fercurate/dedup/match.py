@@ -634,7 +634,7 @@ def recrop_views(size: int, max_zoom: float) -> list[tuple[int, list[tuple[int, 
     side whose face is smaller, so larger windows are never needed.
     """
     base = round(RECROP_WINDOW * size / 48)
-    step = max(1, round(RECROP_STEP * size / 48))
+    step = _recrop_step(size)
     reach = round(RECROP_REACH * size / 48)
     n_zooms = max(1, int(np.ceil(max_zoom / RECROP_ZOOM_STEP - 1e-9)) + 1)
     windows = sorted({round(base * (1 - max_zoom * k / max(1, n_zooms - 1))) for k in range(n_zooms)}, reverse=True)
@@ -651,8 +651,13 @@ def recrop_centres(size: int) -> list[tuple[int, int]]:
     between the views' grid points (at 48x48, the grid is 2 pixels: 4 centres), so that every
     whole-pixel move lies on a view of one image and a centre of the other (a view one pixel off its
     match is 8-12 bits away)."""
-    step = max(1, round(RECROP_STEP * size / 48))
+    step = _recrop_step(size)
     return [(dy, dx) for dy in range(step) for dx in range(step)]
+
+
+def _recrop_step(size: int) -> int:
+    """The views' grid step in pixels at this image size (RECROP_STEP at 48x48)."""
+    return max(1, round(RECROP_STEP * size / 48))
 
 
 def recrop_hashes(
