@@ -237,6 +237,8 @@ def recrop_set(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]
                 break
         else:
             continue
+        # another exposure: the frame has its own sensor noise
+        other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who, exposure=1)
         a, b, _, _ = recrop_pair(source, rng, 0.15, 4.0)
         how = "recrop"
         if rng.random() < 0.4:

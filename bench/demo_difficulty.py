@@ -12,6 +12,13 @@ random ``--n`` images of the four classes, 75/25, accuracy against FER2013's lab
 10 FER+ annotators chose (the nearest real thing to the demo's true labels), on the held-out images
 where one did.
 The trainer is ``--preset`` with the overrides `fercurate demo --run` trains with.
+
+``--alike`` trains nothing: it measures how alike different photos look to dedup's verifier, the best
+band-passed NCC over shifts of up to 2 px (``fercurate.dedup.match``) of 40,000 random pairs of the
+same images, whose upper quantiles say how often another photo comes near a duplicate's similarity.
+
+python bench/demo_difficulty.py demo /tmp/demo --alike
+python bench/demo_difficulty.py real /tmp/real/fer2013/train --alike
 """
 
 from __future__ import annotations
@@ -52,6 +59,20 @@ def _annotators(votes_csv: Path, folder: Path, paths: list[Path]) -> np.ndarray:
     return majority.to_numpy(dtype=object)
 
 
+def _alike(x: np.ndarray, rng: np.random.Generator, name: str, pairs: int = 40_000) -> None:
+    """Quantiles of the verifier's similarity over random pairs of different images of ``x``."""
+    from fercurate.dedup.match import blurs, ncc_over_shifts
+
+    x = x[x.std(axis=(1, 2)) > 1]  # uniform files have no similarity to speak of
+    a, b = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
+    a, b = a[a != b], b[a != b]
+    band = blurs(x)[1]
+    sim = ncc_over_shifts(band[a], band[b], 2)[0]
+    q = np.quantile(sim, [0.5, 0.9, 0.99, 0.999])
+    print(f"{name}: {len(a)} random pairs of {len(x)} images; similarity (band-passed NCC, shifts <= 2 px)")
+    print("  median {:.3f}, 90% {:.3f}, 99% {:.3f}, 99.9% {:.3f}; share >= 0.8: {:.5f}".format(*q, (sim >= 0.8).mean()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["demo", "real"])
@@ -60,6 +81,7 @@ def main() -> None:
     parser.add_argument("--preset", default=DemoRunParams.preset)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--votes", type=Path, help="real: FER+ votes per image (truth/ferplus_votes.csv)")
+    parser.add_argument("--alike", action="store_true", help="how alike random pairs look to dedup; no training")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     if args.kind == "demo":
@@ -80,6 +102,9 @@ def main() -> None:
         if args.votes:
             true = _annotators(args.votes, args.path, paths)
     x = _load(paths)
+    if args.alike:
+        _alike(x, rng, f"{args.kind} {args.path}")
+        return
     y = np.array([CLASSES.index(c) for c in given])
     # -1: no class of the four reached the annotators' majority (left out of the "true" accuracy)
     y_true = np.array([CLASSES.index(c) if c in CLASSES else -1 for c in true])

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fercurate.demo.params import EXPRESSIONS, OCCLUDED_SHARE, OCCLUDERS, SOFT_BLUR, SOFT_SHARE
+from fercurate.demo.params import (
+    EXPRESSIONS,
+    OCCLUDED_SHARE,
+    OCCLUDERS,
+    SHADING_CELLS,
+    SHADING_LEVELS,
+    SOFT_BLUR,
+    SOFT_SHARE,
+)
 from fercurate.errors import InputError
 
 _SUPERSAMPLED_EDGE = 192
@@ -682,14 +690,32 @@ def soft_background(rng: np.random.Generator, width: int, height: int, mode: str
     return img.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def shading(rng: np.random.Generator, size: int, box: tuple[float, float, float]) -> np.ndarray:
+    """Shadows, skin and hair texture, light patches: a smooth random field in grey levels, fixed to
+    the photo, so that a re-crop's ``box`` (see :func:`render_face`) sees it moved and zoomed."""
+    from scipy.ndimage import map_coordinates
+
+    cells = SHADING_CELLS
+    coarse = rng.standard_normal((cells + 1, cells + 1))
+    amplitude = rng.uniform(*SHADING_LEVELS)
+    zoom, dx, dy = box
+    margin = size * (1.0 - zoom) / 2
+    u = (np.arange(size) + 0.5 - margin) / (size * zoom)  # photo units 0..1 of the plain box
+    ys = (u - dy / (size * zoom))[:, None] * cells
+    xs = (u - dx / (size * zoom))[None, :] * cells
+    grid = [np.broadcast_to(ys, (size, size)), np.broadcast_to(xs, (size, size))]
+    return (map_coordinates(coarse, grid, order=3, mode="mirror") * amplitude).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=64)
 def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return (xs / max(1, width - 1) - 0.5), (ys / max(1, height - 1) - 0.5)
 
 
-def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Uneven light, contrast, gamma and sensor noise; ``img`` is HxWxC float32 in 0-255."""
+def camera(img: np.ndarray, rng: np.random.Generator, noise: np.random.Generator | None = None) -> np.ndarray:
+    """Uneven light, contrast, gamma and sensor noise; ``img`` is HxWxC float32 in 0-255. The noise
+    field comes from ``noise`` when given (another exposure with the same settings)."""
     h, w = img.shape[:2]
     xs, ys = _grid(w, h)
     angle = rng.uniform(0, 2 * np.pi)
@@ -702,7 +728,8 @@ def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gamma = 255.0 * (np.arange(256, dtype=np.float32) / 255.0) ** np.float32(rng.uniform(0.75, 1.35))
     out = gamma[np.clip(out, 0, 255).astype(np.uint8)]
     # Luma noise only: one field shared by the channels is what a JPEG'd sensor mostly shows.
-    out += rng.standard_normal(size=(h, w, 1), dtype=np.float32) * np.float32(rng.uniform(1.0, 8.0))
+    level = np.float32(rng.uniform(1.0, 8.0))
+    out += (noise if noise is not None else rng).standard_normal(size=(h, w, 1), dtype=np.float32) * level
     return np.clip(out, 0, 255)
 
 
@@ -719,6 +746,7 @@ def render_face(
     size: int = 48,
     identity: Identity | None = None,
     box: tuple[float, float, float] = (1.0, 0.0, 0.0),
+    exposure: int = 0,
 ) -> np.ndarray:
     """Render one FER-style face crop: grayscale, the face filling the frame.
 
@@ -732,6 +760,7 @@ def render_face(
             and its centre moved by (dx, dy) output pixels. Redrawing the same ``rng`` with another
             box is a re-crop of the same photo (same pose, light and expression), drawn afresh at
             the supersampled size rather than resampled from the 48x48.
+        exposure: another exposure of the same scene (a burst frame) has its own sensor noise.
 
     Returns:
         ``size x size`` uint8 array, before any JPEG encoding.
@@ -752,4 +781,6 @@ def render_face(
         backdrop, ss, who, shape, pose, rng, size * zoom, (margin + dx, margin + dy), occluder=occluder
     )
     arr = _blur(img, rng.uniform(*(SOFT_BLUR if soft else (0.25, 0.65))) * size / 48)
-    return camera(arr, rng)[..., 0].round().astype(np.uint8)
+    arr = arr + shading(np.random.default_rng(int(rng.integers(2**32))), size, box)[..., None]
+    noise = np.random.default_rng([int(rng.integers(2**32)), exposure])
+    return camera(arr, rng, noise)[..., 0].round().astype(np.uint8)

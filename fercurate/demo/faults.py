@@ -4,13 +4,14 @@ frames, invalid files."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fercurate.demo.files import Row, class_counts, encode, split_counts
 from fercurate.demo.params import (
+    BURST_MIN_CHANGE,
     BURST_SHARE,
     BURST_SHIFT_PX,
     BURST_ZOOM_CHANGE,
@@ -227,19 +228,37 @@ def plant_duplicates(rows: list[Row], p: DemoParams, rng: np.random.Generator) -
     return copies
 
 
-def plant_bursts(rows: list[Row], p: DemoParams, rng: np.random.Generator) -> list[Row]:
+def plant_bursts(
+    rows: list[Row], p: DemoParams, rng: np.random.Generator, draw: Callable[[int, str, float], np.ndarray]
+) -> list[Row]:
     """Burst frames: for a few originals, the same person, pose, light and backdrop with another,
     clearly shown expression and the camera a pixel off. Not duplicates: the rows to redraw (their
-    ``box`` set, their ``data`` empty) with their own, correct label."""
+    ``box`` set, their ``data`` empty) with their own, correct label.
+
+    ``draw(row, expression, intensity)`` renders row ``row``'s photo (its own box) with another
+    expression. A frame must differ visibly from its original (:func:`visible_change`): a faint face
+    can draw alike under another, faint expression, and two such frames are one photo to any eye.
+    Each original tries the other classes in random order; one on which none shows is passed over.
+    """
     n = round(BURST_SHARE * len(rows))
     fractions = np.array([SPLIT_FRACTIONS[s] for s in SPLITS])
     frames: list[Row] = []
-    for src in rng.choice(len(rows), size=n, replace=False):
+    for src in rng.permutation(len(rows)):
+        if len(frames) == n:
+            break
         original = rows[int(src)]
-        expression = str(rng.choice([c for c in p.classes if c != original.true_label]))
-        lo, hi = INTENSITY_RANGES[expression]
-        # Far from the other class on the sadness axis, so the frame really shows another expression.
-        intensity = rng.uniform(0.0, 0.2) if expression == "neutral" else rng.uniform((lo + hi) / 2, hi)
+        if original.true_label is None:
+            continue
+        before = draw(int(src), original.true_label, float(original.intensity or 0.0))
+        for expression in rng.permutation([c for c in p.classes if c != original.true_label]):
+            expression = str(expression)
+            lo, hi = INTENSITY_RANGES[expression]
+            # Far from the other class on the sadness axis, so the frame really shows another expression.
+            intensity = rng.uniform(0.0, 0.2) if expression == "neutral" else rng.uniform((lo + hi) / 2, hi)
+            if visible_change(before, draw(int(src), expression, float(intensity))):
+                break
+        else:
+            continue
         zoom = 1.0 + float(rng.uniform(-BURST_ZOOM_CHANGE, BURST_ZOOM_CHANGE))
         dx, dy = (float(v) for v in rng.uniform(-BURST_SHIFT_PX, BURST_SHIFT_PX, size=2))
         frames.append(
@@ -257,6 +276,14 @@ def plant_bursts(rows: list[Row], p: DemoParams, rng: np.random.Generator) -> li
             )
         )
     return frames
+
+
+def visible_change(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two renders of one photo differ visibly: at least ``BURST_MIN_CHANGE[1]`` pixels per
+    48x48 whose grey level differs by more than ``BURST_MIN_CHANGE[0]``."""
+    levels, pixels = BURST_MIN_CHANGE
+    changed = np.abs(first.astype(np.int16) - second.astype(np.int16)) > levels
+    return int(changed.sum()) >= pixels * first.size / (48 * 48)
 
 
 def plant_invalid(p: DemoParams, donor: bytes, rng: np.random.Generator) -> list[Row]:

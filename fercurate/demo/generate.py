@@ -69,6 +69,7 @@ class _FaceTask:
     fmt: str  # JPEG or PNG
     mode: str  # L or RGB
     box: tuple[float, float, float] = (1.0, 0.0, 0.0)  # see render_face
+    exposure: int = 0  # see render_face: 1 for a burst frame
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,12 +80,21 @@ def _identity_for(seed: int, identity: int) -> Identity:
 def _render_dataset_image(task: _FaceTask) -> bytes:
     rng = np.random.default_rng([task.seed, STREAM_IMAGE, task.index])
     who = _identity_for(task.seed, task.identity)
-    arr = render_face(rng, task.expression, task.intensity, task.size, identity=who, box=task.box)
+    arr = render_face(
+        rng, task.expression, task.intensity, task.size, identity=who, box=task.box, exposure=task.exposure
+    )
     if task.mode == "RGB":
         # The odd RGB file in a gray set: a faint colour cast, as from a different camera.
         tint = np.array([1.0 + rng.uniform(0.02, 0.08), 1.0, 1.0 - rng.uniform(0.02, 0.08)])
         arr = np.clip(arr[..., None] * tint, 0, 255).astype(np.uint8)
     return encode(arr, task.fmt, int(rng.integers(72, 96)))
+
+
+def _draw_photo(params: DemoParams, rows: list[Row], index: int, expression: str, intensity: float) -> np.ndarray:
+    """Row ``index``'s photo, drawn again with another expression: its pixels, before encoding."""
+    rng = np.random.default_rng([params.seed, STREAM_IMAGE, index])
+    who = _identity_for(params.seed, rows[index].identity)
+    return render_face(rng, expression, intensity, params.image_size, identity=who)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,8 +125,8 @@ TRUTH_MD = """\
 - `copy_kind`: what dedup's score counts the copy as: exact, near (reencode, brightness,
   contrast, resize, shift), recrop, watermark or tone; null for originals.
 - `burst_of`: null, or the `path` of the image this one was shot beside: the same person, pose,
-  light and backdrop with another expression. A burst frame is NOT a duplicate (a hard negative
-  for dedup); its labels are its own.
+  light and backdrop with another, visibly different expression, in another exposure (its own
+  sensor noise). A burst frame is NOT a duplicate (a hard negative for dedup); its labels are its own.
 - `mode`: L or RGB as stored (null when the file is not an image); `format`: JPEG or PNG.
 
 `affectnet/` is an AffectNet-style source: `Manually_Annotated_Images/<dir>/<name>.jpg`, the
@@ -144,6 +154,7 @@ def _redraw(redrawn: list[Row], originals: list[Row], params: DemoParams, worker
                 row.fmt,
                 str(row.mode),
                 row.box,
+                exposure=int(row.burst_of is not None),
             )
         )
     for row, data in zip(redrawn, map_tasks(_render_dataset_image, tasks, workers), strict=True):
@@ -247,7 +258,7 @@ def generate_demo(
 
     fault_rng = np.random.default_rng([params.seed, STREAM_FAULTS])
     copies = plant_duplicates(rows, params, fault_rng)
-    bursts = plant_bursts(rows, params, fault_rng)
+    bursts = plant_bursts(rows, params, fault_rng, functools.partial(_draw_photo, params, rows))
     _redraw([r for r in copies + bursts if r.box is not None], rows, params, n_workers)
     donor = _render_dataset_image(_FaceTask(params.seed, len(rows), 0, "neutral", 0.2, params.image_size, "JPEG", "L"))
     invalid = plant_invalid(params, donor, fault_rng)

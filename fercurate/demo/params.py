@@ -52,6 +52,12 @@ OCCLUDED_SHARE = 0.25
 OCCLUDERS: dict[str, float] = {"hand": 0.55, "hair": 0.3, "object": 0.15}
 SOFT_SHARE = 0.3
 SOFT_BLUR = (0.7, 1.1)  # Gaussian radius at 48x48 (the others: 0.25-0.65)
+# What makes two photos unlike each other beyond the face drawn in them, so that a duplicate finder
+# sees the demo's different photos about as far apart as real ones (docs/demo.md compares the
+# similarity of random pairs): shadows, skin and hair texture, light patches. A smooth random field
+# fixed to the photo, on a grid of this many cells a side, this many grey levels at one s.d.
+SHADING_CELLS = 8
+SHADING_LEVELS = (6.0, 12.0)
 
 INVALID_REASONS: tuple[str, ...] = (
     "empty",
@@ -101,6 +107,9 @@ TONE_MIN_CHANGE = 0.12
 BURST_SHARE = 0.02
 BURST_ZOOM_CHANGE = 0.03
 BURST_SHIFT_PX = 1.0
+# A frame shows another expression only where it visibly does: (grey levels, pixels per 48x48) that
+# must change between the original and the frame, both drawn with the original's box.
+BURST_MIN_CHANGE = (20, 30)
 
 # Share of the under-represented class relative to the others, as in the real case.
 MINORITY_CLASS = "surprise"
