@@ -957,6 +957,10 @@ def benchmark_cmd(
     for row in rows:
         table.add_row(*row.values())
     out.print(table)
+    out.print(
+        f"gold set: {result.gold_excluded} test images left out for a duplicate in some train/val split "
+        f"(looked for with {result.gold_matched_as})"
+    )
     for w in result.warnings:
         out.print(f"[yellow]warning:[/] {w}")
     out.print(f"report: {result.report_dir / 'report.html'} (and report.md, plots, runs.parquet)")

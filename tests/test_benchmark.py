@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_tree
+from PIL import Image
 from typer.testing import CliRunner
 
 from fercurate.benchmark import BenchmarkParams, benchmark, bootstrap_delta
@@ -143,3 +144,32 @@ def test_bootstrap_delta() -> None:
     x, y = rng.integers(0, 2, 500).astype(float), rng.integers(0, 2, 500).astype(float)
     delta, lo, hi = bootstrap_delta(x, y, n_boot=1000, seed=3)
     assert lo < delta < hi and bootstrap_delta(x, y, n_boot=1000, seed=3) == (delta, lo, hi)
+
+
+def test_the_gold_check_matches_with_the_lineage_dedup_tolerances(tmp_path: Path) -> None:
+    """A test image re-cropped into train (another face box) is found by the tolerances of the dedup
+    run in the lineage (``--photos``), not by the defaults, which keep it as gold."""
+    from fercurate.dedup.plant import crop
+    from fercurate.demo import render_face
+
+    root = tmp_path / "data"
+    write_tree(root, splits={"train": 20, "val": 5, "test": 5}, with_bad=False, seed=9)
+    photo = render_face(np.random.default_rng(3), "happy", 0.9, 64)
+    Image.fromarray(crop(photo, 1.0, 0.0, 0.0)).save(root / "test" / "happy" / "photo.png")
+    Image.fromarray(crop(photo, 0.88, 2.0, -1.5)).save(root / "train" / "happy" / "recrop.png")
+    ws = Workspace(tmp_path / "ws")
+    scan(ws, ScanParams(dataset=root))
+    params = BenchmarkParams(seeds=1, preset="tiny", overrides=(("epochs", 1),), device="cpu")
+
+    plain = benchmark(ws, params)
+    assert plain.gold_matched_as == "dedup's defaults"
+    assert "photo.png" in {Path(p).name for p in pd.read_parquet(plain.report_dir / "gold.parquet")[Col.PATH]}
+
+    info, df = ws.read()
+    with ws.lock("test"):  # a dedup run with --photos that found nothing to remove in this set
+        ws.commit(df, stage="dedup", parent=info, params={"max_zoom": 0.2, "max_residual": 0.3, "version": "v0000"})
+    photos = benchmark(ws, params)
+    assert photos.gold_matched_as == "v0001's dedup (--max-residual 0.3 --max-zoom 0.2)"
+    assert photos.gold_excluded == plain.gold_excluded + 1
+    assert "photo.png" not in {Path(p).name for p in pd.read_parquet(photos.report_dir / "gold.parquet")[Col.PATH]}
+    assert "looked for with v0001's dedup" in (photos.report_dir / "report.md").read_text()

@@ -61,6 +61,7 @@ def synthetic_result(seeds: int, tmp_path: Path) -> BenchmarkResult:
         gold_size=700,
         gold_by_class={c: 100 for c in CLASSES},
         gold_excluded=0,
+        gold_matched_as="dedup's defaults",
         classes=CLASSES,
         preset="cpu",
         seeds=seeds,

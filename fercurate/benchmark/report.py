@@ -84,7 +84,8 @@ def render_markdown(result: BenchmarkResult) -> str:
         "",
         f"Preset `{result.preset}`, {result.seeds} seed(s), device `{result.device}`. Gold test set: "
         f"{result.gold_size} images ({', '.join(f'{k} {v}' for k, v in result.gold_by_class.items())}); "
-        f"{result.gold_excluded} test images left out of it for having a duplicate in some train/val split.",
+        f"{result.gold_excluded} test images left out of it for having a duplicate in some train/val split "
+        f"(looked for with {result.gold_matched_as}).",
         "",
         "Accuracies in %. *inflation* = the version's own validation accuracy minus its gold accuracy: "
         "how much its own numbers overstate what the model does on unseen images.",

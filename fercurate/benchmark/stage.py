@@ -60,6 +60,7 @@ class BenchmarkResult:
     gold_size: int
     gold_by_class: dict[str, int]
     gold_excluded: int
+    gold_matched_as: str  # whose tolerances found the duplicates the gold set leaves out
     classes: list[str]
     preset: str
     seeds: int
@@ -87,6 +88,7 @@ class Gold:
 
     rows: pd.DataFrame
     excluded: int  # candidates dropped for a duplicate in some version's train/val
+    matched_as: str  # the tolerances that looked for those duplicates (see _gold_set)
     pixels: np.ndarray
     y: np.ndarray
     ids: set[str]
@@ -180,7 +182,7 @@ def _choose_gold(
     """Step 1: the gold test set, its pixels and labels, and a warning when it is small."""
     newest = infos[-1]
     progress.start("Building the gold test set", None)
-    rows, excluded = _gold_set(workspace, infos, frames)
+    rows, excluded, matched_as = _gold_set(workspace, infos, frames)
     warnings = []
     if len(rows) < SMALL_GOLD:
         warnings.append(
@@ -195,6 +197,7 @@ def _choose_gold(
     return Gold(
         rows=rows,
         excluded=excluded,
+        matched_as=matched_as,
         pixels=load_pixels(workspace, newest, rows),
         y=_encode(rows[Col.LABEL], classes, newest.version, "gold"),
         ids=set(rows[Col.IMAGE_ID]),
@@ -368,6 +371,7 @@ def _report(
         gold_size=len(gold.rows),
         gold_by_class={str(k): int(v) for k, v in gold.rows[Col.LABEL].value_counts().sort_index().items()},
         gold_excluded=gold.excluded,
+        gold_matched_as=gold.matched_as,
         classes=classes,
         preset=params.preset,
         seeds=params.seeds,
@@ -391,16 +395,22 @@ def _chosen_versions(workspace: Workspace, specs: tuple[str, ...]) -> list[Versi
 
 def _gold_set(
     workspace: Workspace, infos: list[VersionInfo], frames: dict[str, pd.DataFrame]
-) -> tuple[pd.DataFrame, int]:
-    """The gold rows and how many candidates were dropped for having a duplicate in some train/val."""
+) -> tuple[pd.DataFrame, int, str]:
+    """The gold rows, how many candidates were dropped for having a duplicate in some train/val, and
+    whose tolerances found those: the newest dedup run in the newest version's lineage (a dataset
+    deduplicated with ``--photos`` has its test images' re-crops looked for too), else the defaults."""
     from fercurate.dedup import match_against
+    from fercurate.dedup.params import describe, matching_params
 
     newest = frames[infos[-1].version]
+    dedups = [i for i in workspace.lineage(infos[-1].version) if i.stage == "dedup"]
+    tolerances = matching_params(dedups[-1].params if dedups else None)
+    matched_as = f"{dedups[-1].version}'s dedup ({describe(tolerances)})" if dedups else "dedup's defaults"
     candidates = newest[
         (newest[Col.STATUS] == ACTIVE) & (newest[Col.SPLIT] == "test") & (newest[Col.SOURCE] == SOURCE_ORIGINAL)
     ].reset_index(drop=True)
     if candidates.empty:
-        return candidates, 0
+        return candidates, 0, matched_as
     reference = pd.concat(
         [f[(f[Col.STATUS] == ACTIVE) & f[Col.SPLIT].isin(["train", "val"])] for f in frames.values()]
     ).drop_duplicates(Col.IMAGE_ID)
@@ -409,9 +419,10 @@ def _gold_set(
     reference = reference[~reference[Col.IMAGE_ID].isin(set(candidates[Col.IMAGE_ID]))]
     leaky = np.zeros(len(candidates), dtype=bool)
     if not reference.empty:
-        q = load_pixels(workspace, infos[-1], candidates)
-        r = load_pixels(workspace, infos[-1], reference.reset_index(drop=True))
-        matches = match_against(q, r)
+        size = tolerances.image_size
+        q = load_pixels(workspace, infos[-1], candidates, size)
+        r = load_pixels(workspace, infos[-1], reference.reset_index(drop=True), size)
+        matches = match_against(q, r, tolerances)
         leaky[matches["query"].to_numpy(dtype=int)] = True
     # duplicates inside the gold set itself would double-count one photo: keep one per dup_group
     gold = candidates[~leaky]
@@ -419,7 +430,7 @@ def _gold_set(
         grouped = gold[gold[Col.DUP_GROUP].notna()]
         keep = grouped.sort_values(Col.IMAGE_ID).drop_duplicates(Col.DUP_GROUP).index
         gold = gold[gold[Col.DUP_GROUP].isna() | gold.index.isin(keep)]
-    return gold.reset_index(drop=True), int(leaky.sum())
+    return gold.reset_index(drop=True), int(leaky.sum()), matched_as
 
 
 def _encode(labels: pd.Series, classes: list[str], version: str, split: str) -> np.ndarray:

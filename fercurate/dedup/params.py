@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fercurate.errors import InputError
 
@@ -101,3 +103,43 @@ class DedupParams:
             raise InputError(
                 f"max_shift {self.max_shift} is too large for {self.image_size}-pixel images", param="max_shift"
             )
+
+
+#: What decides whether two images are duplicates (not which version, what to do with a group, or
+#: whether to write): the fields :func:`matching_params` takes from a recorded dedup run.
+MATCHING_FIELDS: tuple[str, ...] = (
+    "hasher",
+    "radius",
+    "shift_radius",
+    "detail_radius",
+    "min_similarity",
+    "max_residual",
+    "max_shift",
+    "max_zoom",
+    "recrop_radius",
+    "mirror",
+    "image_size",
+)
+
+
+def matching_params(record: Mapping[str, Any] | None) -> DedupParams:
+    """The tolerances a dedup run recorded (its version's ``params``), so that another stage matches
+    images the way that run did: a dataset deduplicated with ``--photos`` has its re-crops looked for
+    too. Fields the record lacks (an older version's) and a missing record keep the defaults."""
+    return DedupParams(**{k: record[k] for k in MATCHING_FIELDS if record and k in record})
+
+
+def describe(params: DedupParams) -> str:
+    """The matching options that differ from the defaults, spelt as ``fercurate dedup`` takes them."""
+    default = DedupParams()
+    parts = []
+    for name in MATCHING_FIELDS:
+        value = getattr(params, name)
+        if value == getattr(default, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts) or "the defaults"
