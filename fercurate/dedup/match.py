@@ -105,11 +105,11 @@ RELATED_DETAIL_RADIUS = 72
 RELATED_KEEP = 0.7
 #: Largest difference of a related pair (:func:`trimmed_difference`: the kept pixels' mean absolute
 #: difference, an offset removed, relative to the images' mean absolute deviation); first on 16x16
-#: thumbnails, a cheap filter (0.2 let 2.5 times as many pairs through to the full check on the
-#: 20K speed demo for 4% more burst frames on the tuning demo), then on the aligned, lightly
-#: blurred 48x48 images.
-RELATED_PREFILTER = 0.15
-RELATED_MAX_DIFFERENCE = 0.09
+#: thumbnails, a cheap filter, then on the aligned, lightly blurred 48x48 images. Set for burst
+#: frames in their own exposure (their own sensor noise, as real ones; docs/dedup.md, "Related
+#: frames"): 0.15 and 0.09 were tuned on drawn frames that repeated their original's noise.
+RELATED_PREFILTER = 0.2
+RELATED_MAX_DIFFERENCE = 0.12
 #: Side of the thumbnails of the prefilter and the border (in thumbnail cells) it leaves out.
 RELATED_THUMB, RELATED_THUMB_BORDER = 16, 2
 
