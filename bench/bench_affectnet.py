@@ -134,8 +134,10 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in source.rglob("*.jpg")) / 1e6
 
         items = [
-            (str(source / "Manually_Annotated_Images" / r.subDirectory_filePath),
-             (int(r.face_x), int(r.face_y), int(r.face_width), int(r.face_height)))
+            (
+                str(source / "Manually_Annotated_Images" / r.subDirectory_filePath),
+                (int(r.face_x), int(r.face_y), int(r.face_width), int(r.face_height)),
+            )
             for r in csv.itertuples(index=False)
         ]
         t0, c0 = time.perf_counter(), _cpu_seconds()

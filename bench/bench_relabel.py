@@ -120,9 +120,11 @@ def compare(probs: np.ndarray, labels: np.ndarray, is_error: np.ndarray) -> dict
                 )
                 mask = np.zeros(len(labels), dtype=bool)
                 mask[ranked] = True
-                name = "cleanlab find_label_issues (defaults)" if (
-                    filter_by == "prune_by_noise_rate" and method == "self_confidence"
-                ) else f"cleanlab {filter_by} / {method}"
+                name = (
+                    "cleanlab find_label_issues (defaults)"
+                    if (filter_by == "prune_by_noise_rate" and method == "self_confidence")
+                    else f"cleanlab {filter_by} / {method}"
+                )
                 rows[name] = metrics(ranked, mask, is_error)
     return rows
 
@@ -264,14 +266,21 @@ def main() -> None:
         scan(ws, ScanParams(dataset=dataset, workers=cores))
     scan_s = time.perf_counter() - t0
     params = FlagParams(
-        folds=args.folds, preset=args.preset, epochs=args.epochs, seed=args.seed, device=args.device,
+        folds=args.folds,
+        preset=args.preset,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
         num_threads=cores if args.device == "cpu" else None,
     )
     t0 = time.perf_counter()
     result = flag(ws, params, PrintProgress())
     flag_s = time.perf_counter() - t0
-    print(f"flag: {result.rows} rows, {result.flagged} flagged, {flag_s:.1f} s "
-          f"({result.folds_trained} folds trained, {result.folds_cached} cached)", flush=True)
+    print(
+        f"flag: {result.rows} rows, {result.flagged} flagged, {flag_s:.1f} s "
+        f"({result.folds_trained} folds trained, {result.folds_cached} cached)",
+        flush=True,
+    )
 
     _, df = ws.read(result.version.version)
     df = df[df[Col.STATUS] == ACTIVE].merge(truth, left_on=Col.PATH, right_on="path", how="left")
@@ -320,12 +329,16 @@ def show(report: dict[str, Any], json_path: Path | None) -> None:
     summary = {k: v for k, v in report.items() if k != "methods"}
     summary.update({k: v for k, v in methods.items() if k != "table"})
     print(json.dumps(summary, indent=2))
-    print(f"{'method':52s} {'flagged':>7s} {'p@100':>6s} {'p@500':>6s} {'p@1000':>6s} "
-          f"{'prec':>6s} {'recall':>6s} {'F1':>6s}")
+    print(
+        f"{'method':52s} {'flagged':>7s} {'p@100':>6s} {'p@500':>6s} {'p@1000':>6s} "
+        f"{'prec':>6s} {'recall':>6s} {'F1':>6s}"
+    )
     for name, m in methods["table"].items():
         cells = [f"{m[f'p@{k}']:.3f}" if m[f"p@{k}"] is not None else "  -  " for k in TOP_K]
-        print(f"{name:52s} {m['flagged']:7d} {cells[0]:>6s} {cells[1]:>6s} {cells[2]:>6s} "
-              f"{m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f}")
+        print(
+            f"{name:52s} {m['flagged']:7d} {cells[0]:>6s} {cells[1]:>6s} {cells[2]:>6s} "
+            f"{m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f}"
+        )
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
 

@@ -500,6 +500,7 @@ def log_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         if e["problem"]:
             out.print(f"[red]{e['version']} damaged:[/] {e['problem']}", soft_wrap=True)
 
+
 @command("check")
 def check_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Verify every version (record and Parquet file hash), report folder and cache entry.
@@ -789,9 +790,7 @@ def merge_affectnet_cmd(
     ] = MergeParams.csv,
     version: Annotated[
         str | None,
-        typer.Option(
-            "--version", help="Version to merge into (v0003, 3, -1).", show_default="latest"
-        ),
+        typer.Option("--version", help="Version to merge into (v0003, 3, -1).", show_default="latest"),
     ] = MergeParams.version,
     target: Annotated[
         str, typer.Option(help="'equal' (every class up to the largest) or N (every class up to N rows).")
@@ -820,9 +819,9 @@ def merge_affectnet_cmd(
             "balancing the train split (val and test stay purely original).",
         ),
     ] = MergeParams.splits,
-    ratios: Annotated[
-        str, typer.Option(help="train/val/test percentages for --splits stratified.")
-    ] = ratio_text(MergeParams.ratios),
+    ratios: Annotated[str, typer.Option(help="train/val/test percentages for --splits stratified.")] = ratio_text(
+        MergeParams.ratios
+    ),
     seed: Annotated[int, typer.Option(help="Fixes which images are taken and where they go.")] = MergeParams.seed,
     image_size: Annotated[
         int | None, typer.Option(help="Side of the stored faces.", show_default="the dataset's")
@@ -950,8 +949,11 @@ def benchmark_cmd(
         print_json(result.to_dict())
         return
     rows = summary_rows(result)
-    table = Table(title=f"Benchmark ({result.preset}, {result.seeds} seed(s), {result.device}); gold set "
-                  f"{result.gold_size} images; accuracies in %", title_justify="left")
+    table = Table(
+        title=f"Benchmark ({result.preset}, {result.seeds} seed(s), {result.device}); gold set "
+        f"{result.gold_size} images; accuracies in %",
+        title_justify="left",
+    )
     for col in rows[0]:
         table.add_column(col, justify="right")
     for row in rows:
@@ -1096,9 +1098,7 @@ def relabel_serve_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option(
-            "--version", help="Flag version, or one descending from it.", show_default="latest"
-        ),
+        typer.Option("--version", help="Flag version, or one descending from it.", show_default="latest"),
     ] = ServeParams.version,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = ServeParams.port,
     open_browser: Annotated[
@@ -1276,9 +1276,7 @@ def dedup_cmd(
     workspace: WorkspaceOpt = None,
     version: Annotated[
         str | None,
-        typer.Option(
-            "--version", help="Version to deduplicate (v0003, 3, -1).", show_default="latest"
-        ),
+        typer.Option("--version", help="Version to deduplicate (v0003, 3, -1).", show_default="latest"),
     ] = DedupParams.version,
     hasher: Annotated[
         str, typer.Option(help=f"Perceptual hash stored and searched: {choices(HASHERS)}.")
@@ -1298,9 +1296,7 @@ def dedup_cmd(
     ] = DedupParams.detail_radius,
     min_similarity: Annotated[
         float,
-        typer.Option(
-            help=f"Smallest normalised cross-correlation of a duplicate pair ({_range('min_similarity')})."
-        ),
+        typer.Option(help=f"Smallest normalised cross-correlation of a duplicate pair ({_range('min_similarity')})."),
     ] = DedupParams.min_similarity,
     max_residual: Annotated[
         float,
@@ -1346,9 +1342,7 @@ def dedup_cmd(
         str,
         typer.Option(help=f"Groups whose members carry different labels: {choices(CONFLICT_MODES)}."),
     ] = DedupParams.conflicts,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = (
-        DedupParams.dry_run
-    ),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; write no version.")] = (DedupParams.dry_run),
     engine: EngineOpt = EngineParams.engine,
     ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,

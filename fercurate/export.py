@@ -186,9 +186,7 @@ def _export_csv(
         pixels[missing] = load_gray_files(paths, size)
     codes = [FER2013_CLASSES.index(label) for label in rows[Col.LABEL]]
     strings = [" ".join(map(str, p.ravel().tolist())) for p in np.asarray(pixels)]
-    frame = pd.DataFrame(
-        {"emotion": codes, "pixels": strings, "Usage": [CSV_USAGE[s] for s in rows[Col.SPLIT]]}
-    )
+    frame = pd.DataFrame({"emotion": codes, "pixels": strings, "Usage": [CSV_USAGE[s] for s in rows[Col.SPLIT]]})
     frame.to_csv(out, index=False)
     if VoteCol.N in rows.columns and rows[VoteCol.N].notna().any():  # annotator votes: FER+'s layout beside
         from fercurate.votes.stage import fer2013new_frame

@@ -43,9 +43,12 @@ ENV = {"COLUMNS": "120"}
 DATASET_COUNTS = {"happy": 50, "neutral": 50, "sad": 45, "surprise": 30}
 #: Usable images per AffectNet class in the official-layout source (besides the planted faults).
 SOURCE_COUNTS = {"surprise": 30, "sad": 10, "happy": 8, "neutral": 8, "fear": 5, "contempt": 3, "anger": 3}
-AFFECTNET_CODE = {name: i for i, name in enumerate(
-    ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt", "none", "uncertain", "no-face")
-)}
+AFFECTNET_CODE = {
+    name: i
+    for i, name in enumerate(
+        ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt", "none", "uncertain", "no-face")
+    )
+}
 
 
 # -- generators ------------------------------------------------------------------------------------
@@ -90,8 +93,9 @@ def write_dataset(root: Path, counts: dict[str, int], seed: int = 1) -> dict[str
     return files
 
 
-def write_official(root: Path, counts: dict[str, int], *, faults: bool = True, seed: int = 2,
-                   dataset_copy: np.ndarray | None = None) -> pd.DataFrame:
+def write_official(
+    root: Path, counts: dict[str, int], *, faults: bool = True, seed: int = 2, dataset_copy: np.ndarray | None = None
+) -> pd.DataFrame:
     """An AffectNet-style source: Manually_Annotated_Images/<n>/<name>.jpg plus training.csv.
 
     With ``faults``: 2 missing files, 2 boxes off the image, 1 corrupt file (all surprise), two rows
@@ -138,8 +142,11 @@ def write_official(root: Path, counts: dict[str, int], *, faults: bool = True, s
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -265,7 +272,14 @@ def test_conversion_records_why_an_image_is_unusable(tmp_path: Path) -> None:
     ]
     reasons = [r["reason"] if not r["ok"] else "ok" for r in convert_faces(items, 48, 0.1)]
     assert reasons == [
-        "ok", "missing_file", "corrupt", "corrupt", "corrupt", "box_outside_image", "uniform", "too_small",
+        "ok",
+        "missing_file",
+        "corrupt",
+        "corrupt",
+        "corrupt",
+        "box_outside_image",
+        "uniform",
+        "too_small",
     ]
 
 
@@ -400,9 +414,7 @@ def test_the_source_is_left_byte_for_byte(ws: Workspace, base: dict[str, Path]) 
     assert tree_digest(base["source"]) == before
 
 
-def test_train_only_placement_balances_train_and_keeps_val_test_original(
-    ws: Workspace, base: dict[str, Path]
-) -> None:
+def test_train_only_placement_balances_train_and_keeps_val_test_original(ws: Workspace, base: dict[str, Path]) -> None:
     result = merge_affectnet(ws, params(base, splits="train"))
     _, df = ws.read(result.version.version)  # type: ignore[union-attr]
     new = df[df[Col.SOURCE] == "affectnet"]
@@ -438,8 +450,13 @@ def test_class_folders_with_splits_and_name_folding(ws: Workspace, tmp_path: Pat
             (src / folder / f"{i}.jpg").write_bytes(encode(img))
     result = merge_affectnet(ws, MergeParams(source=src, workers=1))
     assert result.layout == "split-folders"
-    assert result.mapping == {"anger": None, "contempt": None, "sadness": "sad", "surprise": "surprise",
-                              "surprised": "surprise"}
+    assert result.mapping == {
+        "anger": None,
+        "contempt": None,
+        "sadness": "sad",
+        "surprise": "surprise",
+        "surprised": "surprise",
+    }
     assert result.plan.loc["surprise", "added"] == 20 and result.plan.loc["sad", "added"] == 5
     _, df = ws.read(result.version.version)  # type: ignore[union-attr]
     new = df[df[Col.SOURCE] == "affectnet"]
@@ -447,8 +464,9 @@ def test_class_folders_with_splits_and_name_folding(ws: Workspace, tmp_path: Pat
     assert new["face_x"].isna().all()
     assert all((src / p).is_file() for p in new["source_path"])
     # --map overrides the folding: contempt counts as sad here
-    remapped = merge_affectnet(ws, MergeParams(source=src, version="v0000", mapping={"contempt": "sad"}, workers=1,
-                                               dry_run=True))
+    remapped = merge_affectnet(
+        ws, MergeParams(source=src, version="v0000", mapping={"contempt": "sad"}, workers=1, dry_run=True)
+    )
     assert remapped.mapping["contempt"] == "sad" and remapped.plan.loc["sad", "available"] == 9
 
 
@@ -515,8 +533,21 @@ def test_cli_dry_run_and_json(ws: Workspace, base: dict[str, Path]) -> None:
     assert len(ws.versions()) == 1
     res = runner.invoke(
         app,
-        ["merge-affectnet", str(base["source"]), "-w", str(ws.root), "--json", "--workers", "1", "--map",
-         "surprised=surprise", "--splits", "train", "--seed", "2"],
+        [
+            "merge-affectnet",
+            str(base["source"]),
+            "-w",
+            str(ws.root),
+            "--json",
+            "--workers",
+            "1",
+            "--map",
+            "surprised=surprise",
+            "--splits",
+            "train",
+            "--seed",
+            "2",
+        ],
         env=ENV,
     )
     assert res.exit_code == 0, res.output
@@ -524,8 +555,9 @@ def test_cli_dry_run_and_json(ws: Workspace, base: dict[str, Path]) -> None:
     assert data["version"] == "v0001" and data["splits"] == "train"
     assert data["added"] == data["added_by_split"]["train"] > 0
     assert data["plan"]["surprise"]["added"] == data["plan"]["surprise"]["need"]
-    res = runner.invoke(app, ["merge-affectnet", str(base["source"]), "-w", str(ws.root), "--workers", "1",
-                              "--target", "55"], env=ENV)
+    res = runner.invoke(
+        app, ["merge-affectnet", str(base["source"]), "-w", str(ws.root), "--workers", "1", "--target", "55"], env=ENV
+    )
     assert res.exit_code == 0, res.output
     assert "merge-affectnet into v0001" in res.output and "Skipped source rows by reason" in res.output
 

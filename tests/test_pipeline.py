@@ -133,7 +133,6 @@ def test_demo_run_twice_replaces_its_own_workspace_keeping_the_caches(report) ->
     assert by_stage["benchmark"].summary == {s.stage: s for s in report.stages}["benchmark"].summary
 
 
-
 def test_relabel_step_does_not_lower_label_accuracy(report) -> None:
     score = {s.stage: s for s in report.stages}["relabel-review"].score
     assert score["label accuracy after"] >= score["label accuracy before"]

@@ -104,9 +104,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
 
 
 @pytest.fixture(scope="session")
-def oracle_root(
-    dataset: tuple[Path, dict[str, tuple[str, str]]], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def oracle_root(dataset: tuple[Path, dict[str, tuple[str, str]]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace flagged with oracle probabilities (no training): v0 scan, v1 dup groups, v2 flag."""
     ws = Workspace(tmp_path_factory.mktemp("relabel-oracle") / "ws")
     scan(ws, ScanParams(dataset=dataset[0]))

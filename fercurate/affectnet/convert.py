@@ -23,9 +23,7 @@ from fercurate.images import MIN_SIDE, NEAR_UNIFORM_STD, encode_png
 # --------------------------------------------------------------------------------------------
 
 
-def face_crop_box(
-    width: int, height: int, box: Box | None, margin: float
-) -> tuple[float, float, float, float] | None:
+def face_crop_box(width: int, height: int, box: Box | None, margin: float) -> tuple[float, float, float, float] | None:
     """The square region (left, top, right, bottom) to resize into the stored face.
 
     With a box: the box grown by ``margin`` of its longer side on each side, made square around the
@@ -112,9 +110,7 @@ def convert_face(data: bytes, box: Box | None, size: int, margin: float) -> dict
     return rec
 
 
-def convert_faces(
-    items: Sequence[tuple[str, Box | None]], size: int = 48, margin: float = 0.1
-) -> list[dict[str, Any]]:
+def convert_faces(items: Sequence[tuple[str, Box | None]], size: int = 48, margin: float = 0.1) -> list[dict[str, Any]]:
     """:func:`convert_face` over a batch of ``(file path, face box or None)``; mappable by any engine."""
     out = []
     for path, box in items:
@@ -126,8 +122,13 @@ def convert_faces(
             continue
         except OSError as exc:
             out.append(
-                {"ok": False, "reason": "corrupt", "detail": f"unreadable: {exc.strerror or exc}", "width": None,
-                 "height": None}
+                {
+                    "ok": False,
+                    "reason": "corrupt",
+                    "detail": f"unreadable: {exc.strerror or exc}",
+                    "width": None,
+                    "height": None,
+                }
             )
             continue
         out.append(convert_face(data, box, size, margin))

@@ -126,8 +126,10 @@ def _candidates(
             Col.SOURCE_PATH: rows.loc[drop, Col.SOURCE_PATH],
             Col.SOURCE_LABEL: rows.loc[drop, Col.SOURCE_LABEL],
             "reason": reason[drop],
-            "detail": [f"class '{s}' is not in the dataset" if r == "unmapped_class" else None
-                       for s, r in zip(rows.loc[drop, Col.SOURCE_LABEL], reason[drop], strict=True)],
+            "detail": [
+                f"class '{s}' is not in the dataset" if r == "unmapped_class" else None
+                for s, r in zip(rows.loc[drop, Col.SOURCE_LABEL], reason[drop], strict=True)
+            ],
         }
     )
     skipped = pd.concat([source.skipped, dropped], ignore_index=True) if len(dropped) else source.skipped

@@ -111,9 +111,7 @@ def read_source(source: Path, csv: Path | None = None) -> Source:
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
     )
 
 
@@ -146,8 +144,7 @@ def _read_official(source: Path, csvs: list[Path]) -> Source:
         missing = [c for c in REQUIRED_CSV_COLUMNS if c.lower() not in by_lower]
         if missing:
             raise DatasetError(
-                f"CSV {path.name} lacks column(s) {', '.join(missing)}; an AffectNet CSV has "
-                f"{', '.join(CSV_COLUMNS)}"
+                f"CSV {path.name} lacks column(s) {', '.join(missing)}; an AffectNet CSV has {', '.join(CSV_COLUMNS)}"
             )
         usecols = [by_lower[c.lower()] for c in REQUIRED_CSV_COLUMNS]
         table = pd.read_csv(path, usecols=usecols, dtype=str, keep_default_na=False)

@@ -274,8 +274,10 @@ def _convert_in_rounds(
         for k, r in enumerate(records):
             if not r["ok"]:
                 rejected.append(_rejection(rows[batch[k]], r["reason"], r["detail"]))
-        faces = np.stack([np.frombuffer(records[k]["pixels"], np.uint8).reshape(size, size) for k in ok]) if ok else (
-            np.zeros((0, size, size), np.uint8)
+        faces = (
+            np.stack([np.frombuffer(records[k]["pixels"], np.uint8).reshape(size, size) for k in ok])
+            if ok
+            else (np.zeros((0, size, size), np.uint8))
         )
         query = _dedup_view(faces, size)
         of_dataset = _best_matches(match_against, query, dataset)
@@ -324,8 +326,7 @@ def _best_matches(match_against: Any, query: np.ndarray, reference: np.ndarray) 
         return {}
     found = match_against(query, reference)
     return {
-        int(q): (int(r), float(s))
-        for q, r, s in found[["query", "reference", "similarity"]].itertuples(index=False)
+        int(q): (int(r), float(s)) for q, r, s in found[["query", "reference", "similarity"]].itertuples(index=False)
     }
 
 

@@ -217,8 +217,7 @@ def _version_data(
     for name, part in (("train", tr), ("val", va)):
         if part.empty:
             raise InputError(
-                f"version {info.version} has no {name} rows to train with; run `fercurate split` or pass "
-                "other versions"
+                f"version {info.version} has no {name} rows to train with; run `fercurate split` or pass other versions"
             )
     missing = sorted(set(classes) - set(tr[Col.LABEL]))
     if missing:
@@ -459,9 +458,7 @@ def _replace(config: Any, **changes: Any) -> Any:
     return dataclasses.replace(config, **changes)
 
 
-def _model_path(
-    workspace: Workspace, config: Any, cfg_hash: str, data_key: str, soft_tr: np.ndarray | None
-) -> Path:
+def _model_path(workspace: Workspace, config: Any, cfg_hash: str, data_key: str, soft_tr: np.ndarray | None) -> Path:
     """Where the model for (data, config, seed) is cached."""
     if config.targets == "votes" and soft_tr is not None:
         # The votes are part of the training data: other votes (or another class mapping) train

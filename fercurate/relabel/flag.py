@@ -63,6 +63,8 @@ HTML_FILE = "flagged.html"
 PNG_FILE = "flagged.png"
 #: Bumped when the cross-fitting changes in a way that makes cached probabilities stale.
 OOF_CACHE_VERSION = 4
+
+
 @dataclass(frozen=True)
 class CrossFitPlan:
     """How cross-fitting spends its work for one preset: how many folds, how many epochs.
@@ -413,9 +415,7 @@ def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def _check_rows(rows: pd.DataFrame, classes: list[str], folds: int) -> None:
     if len(classes) < 2:
-        raise InputError(
-            f"relabel-review flag needs active rows of at least two classes, found {classes or 'none'}"
-        )
+        raise InputError(f"relabel-review flag needs active rows of at least two classes, found {classes or 'none'}")
     counts = rows[Col.LABEL].value_counts()
     # each fold's training part must hold every class, and its held-out part some of them
     need = folds + 1
@@ -654,9 +654,7 @@ def vote_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _top_per_class(queue: pd.DataFrame, n: int) -> pd.DataFrame:
-    return queue.groupby(Col.LABEL, sort=True, group_keys=False).head(n).sort_values(
-        [Col.LABEL, "rank"], kind="stable"
-    )
+    return queue.groupby(Col.LABEL, sort=True, group_keys=False).head(n).sort_values([Col.LABEL, "rank"], kind="stable")
 
 
 def _png_data_uri(pixels: np.ndarray) -> str:

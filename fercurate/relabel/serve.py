@@ -338,9 +338,7 @@ def make_server(workspace: Workspace, params: ServeParams) -> ReviewServer:
         ) from exc
 
 
-def serve(
-    workspace: Workspace, params: ServeParams, on_ready: Callable[[ReviewServer], None] | None = None
-) -> None:
+def serve(workspace: Workspace, params: ServeParams, on_ready: Callable[[ReviewServer], None] | None = None) -> None:
     """Serve the review page until interrupted (Ctrl-C); every decision is already on disk then.
 
     Args:
