@@ -18,7 +18,6 @@ overrides; ``--epochs`` and ``--folds`` default to what ``flag`` would choose.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
@@ -73,8 +72,8 @@ def main() -> None:
     config = make_config(args.preset, **overrides, seed=0, num_threads=args.threads)
     folds_n = args.folds or F.cross_fit_folds(plan, len(rows), args.val_fraction)
     fit_n = F.fit_rows(len(rows), folds_n, args.val_fraction)
-    epochs = args.epochs or F.cross_fit_epochs(plan, config.epochs, fit_n, folds_n)
-    config = dataclasses.replace(config, epochs=epochs)
+    config = F.cross_fit_config(plan, config, fit_n, folds_n, args.epochs)
+    epochs = config.epochs
 
     x = load_pixels(ws, info, rows, size=config.image_size)
     folds = F.assign_folds(labels, groups, folds_n, 0)

@@ -62,3 +62,26 @@ def test_fold_choice_is_the_largest_that_keeps_full_epochs() -> None:
 def test_no_plan_keeps_the_preset() -> None:
     assert cross_fit_folds(None, 10_000, VAL) == DEFAULT_FOLDS
     assert cross_fit_epochs(None, 7, 10_000, 5) == 7
+
+
+def test_a_small_set_trains_with_smaller_batches_and_more_epochs() -> None:
+    """At the preset's batch a demo-sized fold is 16 steps an epoch: the batch halves until an
+    epoch has ``min_steps``, the rate follows it down, and the ceiling on epochs rises. A real-sized
+    set keeps the preset's batch, rate and the plan's epochs."""
+    from fercurate.relabel.flag import cross_fit_batch, cross_fit_config
+    from fercurate.train import make_config
+
+    plan = CROSS_FIT["cpu"]
+    preset = make_config("cpu")
+    real = cross_fit_config(plan, preset, fit_rows(18_700, 3, VAL), 3)
+    assert (real.batch_size, real.lr, real.epochs) == (preset.batch_size, preset.lr, plan.max_epochs)
+    demo = cross_fit_config(plan, preset, fit_rows(3_000, 3, VAL), 3)
+    assert demo.batch_size == plan.small_batch and demo.epochs == plan.small_max_epochs
+    assert demo.lr == pytest.approx(2e-3, rel=0.02)
+    assert 3 * demo.epochs * fit_rows(3_000, 3, VAL) <= plan.samples  # still far inside the budget
+    # in between: halved only as far as needed; an explicit --epochs wins
+    assert cross_fit_batch(plan, 128, 5_000) == 64 and cross_fit_batch(plan, 128, 9_000) == 128
+    assert cross_fit_config(plan, preset, 2_000, 3, epochs=5).epochs == 5
+    for rows in (300, 2_000, 5_000, 9_000, 40_000):
+        batch = cross_fit_batch(plan, 128, rows)
+        assert batch == 32 or rows / batch >= plan.min_steps

@@ -77,6 +77,9 @@ class CrossFitPlan:
     is cheap, gets the most folds (each model trains on more of the data) and enough epochs; a
     large one gets fewer folds so that each model still trains long enough to learn faces.
 
+    A small set also gets smaller batches (:func:`cross_fit_batch`): at the preset's batch a fold of
+    2,000 images is 16 steps an epoch, and 13 epochs of that leave the model untrained.
+
     Attributes:
         samples: training images seen by all fold models together (the budget).
         full_epochs: epochs a model needs to train well; the fold count drops to keep them.
@@ -84,6 +87,9 @@ class CrossFitPlan:
         max_epochs: never more epochs than this (None: the preset's).
         folds: ``(fewest, most)`` folds the plan chooses from.
         overrides: other TrainConfig fields changed for cross-fitting.
+        min_steps: the batch halves (down to ``small_batch``) while an epoch has fewer steps.
+        small_batch: the smallest batch.
+        small_max_epochs: ``max_epochs`` once the batch is smaller than the preset's.
     """
 
     samples: int
@@ -92,6 +98,9 @@ class CrossFitPlan:
     max_epochs: int | None = None
     folds: tuple[int, int] = (3, 5)
     overrides: dict[str, Any] = field(default_factory=dict)
+    min_steps: int = 64
+    small_batch: int = 32
+    small_max_epochs: int = 18
 
 
 #: Cross-fitting plans per preset; presets not listed train as they are, with 5 folds. Measured
@@ -133,11 +142,50 @@ def cross_fit_folds(plan: CrossFitPlan | None, rows: int, val_fraction: float) -
     return fewest
 
 
-def cross_fit_epochs(plan: CrossFitPlan | None, preset_epochs: int, train_rows: int, folds: int = 1) -> int:
-    """Epochs of each fold's model: the plan's budget shared by ``folds`` models, within bounds."""
+#: How the learning rate follows a smaller batch: ``lr * (batch / preset batch) ** LR_BATCH_POWER``.
+#: 0.3 gives the cpu preset's 3e-3 at 128 and 2e-3 at 32, the rate ``demo --run`` trains a few
+#: thousand images with (and the best of 1.5e-3 and 2e-3 at batch 32 on the demo's folds).
+LR_BATCH_POWER = 0.3
+
+
+def cross_fit_batch(plan: CrossFitPlan | None, preset_batch: int, train_rows: int) -> int:
+    """Each fold model's batch: the preset's, halved while an epoch of ``train_rows`` would take
+    fewer than ``plan.min_steps`` steps, never below ``plan.small_batch``."""
+    batch = preset_batch
+    if plan is None:
+        return batch
+    while batch // 2 >= plan.small_batch and train_rows / batch < plan.min_steps:
+        batch //= 2
+    return batch
+
+
+def cross_fit_config(
+    plan: CrossFitPlan | None, config: Any, train_rows: int, folds: int, epochs: int | None = None
+) -> Any:
+    """The preset's config as each fold model trains: the plan's batch (:func:`cross_fit_batch`; a
+    smaller one gets a lower rate, ``LR_BATCH_POWER``) and epochs (:func:`cross_fit_epochs`), or
+    ``epochs`` when given."""
+    batch = cross_fit_batch(plan, config.batch_size, train_rows)
+    small = batch < config.batch_size
+    if small:
+        config = dataclasses.replace(
+            config, batch_size=batch, lr=config.lr * (batch / config.batch_size) ** LR_BATCH_POWER
+        )
+    if epochs is None:
+        epochs = cross_fit_epochs(plan, config.epochs, train_rows, folds, small=small)
+    return dataclasses.replace(config, epochs=epochs)
+
+
+def cross_fit_epochs(
+    plan: CrossFitPlan | None, preset_epochs: int, train_rows: int, folds: int = 1, small: bool = False
+) -> int:
+    """Epochs of each fold's model: the plan's budget shared by ``folds`` models, within bounds
+    (``small``: the batch is below the preset's, and the ceiling is ``plan.small_max_epochs``)."""
     if plan is None:
         return preset_epochs
     ceiling = plan.max_epochs if plan.max_epochs is not None else preset_epochs
+    if small:
+        ceiling = max(ceiling, plan.small_max_epochs)
     return int(min(ceiling, max(plan.min_epochs, round(plan.samples / (folds * max(train_rows, 1))))))
 
 
@@ -278,9 +326,7 @@ def flag(
     n_folds = int(params.folds or DEFAULT_FOLDS)
     classes = sorted(rows[Col.LABEL].unique().tolist())
     _check_rows(rows, classes, n_folds)
-    train_rows = fit_rows(len(rows), n_folds, params.val_fraction)
-    epochs = params.epochs if params.epochs is not None else cross_fit_epochs(plan, config.epochs, train_rows, n_folds)
-    config = dataclasses.replace(config, epochs=epochs)
+    config = cross_fit_config(plan, config, fit_rows(len(rows), n_folds, params.val_fraction), n_folds, params.epochs)
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
     groups = _groups(rows)
     key = cache_key(rows, groups, params, config_hash(config))
@@ -321,6 +367,8 @@ def flag(
                 "image_size": config.image_size,
                 "preset": params.preset,
                 "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "lr": config.lr,
                 "confident_joint": scores.joint.astype(int).tolist(),
                 "estimated_wrong": queue_plan.estimated_wrong,
                 "expected_wrong": noise.expected_wrong,
