@@ -950,3 +950,19 @@ def test_row_keys_a_slice_at_a_time_match_the_whole(tmp_path: Path, monkeypatch:
 
     pixels[4] = 17
     assert _flat_rows(pixels).tolist() == [k == 4 for k in range(10)]
+
+
+def test_matching_params_take_a_recorded_runs_tolerances_only() -> None:
+    """What a dedup version recorded decides how another stage matches: its tolerances, not its
+    version, conflict mode or dry run; an older record's missing fields and no record give the
+    defaults, and ``describe`` spells the difference as the CLI options."""
+    from fercurate.dedup.params import DedupParams, describe, matching_params
+
+    record = {"version": "v0003", "conflicts": "keep-all", "dry_run": True, "max_zoom": 0.2, "max_residual": 0.3}
+    got = matching_params(record)
+    assert (got.max_zoom, got.max_residual) == (0.2, 0.3)
+    assert (got.version, got.conflicts, got.dry_run) == (None, "remove-all", False)
+    assert matching_params(None) == matching_params({}) == DedupParams()
+    assert describe(got) == "--max-residual 0.3 --max-zoom 0.2"
+    assert describe(matching_params({"mirror": True, "radius": 10})) == "--radius 10 --mirror"
+    assert describe(DedupParams()) == "the defaults"
