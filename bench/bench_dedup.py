@@ -218,6 +218,7 @@ def recrop_set(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]
     """The planted re-crop set of :func:`quality_recrop`: pixels, (a, b, kind) copies, (a, burst) pairs."""
     from fercurate.dedup.plant import crop, recrop_pair, tone_curve, watermark
     from fercurate.demo.faces import make_identity, render_face
+    from fercurate.demo.faults import visible_change
     from fercurate.demo.params import EXPRESSIONS
 
     rng = np.random.default_rng(seed)
@@ -233,7 +234,7 @@ def recrop_set(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]
         # another expression, the first other one that does; a face on which all draw alike is skipped
         for second in others:
             other = render_face(np.random.default_rng(face_seed), EXPRESSIONS[second], 0.9, 64, identity=who)
-            if _visible_change(source, other) >= 30:
+            if visible_change(crop(source, 1.0, 0, 0), crop(other, 1.0, 0, 0)):
                 break
         else:
             continue
@@ -320,14 +321,6 @@ def quality_recrop(n: int, seed: int, out: Path) -> dict[str, object]:
         "found kinds": pairs["kind"].value_counts().to_dict(),
         "seconds": round(seconds, 2),
     }
-
-
-def _visible_change(first: np.ndarray, second: np.ndarray) -> int:
-    """Pixels (at 48x48) whose grey level differs by more than 20 between two renders of one face."""
-    from fercurate.dedup.plant import crop
-
-    diff = np.abs(crop(first, 1.0, 0, 0).astype(int) - crop(second, 1.0, 0, 0).astype(int))
-    return int((diff > 20).sum())
 
 
 def _encode_decode(arr: np.ndarray, quality: int) -> np.ndarray:

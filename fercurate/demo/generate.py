@@ -77,12 +77,18 @@ def _identity_for(seed: int, identity: int) -> Identity:
     return make_identity(np.random.default_rng([seed, STREAM_IDENTITY, identity]))
 
 
-def _render_dataset_image(task: _FaceTask) -> bytes:
+def _face_pixels(task: _FaceTask) -> tuple[np.ndarray, np.random.Generator]:
+    """The task's face before encoding, and its random stream where the render left it."""
     rng = np.random.default_rng([task.seed, STREAM_IMAGE, task.index])
     who = _identity_for(task.seed, task.identity)
     arr = render_face(
         rng, task.expression, task.intensity, task.size, identity=who, box=task.box, exposure=task.exposure
     )
+    return arr, rng
+
+
+def _render_dataset_image(task: _FaceTask) -> bytes:
+    arr, rng = _face_pixels(task)
     if task.mode == "RGB":
         # The odd RGB file in a gray set: a faint colour cast, as from a different camera.
         tint = np.array([1.0 + rng.uniform(0.02, 0.08), 1.0, 1.0 - rng.uniform(0.02, 0.08)])
@@ -92,9 +98,9 @@ def _render_dataset_image(task: _FaceTask) -> bytes:
 
 def _draw_photo(params: DemoParams, rows: list[Row], index: int, expression: str, intensity: float) -> np.ndarray:
     """Row ``index``'s photo, drawn again with another expression: its pixels, before encoding."""
-    rng = np.random.default_rng([params.seed, STREAM_IMAGE, index])
-    who = _identity_for(params.seed, rows[index].identity)
-    return render_face(rng, expression, intensity, params.image_size, identity=who)
+    row = rows[index]
+    task = _FaceTask(params.seed, index, row.identity, expression, intensity, params.image_size, row.fmt, str(row.mode))
+    return _face_pixels(task)[0]
 
 
 # --------------------------------------------------------------------------------------------
