@@ -37,7 +37,7 @@ from fercurate import __version__
 from fercurate.affectnet.params import SPLIT_MODES, MergeParams
 from fercurate.benchmark import BenchmarkParams
 from fercurate.dedup.hashers import HASHERS
-from fercurate.dedup.params import CONFLICT_MODES, PHOTO_TOLERANCES, RANGES, DedupParams
+from fercurate.dedup.params import CONFLICT_MODES, PHOTO_TOLERANCES, RANGES, DedupParams, describe
 from fercurate.demo.params import DemoParams
 from fercurate.demo.run import DemoRunParams
 from fercurate.engine import ENGINE_ENV, ENGINES, Engine, EngineParams
@@ -1325,7 +1325,7 @@ def dedup_cmd(
         typer.Option(
             "--photos",
             help="Tolerances for real photos (FER2013, FER+, AffectNet): "
-            + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in PHOTO_TOLERANCES.items())
+            + describe(DedupParams(**PHOTO_TOLERANCES))
             + " unless given (re-crops with another face box, stock watermarks, tone curves). Not for the "
             "demo's drawn faces, whose faint burst frames pass them.",
         ),
