@@ -898,6 +898,7 @@ def merge_affectnet_cmd(
         out.print(f"skipped files: {result.skipped_path}")
     if result.chart_path:
         out.print(f"chart: {result.chart_path}")
+    out.print(f"copies of dataset images looked for with {result.matched_as}")
     for note in result.notes:
         out.print(f"[yellow]note:[/] {note}")
 

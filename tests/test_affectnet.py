@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from fercurate.affectnet import (
     read_source,
 )
 from fercurate.cli import app
+from fercurate.dedup import DedupParams, dedup
 from fercurate.errors import DatasetError, InputError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, scan
@@ -377,6 +379,44 @@ def test_target_n_counts_every_skip_and_drops_duplicates(ws: Workspace, base: di
     assert any("no more usable images" in n for n in result.notes)
 
 
+def recropped(img: np.ndarray, zoom: float, dx: float, dy: float) -> np.ndarray:
+    """``img`` cut again with another face box: ``zoom`` times closer, moved by (``dx``, ``dy``) pixels."""
+    big = Image.fromarray(img).resize((480, 480), Image.Resampling.BICUBIC)
+    half, cx, cy = 240 / zoom, 240 + 10 * dx, 240 + 10 * dy
+    box = (cx - half, cy - half, cx + half, cy + half)
+    return np.asarray(big.resize(img.shape[::-1], Image.Resampling.BICUBIC, box=box))
+
+
+def test_new_faces_are_matched_with_the_lineage_dedup_tolerances(
+    ws: Workspace, base: dict[str, Path], tmp_path: Path
+) -> None:
+    # a re-crop of a dataset image (zoom 1.12, moved): dedup's defaults do not look for re-crops, so
+    # only a dataset deduplicated with --max-zoom turns it away, as its own dedup run would have
+    _, df = ws.read("v0000")
+    original = df[df[Col.LABEL] == "sad"].sort_values(Col.IMAGE_ID).iloc[0]
+    face = np.asarray(Image.open(base["dataset"] / original[Col.PATH]).convert("L"))
+    source = tmp_path / "source"
+    write_official(source, {"surprise": 4}, faults=False, seed=5, dataset_copy=recropped(face, 1.12, 1.5, -1.0))
+    merge = MergeParams(source=source, target="100", workers=1)
+
+    plain = merge_affectnet(ws, replace(merge, version="v0000"))
+    assert plain.matched_as == "dedup's defaults"
+    assert "duplicate_of_dataset" not in plain.skipped and plain.plan.loc["surprise", "added"] == 5
+
+    deduped = dedup(ws, DedupParams(version="v0000", max_zoom=0.15))
+    assert deduped.version is not None
+    merged = merge_affectnet(ws, replace(merge, version=deduped.version.version))
+    assert merged.matched_as == f"{deduped.version.version}'s dedup (--max-zoom 0.15)"
+    assert merged.skipped["duplicate_of_dataset"] == 1 and merged.plan.loc["surprise", "added"] == 4
+    listed = pd.read_parquet(merged.skipped_path)
+    turned = listed[listed["reason"] == "duplicate_of_dataset"]
+    assert turned["detail"].str.startswith(str(original[Col.IMAGE_ID])).all()
+    assert merged.version is not None
+    assert merged.version.extra["merge_affectnet"]["matched_as"] == merged.matched_as
+    dry = merge_affectnet(ws, replace(merge, version=deduped.version.version, dry_run=True))
+    assert dry.matched_as == merged.matched_as
+
+
 def test_target_fraction_brings_classes_to_a_share_of_the_largest(ws: Workspace, base: dict[str, Path]) -> None:
     result = merge_affectnet(ws, params(base, target_fraction=0.8))
     assert result.plan["target"].eq(40).all()
@@ -555,11 +595,13 @@ def test_cli_dry_run_and_json(ws: Workspace, base: dict[str, Path]) -> None:
     assert data["version"] == "v0001" and data["splits"] == "train"
     assert data["added"] == data["added_by_split"]["train"] > 0
     assert data["plan"]["surprise"]["added"] == data["plan"]["surprise"]["need"]
+    assert data["matched_as"] == "dedup's defaults"
     res = runner.invoke(
         app, ["merge-affectnet", str(base["source"]), "-w", str(ws.root), "--workers", "1", "--target", "55"], env=ENV
     )
     assert res.exit_code == 0, res.output
     assert "merge-affectnet into v0001" in res.output and "Skipped source rows by reason" in res.output
+    assert "copies of dataset images looked for with dedup's defaults" in res.output
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from fercurate.affectnet.plan import (
 )
 from fercurate.affectnet.sources import SKIPPED_COLUMNS, Source, read_source, resolve_mapping
 from fercurate.counts import class_by_split
+from fercurate.dedup.params import DedupParams
 from fercurate.engine import Engine
 from fercurate.errors import DatasetError
 from fercurate.manifest import (
@@ -64,6 +65,8 @@ class MergeResult:
     ``target``, ``need``, ``available`` (usable candidates in the source), ``planned``
     (``min(need, available)``), ``examined`` (candidates converted), ``added`` and ``shortfall``.
     ``before`` / ``after`` are class x split tables of active rows with a ``total`` column.
+    ``matched_as`` names the tolerances new faces were matched with against the dataset and each
+    other: the newest dedup run's in the version's lineage (``dedup.lineage_tolerances``).
     """
 
     version: VersionInfo | None
@@ -83,6 +86,7 @@ class MergeResult:
     skipped_path: Path | None = None
     chart_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    matched_as: str = "dedup's defaults"  # whose tolerances looked for copies of dataset images
     seconds: float = 0.0
 
     @property
@@ -136,11 +140,17 @@ def merge_affectnet(
         plan = plan_merge(df, source, mapping, params, goal)
         notes = list(source.notes)
         before = class_by_split(df)
+        from fercurate.dedup import lineage_tolerances
+
+        tolerances, matched_as = lineage_tolerances(workspace, info.version)
         if params.dry_run:
-            return _dry_run_result(params, info, source, size, mapping, plan, before, notes, started)
+            return replace(
+                _dry_run_result(params, info, source, size, mapping, plan, before, notes, started),
+                matched_as=matched_as,
+            )
 
         accepted, rejected, examined = _convert_in_rounds(
-            workspace, info, act, plan, size, params, progress, engine or Engine()
+            workspace, info, act, plan, size, params, tolerances, progress, engine or Engine()
         )
         skipped = pd.concat([plan.skipped, rejected], ignore_index=True)
         cands, classes = plan.candidates, plan.classes
@@ -167,6 +177,7 @@ def merge_affectnet(
                     "added": int(len(new)),
                     "plan": nested(table),
                     "skipped": _skip_counts(skipped),
+                    "matched_as": matched_as,
                 },
             },
         )
@@ -196,6 +207,7 @@ def merge_affectnet(
         chart_path=chart_path,
         notes=notes,
         seconds=time.perf_counter() - started,
+        matched_as=matched_as,
     )
 
 
@@ -223,14 +235,16 @@ def _convert_in_rounds(
     plan: MergePlan,
     size: int,
     params: MergeParams,
+    tolerances: DedupParams,
     progress: Progress,
     engine: Engine,
 ) -> tuple[dict[str, list[dict[str, Any]]], pd.DataFrame, dict[str, int]]:
     """Convert the plan's candidates class by class in seeded order until each need is met.
 
     A candidate is accepted when it converts, passes the quality checks, is not a near-duplicate of
-    an active dataset image, nor of a face accepted before it. Rounds convert a little more than the
-    remaining need, so a few failures rarely cost another round.
+    an active dataset image, nor of a face accepted before it (matched with ``tolerances``: a
+    dataset deduplicated with ``--photos`` has re-crops of its images turned away too). Rounds
+    convert a little more than the remaining need, so a few failures rarely cost another round.
 
     Returns:
         The accepted records per class (with ``index`` into ``cands``), the rejected rows and the
@@ -280,11 +294,11 @@ def _convert_in_rounds(
             else (np.zeros((0, size, size), np.uint8))
         )
         query = _dedup_view(faces, size)
-        of_dataset = _best_matches(match_against, query, dataset)
-        of_taken = _best_matches(match_against, query, np.stack(taken)) if taken else {}
+        of_dataset = _best_matches(match_against, query, dataset, tolerances)
+        of_taken = _best_matches(match_against, query, np.stack(taken), tolerances) if taken else {}
         partners: dict[int, set[int]] = {}
         if len(query) > 1:
-            for a, b in find_duplicate_pairs(query)[["i", "j"]].itertuples(index=False):
+            for a, b in find_duplicate_pairs(query, tolerances)[["i", "j"]].itertuples(index=False):
                 partners.setdefault(int(a), set()).add(int(b))
                 partners.setdefault(int(b), set()).add(int(a))
         kept_here: set[int] = set()
@@ -321,10 +335,12 @@ def _rejection(row: dict[str, Any], reason: str, detail: str | None) -> dict[str
     return dict(zip(SKIPPED_COLUMNS, (row[Col.SOURCE_PATH], row[Col.SOURCE_LABEL], reason, detail), strict=True))
 
 
-def _best_matches(match_against: Any, query: np.ndarray, reference: np.ndarray) -> dict[int, tuple[int, float]]:
+def _best_matches(
+    match_against: Any, query: np.ndarray, reference: np.ndarray, tolerances: DedupParams
+) -> dict[int, tuple[int, float]]:
     if len(query) == 0 or len(reference) == 0:
         return {}
-    found = match_against(query, reference)
+    found = match_against(query, reference, tolerances)
     return {
         int(q): (int(r), float(s)) for q, r, s in found[["query", "reference", "similarity"]].itertuples(index=False)
     }

@@ -398,13 +398,10 @@ def _gold_set(
     """The gold rows, how many candidates were dropped for having a duplicate in some train/val, and
     whose tolerances found those: the newest dedup run in the newest version's lineage (a dataset
     deduplicated with ``--photos`` has its test images' re-crops looked for too), else the defaults."""
-    from fercurate.dedup import match_against
-    from fercurate.dedup.params import describe, matching_params
+    from fercurate.dedup import lineage_tolerances, match_against
 
     newest = frames[infos[-1].version]
-    dedups = [i for i in workspace.lineage(infos[-1].version) if i.stage == "dedup"]
-    tolerances = matching_params(dedups[-1].params if dedups else None)
-    matched_as = f"{dedups[-1].version}'s dedup ({describe(tolerances)})" if dedups else "dedup's defaults"
+    tolerances, matched_as = lineage_tolerances(workspace, infos[-1].version)
     candidates = newest[
         (newest[Col.STATUS] == ACTIVE) & (newest[Col.SPLIT] == "test") & (newest[Col.SOURCE] == SOURCE_ORIGINAL)
     ].reset_index(drop=True)

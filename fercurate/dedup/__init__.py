@@ -41,7 +41,7 @@ from fercurate.dedup.hashers import HASHERS, Hasher
 from fercurate.dedup.match import find_duplicate_pairs, match_against
 from fercurate.dedup.params import CONFLICT_MODES, RANGES, DedupParams
 from fercurate.dedup.search import hamming_pairs
-from fercurate.dedup.stage import DUP_COLUMNS, DedupResult, dedup
+from fercurate.dedup.stage import DUP_COLUMNS, DedupResult, dedup, lineage_tolerances
 
 __all__ = [
     "CONFLICT_MODES",
@@ -55,5 +55,6 @@ __all__ = [
     "dedup",
     "find_duplicate_pairs",
     "hamming_pairs",
+    "lineage_tolerances",
     "match_against",
 ]

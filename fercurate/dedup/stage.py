@@ -23,7 +23,7 @@ from fercurate.dedup.match import (
     find_pairs,
     row_keys,
 )
-from fercurate.dedup.params import DedupParams
+from fercurate.dedup.params import DedupParams, describe, matching_params
 from fercurate.engine import Engine
 from fercurate.manifest import ACTIVE, REMOVED, SPLITS, Col
 from fercurate.progress import NullProgress, Progress
@@ -188,6 +188,24 @@ def dedup(
 
 
 # -- hashes ----------------------------------------------------------------------------------------
+def lineage_tolerances(workspace: Workspace, version: str) -> tuple[DedupParams, str]:
+    """The matching tolerances of the newest dedup run in ``version``'s lineage, and how to say so.
+
+    Stages that look for a photo's copies after dedup ran (the benchmark's gold set, merge-affectnet's
+    new faces) match as that run did: a dataset deduplicated with ``--photos`` has re-crops looked for
+    too. Without a dedup run in the lineage, the defaults.
+
+    Returns:
+        The tolerances, and a phrase naming them ("v0001's dedup (--max-zoom 0.2 ...)" or "dedup's
+        defaults") for reports.
+    """
+    runs = [i for i in workspace.lineage(version) if i.stage == "dedup"]
+    if not runs:
+        return DedupParams(), "dedup's defaults"
+    tolerances = matching_params(runs[-1].params)
+    return tolerances, f"{runs[-1].version}'s dedup ({describe(tolerances)})"
+
+
 def _hashes(
     workspace: Workspace,
     act: pd.DataFrame,
