@@ -113,7 +113,7 @@ def compare(probs: np.ndarray, labels: np.ndarray, is_error: np.ndarray) -> dict
         return rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for filter_by in ("prune_by_noise_rate", "confident_learning"):
+        for filter_by in ("prune_by_noise_rate", "confident_learning", "predicted_neq_given"):
             for method in ("self_confidence", "normalized_margin"):
                 ranked = find_label_issues(
                     labels, probs, filter_by=filter_by, return_indices_ranked_by=method, n_jobs=1

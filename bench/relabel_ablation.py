@@ -4,8 +4,8 @@ against FER+: what each change to the training plan buys, one variant per run.
 Each variant trains the same folds (``assign_folds`` of the version's active rows, seed 0) with
 ``flag``'s own ``fit_fold``, so the only differences are the options given here; nothing is written to
 the workspace. Scoring is ``bench/bench_relabel.py``'s (out-of-fold accuracy, precision at
-100 / 500 / 1000 of the normalised-margin ranking, F1 of the flagged set; all rows and the FER2013
-``Training`` rows).
+100 / 500 / 1000 of the normalised-margin ranking, F1 of the set ``flag``'s default filter flags; all
+rows and the FER2013 ``Training`` rows).
 
     python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth \\
         --folds 3 --epochs 11 --val-fraction 0.1 --set label_smoothing=0.1 --set tta_shift=0   # the previous plan
@@ -96,7 +96,7 @@ def main() -> None:
     scored = scored.merge(truth, left_on=Col.PATH, right_on="path").merge(usage, on="path")
     for name, part in (("all rows", scored), ("Training rows", scored[scored["usage"] == "Training"])):
         cols = [Col.PATH, Col.LABEL, "true_label", *(F.prob_column(c) for c in classes)]
-        m = evaluate(part[cols])["table"]["fercurate prune_by_noise_rate / normalized_margin"]
+        m = evaluate(part[cols])["table"][f"fercurate {F.FlagParams.filter_by} / {F.FlagParams.method}"]
         print(
             f"{name}: p@100 {m['p@100']} p@500 {m['p@500']} p@1000 {m['p@1000']} "
             f"precision {m['precision']} recall {m['recall']} F1 {m['f1']}"

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fercurate.errors import InputError
+from fercurate.relabel.flag import FlagParams
 from fercurate.relabel.scoring import (
     FILTERS,
     RANKERS,
@@ -130,6 +131,24 @@ def test_a_flag_always_has_another_class_beating_the_label(
         joint = scores.joint
         for c in range(probs.shape[1]):
             assert scores.flagged[labels == c].sum() <= joint[c].sum() - joint[c, c]
+
+
+@settings(max_examples=40, deadline=None)
+@given(noisy_problems())
+def test_flags_default_filter_takes_every_disagreement_and_ranks_as_the_others(
+    problem: tuple[np.ndarray, np.ndarray],
+) -> None:
+    probs, labels = problem
+    default = score_labels(probs, labels, method="normalized_margin", filter_by=FlagParams.filter_by)
+    assert FlagParams.filter_by == "predicted_neq_given"
+    assert default.flagged.tolist() == (probs.argmax(axis=1) != labels).tolist()
+    # every other filter flags a subset, ranked in the same order: the top of the queue is shared
+    for filter_by in FILTERS:
+        other = score_labels(probs, labels, method="normalized_margin", filter_by=filter_by)
+        assert not (other.flagged & ~default.flagged).any()
+        assert np.array_equal(other.score, default.score)
+        ranked = default.ranked()
+        assert other.ranked().tolist() == ranked[other.flagged[ranked]].tolist()
 
 
 @settings(max_examples=60, deadline=None)

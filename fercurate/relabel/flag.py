@@ -238,7 +238,7 @@ class FlagParams:
     seed: int = 0
     device: str = "auto"
     method: str = "normalized_margin"
-    filter_by: str = "prune_by_noise_rate"
+    filter_by: str = "predicted_neq_given"
     top_per_class: int = 24
     val_fraction: float = 0.0
     num_threads: int | None = None
