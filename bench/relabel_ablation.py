@@ -60,10 +60,10 @@ def main() -> None:
 
     ws = Workspace(args.workspace)
     info, df = ws.read(args.version)
-    rows = F._active_rows(df)
+    rows = F.active_rows(df)
     classes = sorted(rows[Col.LABEL].unique().tolist())
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
-    groups = F._groups(rows)
+    groups = F.fold_groups(rows)
     plan = F.CROSS_FIT.get(args.preset)
     overrides = dict(plan.overrides if plan else {})
     for item in args.set:

@@ -193,8 +193,8 @@ def test_flag_rerun_with_unchanged_rows_and_settings_trains_nothing(
 
 def test_cache_key_follows_rows_labels_and_settings(ws: Workspace) -> None:
     _, df = ws.read("v0001")
-    rows = flag_mod._active_rows(df)
-    groups = flag_mod._groups(rows)
+    rows = flag_mod.active_rows(df)
+    groups = flag_mod.fold_groups(rows)
     params = FlagParams(folds=3)
     key = cache_key(rows, groups, params, "cfg")
     assert cache_key(rows.sample(frac=1, random_state=0).sort_values(Col.IMAGE_ID), groups, params, "cfg") == key

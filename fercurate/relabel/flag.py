@@ -319,7 +319,7 @@ def flag(
     config = make_config(params.preset, **(plan.overrides if plan else {}), **execution)
     info, df = workspace.read(params.version)
 
-    rows = _active_rows(df)
+    rows = active_rows(df)
     if params.folds is None:
         # the plan's fold count for this many rows; recorded in the version's params
         params = dataclasses.replace(params, folds=cross_fit_folds(plan, len(rows), params.val_fraction))
@@ -328,7 +328,7 @@ def flag(
     _check_rows(rows, classes, n_folds)
     config = cross_fit_config(plan, config, fit_rows(len(rows), n_folds, params.val_fraction), n_folds, params.epochs)
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
-    groups = _groups(rows)
+    groups = fold_groups(rows)
     key = cache_key(rows, groups, params, config_hash(config))
 
     x = load_pixels(workspace, info, rows, size=config.image_size, progress=progress)
@@ -456,7 +456,7 @@ def _check_params(params: FlagParams) -> None:
         )
 
 
-def _active_rows(df: pd.DataFrame) -> pd.DataFrame:
+def active_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Active rows sorted by image id, so folds do not depend on the manifest's row order."""
     return df[df[Col.STATUS] == ACTIVE].sort_values(Col.IMAGE_ID, kind="stable").reset_index(drop=True)
 
@@ -476,7 +476,7 @@ def _check_rows(rows: pd.DataFrame, classes: list[str], folds: int) -> None:
         )
 
 
-def _groups(rows: pd.DataFrame) -> np.ndarray:
+def fold_groups(rows: pd.DataFrame) -> np.ndarray:
     """The fold-grouping key per row: its ``dup_group`` where it has one, else the row itself."""
     own = ("id:" + rows[Col.IMAGE_ID].astype(str)).to_numpy()
     if DUP_GROUP not in rows.columns:
