@@ -994,7 +994,13 @@ def relabel_flag_cmd(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = FlagParams.device,
     method: Annotated[str, typer.Option(help=f"Ranking of the flags: {choices(RANKERS)}.")] = FlagParams.method,
     filter_by: Annotated[
-        str, typer.Option("--filter", help=f"Which rows are flagged: {choices(FILTERS)}.")
+        str,
+        typer.Option(
+            "--filter",
+            help=f"Which rows are flagged: {choices(FILTERS)}. predicted_neq_given: every row the fold models "
+            "label otherwise (best F1 on real FER); prune_by_noise_rate: cleanlab's default, as many per "
+            "(given, suggested) pair as the confident joint estimates wrong.",
+        ),
     ] = FlagParams.filter_by,
     top_per_class: Annotated[
         int, typer.Option(help="Flagged images per class in flagged.html/png.")
