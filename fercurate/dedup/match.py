@@ -550,6 +550,26 @@ def overlay_band(residual: np.ndarray, height: int) -> tuple[np.ndarray, np.ndar
     return band, (run >= OVERLAY_RUN * c) & (share >= OVERLAY_SHARE)
 
 
+def without_band(
+    residual: np.ndarray, energy: np.ndarray, rest: np.ndarray, a: np.ndarray, b: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity and residual of aligned pairs over ``rest`` only (a watermark's band left out).
+
+    Args:
+        residual, energy: as :func:`residual_map` returns them.
+        rest: ``(P, C, C)`` the pixels to keep.
+        a, b: ``(P, C, C)`` the aligned band-passed crops.
+        size: the images' side.
+
+    Returns:
+        :func:`masked_ncc` of the rest, and its worst window's residual divided by
+        :data:`OVERLAY_REST`: the rest must be cleaner than a pair without a watermark needs to be,
+        since the band is a gift.
+    """
+    worst = worst_window(np.where(rest, residual, 0.0), energy, size)
+    return masked_ncc(a, b, rest), worst / OVERLAY_REST
+
+
 def zoom_operators(size: int, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Bilinear matrices ``(P, S, S)`` whose row ``u`` samples ``x(c + scale * (u - c) + shift)``.
 
@@ -600,9 +620,21 @@ def _window_sums(x: np.ndarray, c: int, corners: np.ndarray) -> np.ndarray:
 
 
 def _verify(
-    left: np.ndarray, right: np.ndarray, a: np.ndarray, b: np.ndarray, flip: np.ndarray, max_shift: int
+    left: np.ndarray,
+    right: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    flip: np.ndarray,
+    max_shift: int,
+    overlay: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Similarity, shift and tile residual of pairs (``left[a]`` flipped where ``flip``, ``right[b]``)."""
+    """Similarity, shift and tile residual of pairs (``left[a]`` flipped where ``flip``, ``right[b]``).
+
+    With ``overlay`` (``min_similarity``, ``max_residual``), a pair within :data:`RECROP_NEAR` of the
+    similarity whose residual exceeds ``max_residual`` along a band that reads as a line of text (a
+    watermark on one copy, :func:`overlay_band`) is measured again without the band, as
+    :func:`verify_scaled` does: its similarity and residual are then those of the rest.
+    """
     sim = np.empty(len(a), dtype=np.float64)
     residual = np.empty(len(a), dtype=np.float64)
     dy = np.empty(len(a), dtype=np.int64)
@@ -619,7 +651,25 @@ def _verify(
         pa[f], fa[f], ba[f] = pa[f][:, :, ::-1], fa[f][:, :, ::-1], ba[f][:, :, ::-1]
         pb, fb, bb = right[ub][ib], fine_b[ib], band_b[ib]
         sim[sl], dy[sl], dx[sl] = ncc_over_shifts(ba, bb, max_shift)
-        residual[sl] = tile_residual(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
+        if overlay is None:
+            residual[sl] = tile_residual(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
+            return
+        res_map, energy = residual_map(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
+        res = worst_window(res_map, energy, pa.shape[1])
+        min_similarity, max_residual = overlay
+        o = np.nonzero((sim[sl] >= min_similarity - RECROP_NEAR) & (res > max_residual))[0]
+        if len(o):
+            band, textlike = overlay_band(res_map[o], round(OVERLAY_BAND * pa.shape[1] / 48))
+            o, band = o[textlike], band[textlike]
+        if len(o):
+            size, m = pa.shape[1], max_shift
+            c = size - 2 * m
+            yy = (m + dy[sl][o])[:, None, None] + np.arange(c)[None, :, None]
+            xx = (m + dx[sl][o])[:, None, None] + np.arange(c)[None, None, :]
+            moved = bb[o][np.arange(len(o))[:, None, None], yy, xx]
+            ncc, rest = without_band(res_map[o], energy[o], ~band, ba[o][:, m : m + c, m : m + c], moved, size)
+            sim[s + o], res[o] = ncc, rest
+        residual[sl] = res
 
     in_threads(chunk, range(0, len(a), _VERIFY_CHUNK))
     return sim, dy, dx, residual
@@ -835,9 +885,9 @@ def verify_scaled(
             o = np.nonzero(over)[0]
             rest = ~band[o] & ~outside[o][:, g : g + n, g : g + n]
             aligned = warp(ba[keep[o]], zs[keep][o], ty[keep][o], tx[keep][o])[:, g : g + n, g : g + n]
-            top[keep[o]] = masked_ncc(aligned, bb[keep[o]][:, g : g + n, g : g + n], rest)
-            # the rest must be cleaner than a pair without a watermark needs to be: the band is a gift
-            res[o] = worst_window(np.where(rest, res_map[o], 0.0), energy[o], size) / OVERLAY_REST
+            top[keep[o]], res[o] = without_band(
+                res_map[o], energy[o], rest, aligned, bb[keep[o]][:, g : g + n, g : g + n], size
+            )
         sim[sl] = top
         out = np.full(len(top), np.inf)
         out[keep] = res
@@ -1323,7 +1373,10 @@ def _verified(
     a = cands["a"].to_numpy()
     b = cands["b"].to_numpy()
     flip = cands["flip"].to_numpy()
-    verify = functools.partial(_verify, max_shift=params.max_shift)
+    # a watermark on one copy is forgiven here only without the re-crop search (``max_zoom``), which
+    # verifies every pair failing here again and forgives it there
+    overlay = (params.min_similarity, params.max_residual) if params.max_zoom == 0 else None
+    verify = functools.partial(_verify, max_shift=params.max_shift, overlay=overlay)
     sim, dy, dx, residual = joined_arrays((engine or Engine()).map_pairs(verify, (left, right), (a, b, flip)))
     # the fixed limit here: the drawn demo's burst frames (faint expressions) pass a looser one, and
     # the re-crop search (``max_zoom``, for real photos) verifies the pairs failing here again
