@@ -187,7 +187,6 @@ def dedup(
     )
 
 
-# -- hashes ----------------------------------------------------------------------------------------
 def lineage_tolerances(workspace: Workspace, version: str) -> tuple[DedupParams, str]:
     """The matching tolerances of the newest dedup run in ``version``'s lineage, and how to say so.
 
@@ -206,6 +205,7 @@ def lineage_tolerances(workspace: Workspace, version: str) -> tuple[DedupParams,
     return tolerances, f"{runs[-1].version}'s dedup ({describe(tolerances)})"
 
 
+# -- hashes ----------------------------------------------------------------------------------------
 def _hashes(
     workspace: Workspace,
     act: pd.DataFrame,
