@@ -133,12 +133,13 @@ def demo_truth(dest: Path, n_images: int, seed: int) -> tuple[Path, pd.DataFrame
     """Generate (or reuse) the demo under ``dest``; returns its dataset folder and truth table."""
     from fercurate.demo import DemoParams, generate_demo
 
-    truth_path = dest / "truth.parquet"
-    if not truth_path.exists():
-        t0 = time.perf_counter()
-        generate_demo(dest, DemoParams(n_images=n_images, seed=seed), overwrite=True)
+    # reused only when the same params and this version's drawing code made it (a stale demo measures
+    # another dataset)
+    t0 = time.perf_counter()
+    made = generate_demo(dest, DemoParams(n_images=n_images, seed=seed), overwrite=True)
+    if made.action != "reused":
         print(f"demo: {n_images} images generated in {time.perf_counter() - t0:.1f} s", flush=True)
-    truth = pd.read_parquet(truth_path)
+    truth = pd.read_parquet(dest / "truth.parquet")
     return dest / "dataset", truth[["path", "given_label", "true_label"]]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +393,29 @@ def test_a_second_run_reuses_the_same_demo_and_replaces_another(tmp_path: Path) 
     assert other.action == "replaced" and (dest / "truth.parquet").stat().st_mtime_ns != stamp
     (dest / "TRUTH.md").unlink()  # an incomplete demo is replaced, not reused
     assert generate_demo(dest, DemoParams(n_images=40, n_affectnet=4, n_invalid=0, seed=1)).action == "replaced"
+
+
+def test_a_demo_drawn_by_other_code_is_drawn_again(tmp_path: Path) -> None:
+    from fercurate.demo.generate import DEMO_RECORD, generator_fingerprint
+
+    small = DemoParams(n_images=40, n_affectnet=4, n_invalid=0)
+    dest = tmp_path / "demo"
+    generate_demo(dest, small)
+    record = json.loads((dest / DEMO_RECORD).read_text())
+    assert record["generator"] == generator_fingerprint() and len(record["generator"]) == 16
+    truth = (dest / "truth.parquet").read_bytes()
+    for generator in ("0123456789abcdef", None):  # another version's code, or a record older than the field
+        if generator is None:
+            record.pop("generator")
+        else:
+            record["generator"] = generator
+        (dest / DEMO_RECORD).write_text(json.dumps(record))
+        again = generate_demo(dest, small)
+        assert again.action == "replaced"
+        assert (dest / "truth.parquet").read_bytes() == truth  # the same code draws the same demo
+        record = json.loads((dest / DEMO_RECORD).read_text())
+        assert record["generator"] == generator_fingerprint()
+    assert generate_demo(dest, small).action == "reused"
 
 
 @pytest.mark.parametrize(

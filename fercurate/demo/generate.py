@@ -23,6 +23,7 @@ soft (small faces upscaled), so that the demo is about as hard to learn as real 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shutil
 import tempfile
@@ -218,8 +219,10 @@ def generate_demo(
 
     Everything is built in a hidden folder inside ``dest`` and moved into place at the end, so an
     interrupted run leaves no half-written dataset; a record of the params (``fercurate-demo.json``)
-    is written last. A complete demo made with the same params is reused as it is, and a demo made
-    with other params is replaced, so the Quick start re-runs as written. With ``overwrite`` (or over
+    is written last. A complete demo made with the same params by the same drawing code
+    (:func:`generator_fingerprint`) is reused as it is, and a demo made with other params or by
+    another version's code is replaced, so the Quick start re-runs as written and its figures are
+    this version's. With ``overwrite`` (or over
     an earlier demo) the demo's own entries (``dataset/``, ``affectnet/``, ``truth.parquet``,
     ``TRUTH.md``) are replaced; other files in ``dest`` are left alone. The same ``params`` always
     give byte-identical files, whatever ``workers`` is.
@@ -239,7 +242,12 @@ def generate_demo(
     """
     dest = Path(dest)
     previous = demo_record(dest)
-    if previous is not None and previous.get("params") == _params_record(params) and _complete(dest):
+    if (
+        previous is not None
+        and previous.get("params") == _params_record(params)
+        and previous.get("generator") == generator_fingerprint()
+        and _complete(dest)
+    ):
         return _result(dest, previous["counts"], "reused")
     _check_dest(dest, overwrite or previous is not None)
     n_workers = workers if workers is not None else _default_workers()
@@ -310,13 +318,31 @@ def generate_demo(
         "png": sum(r.fmt == "PNG" for r in everything),
         **affect_counts,
     }
-    record = {"made_by": "fercurate demo", "params": _params_record(params), "counts": counts}
+    record = {
+        "made_by": "fercurate demo",
+        "generator": generator_fingerprint(),
+        "params": _params_record(params),
+        "counts": counts,
+    }
     atomic_write_text(dest / DEMO_RECORD, json.dumps(record, indent=2))  # last: the demo is complete
     return _result(dest, counts, "replaced" if previous is not None else "written")
 
 
 #: written into a demo's folder once the demo is complete: what made it, with which params
 DEMO_RECORD = "fercurate-demo.json"
+
+#: The modules whose code draws a demo (``run.py`` scores one and is not among them).
+GENERATOR_MODULES = ("params.py", "faces.py", "faults.py", "files.py", "generate.py", "affectnet_copy.py")
+
+
+def generator_fingerprint() -> str:
+    """A hash of the code that draws a demo, kept in its record: a demo drawn by another version's
+    code (its faces, faults or truth may differ) is drawn again rather than reused."""
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in GENERATOR_MODULES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def demo_record(dest: Path) -> dict[str, Any] | None:
