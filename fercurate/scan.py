@@ -143,7 +143,7 @@ def scan(
         )
     classes = _parse_classes(params.classes)
     _check_lineage(workspace, params)
-    with _removed_on_error(workspace), workspace.lock("fercurate scan"):
+    with _removed_on_error(workspace), workspace.lock("fercurate scan", create=True):
         if dataset.is_file():
             df, notes = _scan_csv(workspace, dataset, classes, params, progress)
             layout, root = "csv", dataset.parent

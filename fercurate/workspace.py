@@ -348,8 +348,12 @@ class Workspace:
 
     # -- the lock ---------------------------------------------------------------------------------
     @contextmanager
-    def lock(self, command: str) -> Iterator[None]:
+    def lock(self, command: str, *, create: bool = False) -> Iterator[None]:
         """Hold the workspace's write lock while the block runs.
+
+        Only a command that starts a workspace (``create``: scan, the demo) makes its folder; any
+        other stops with the "run fercurate scan first" error where there is no workspace yet, and
+        leaves no empty folder behind.
 
         The lock is an OS lock (``flock``; ``msvcrt.locking`` on Windows) on ``.lock``, a file that is
         never deleted: taking it is one atomic system call, and the OS drops it when its process ends
@@ -359,8 +363,11 @@ class Workspace:
         ``versions/`` are removed: only a holder of the lock writes there, so none is live.
 
         Raises:
-            WorkspaceError: when another process holds the lock.
+            WorkspaceError: when another process holds the lock, or (without ``create``) when there
+                is no workspace.
         """
+        if not create and not self.root.is_dir():
+            self.require_versions()
         self.root.mkdir(parents=True, exist_ok=True)
         lock_path = self.root / ".lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

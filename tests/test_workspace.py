@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_tree
+from PIL import Image
 
 from fercurate.errors import WorkspaceError
 from fercurate.manifest import Col
@@ -349,3 +350,30 @@ def test_simultaneous_writers_never_hold_the_lock_together(ws: Workspace) -> Non
     for v in versions[1:]:  # each record describes its own Parquet file
         assert v.params["pid"] in {pid for _, pid, *_ in committed}
         ws.read(v.version)
+
+
+def test_only_a_command_that_starts_a_workspace_makes_its_folder(tmp_path: Path) -> None:
+    missing = Workspace(tmp_path / "nowhere")
+    with pytest.raises(WorkspaceError, match="run `fercurate scan DATASET` first"):
+        with missing.lock("fercurate split"):
+            pass
+    assert not missing.root.exists()
+    with missing.lock("fercurate scan", create=True):
+        assert missing.root.is_dir()
+
+
+@pytest.mark.parametrize("command", [["split"], ["merge-affectnet", "SOURCE"], ["dedup"], ["relabel-review", "apply"]])
+def test_writing_commands_refuse_a_missing_workspace_and_leave_no_folder(tmp_path: Path, command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from fercurate.cli import app
+
+    source = tmp_path / "affectnet"
+    (source / "surprise").mkdir(parents=True)  # a usable source: one class folder with one face
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(source / "surprise" / "a.png")
+    where = tmp_path / "nowhere"
+    args = [str(source) if part == "SOURCE" else part for part in command]
+    res = CliRunner().invoke(app, [*args, "-w", str(where)], env={"COLUMNS": "200"})
+    assert res.exit_code == 1, res.output
+    assert "no manifest versions" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not where.exists()

@@ -258,7 +258,7 @@ def _clear_workspace(workspace: Workspace, dest: Path, overwrite: bool) -> str:
             "to start the demo afresh there, or choose another workspace",
             param=("overwrite", "workspace"),
         )
-    with workspace.lock("fercurate demo --run"):
+    with workspace.lock("fercurate demo --run", create=True):
         for entry in workspace.root.iterdir():
             if entry.name in ("cache", ".lock"):
                 continue
