@@ -32,7 +32,7 @@ from fercurate.affectnet import (
     read_source,
 )
 from fercurate.cli import app
-from fercurate.dedup import DedupParams, dedup
+from fercurate.dedup import DedupParams, dedup, plant
 from fercurate.errors import DatasetError, InputError
 from fercurate.manifest import Col
 from fercurate.scan import ScanParams, scan
@@ -379,14 +379,6 @@ def test_target_n_counts_every_skip_and_drops_duplicates(ws: Workspace, base: di
     assert any("no more usable images" in n for n in result.notes)
 
 
-def recropped(img: np.ndarray, zoom: float, dx: float, dy: float) -> np.ndarray:
-    """``img`` cut again with another face box: ``zoom`` times closer, moved by (``dx``, ``dy``) pixels."""
-    big = Image.fromarray(img).resize((480, 480), Image.Resampling.BICUBIC)
-    half, cx, cy = 240 / zoom, 240 + 10 * dx, 240 + 10 * dy
-    box = (cx - half, cy - half, cx + half, cy + half)
-    return np.asarray(big.resize(img.shape[::-1], Image.Resampling.BICUBIC, box=box))
-
-
 def test_new_faces_are_matched_with_the_lineage_dedup_tolerances(
     ws: Workspace, base: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -396,7 +388,9 @@ def test_new_faces_are_matched_with_the_lineage_dedup_tolerances(
     original = df[df[Col.LABEL] == "sad"].sort_values(Col.IMAGE_ID).iloc[0]
     face = np.asarray(Image.open(base["dataset"] / original[Col.PATH]).convert("L"))
     source = tmp_path / "source"
-    write_official(source, {"surprise": 4}, faults=False, seed=5, dataset_copy=recropped(face, 1.12, 1.5, -1.0))
+    write_official(
+        source, {"surprise": 4}, faults=False, seed=5, dataset_copy=plant.crop(face, 1.12, -1.0, 1.5, frac=1.0)
+    )
     merge = MergeParams(source=source, target="100", workers=1)
 
     plain = merge_affectnet(ws, replace(merge, version="v0000"))

@@ -420,6 +420,15 @@ def tile_residual(
     return worst_window(residual, energy, a.shape[1])
 
 
+def at_shift(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, margin: int, side: int) -> np.ndarray:
+    """Each image's ``side`` x ``side`` window at ``margin + (dy, dx)``: the crop aligned with the other
+    image's central crop (margin ``margin``) by the shift :func:`ncc_over_shifts` found."""
+    rows = np.arange(len(images))[:, None, None]
+    yy = (margin + dy)[:, None, None] + np.arange(side)[None, :, None]
+    xx = (margin + dx)[:, None, None] + np.arange(side)[None, None, :]
+    return images[rows, yy, xx]
+
+
 def residual_map(
     a: np.ndarray,
     b: np.ndarray,
@@ -445,12 +454,9 @@ def residual_map(
     p, size, _ = a.shape
     m = max_shift if margin is None else max(margin, max_shift)
     c = size - 2 * m
-    rows = np.arange(p)[:, None, None]
-    yy = (m + dy)[:, None, None] + np.arange(c)[None, :, None]
-    xx = (m + dx)[:, None, None] + np.arange(c)[None, None, :]
     fa = fine_a[:, m : m + c, m : m + c].astype(np.float64)
-    fb = fine_b[rows, yy, xx].astype(np.float64)
-    ra, rb = a[:, m : m + c, m : m + c], b[rows, yy, xx]
+    fb = at_shift(fine_b, dy, dx, m, c).astype(np.float64)
+    ra, rb = a[:, m : m + c, m : m + c], at_shift(b, dy, dx, m, c)
     clipped = (ra <= 5) | (ra >= 250) | (rb <= 5) | (rb >= 250)
     if outside is not None:
         clipped |= outside[:, m : m + c, m : m + c]
@@ -664,9 +670,7 @@ def _verify(
         if len(o):
             size, m = pa.shape[1], max_shift
             c = size - 2 * m
-            yy = (m + dy[sl][o])[:, None, None] + np.arange(c)[None, :, None]
-            xx = (m + dx[sl][o])[:, None, None] + np.arange(c)[None, None, :]
-            moved = bb[o][np.arange(len(o))[:, None, None], yy, xx]
+            moved = at_shift(bb[o], dy[sl][o], dx[sl][o], m, c)
             ncc, rest = without_band(res_map[o], energy[o], ~band, ba[o][:, m : m + c, m : m + c], moved, size)
             sim[s + o], res[o] = ncc, rest
         residual[sl] = res
@@ -1005,11 +1009,8 @@ def related_difference(
         cb, jb = np.unique(b[idx], return_inverse=True)
         (fine_a, band_a), (fine_b, band_b) = blurs(left[ca]), blurs(right[cb])
         sim[idx], dy[idx], dx[idx] = ncc_over_shifts(band_a[ja], band_b[jb], max_shift)
-        rows = np.arange(len(idx))[:, None, None]
-        yy = (m + dy[idx])[:, None, None] + np.arange(c)[None, :, None]
-        xx = (m + dx[idx])[:, None, None] + np.arange(c)[None, None, :]
         fa = fine_a[ja][:, m : m + c, m : m + c].reshape(len(idx), -1)
-        fb = fine_b[jb][rows, yy, xx].reshape(len(idx), -1)
+        fb = at_shift(fine_b[jb], dy[idx], dx[idx], m, c).reshape(len(idx), -1)
         diff[idx] = trimmed_difference(fa, fb)
 
     in_threads(chunk, range(0, len(todo), _VERIFY_CHUNK))
