@@ -1,7 +1,7 @@
 """Cross-fitting variants of ``relabel-review flag`` on a scanned (and deduplicated) real set, scored
 against FER+: what each change to the training plan buys, one variant per run.
 
-Each variant trains the same folds (``assign_folds`` of the version's active rows, seed 0) with
+Each variant trains the same folds (``assign_folds`` of the version's active rows, ``--seed``, 0 by default) with
 ``flag``'s own ``fit_fold``, so the only differences are the options given here; nothing is written to
 the workspace. Scoring is ``bench/bench_relabel.py``'s (out-of-fold accuracy, precision at
 100 / 500 / 1000 of the normalised-margin ranking, F1 of the set ``flag``'s default filter flags; all
@@ -12,7 +12,13 @@ rows and the FER2013 ``Training`` rows).
     python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth   # the plan now
 
 ``--set`` overrides a TrainConfig field on top of the ``cpu`` preset and its cross-fitting plan's
-overrides; ``--epochs`` and ``--folds`` default to what ``flag`` would choose.
+overrides; ``--epochs`` and ``--folds`` default to what ``flag`` would choose. ``--seed`` draws other
+folds and model seeds (the run-to-run noise of a plan); ``--save-probs`` keeps a run's out-of-fold
+probabilities, and ``--from-probs`` scores saved runs again without training, averaging them when
+several are given (what repeated cross-fitting, one run per seed, would flag):
+
+    python bench/relabel_ablation.py WS --truth T --seed 1 --threads 1 --save-probs s1.npz
+    python bench/relabel_ablation.py --truth T --from-probs s0.npz s1.npz
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ F = importlib.import_module("fercurate.relabel.flag")  # the package re-exports 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workspace", type=Path)
+    ap.add_argument("workspace", type=Path, nargs="?", help="the workspace (not with --from-probs)")
     ap.add_argument("--version", default=None, help="the version to cross-fit (default: latest)")
     ap.add_argument("--truth", type=Path, required=True, help="bench/real truth folder")
     ap.add_argument("--preset", default="cpu")
@@ -53,10 +59,20 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.0)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a TrainConfig override")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0, help="fold assignment and fold i's model seed (seed + i)")
+    ap.add_argument("--save-probs", type=Path, default=None, help="write the out-of-fold probabilities (.npz)")
+    ap.add_argument("--from-probs", type=Path, nargs="+", default=None, help="score saved runs (averaged); no training")
     args = ap.parse_args()
     for name in ("ferplus_votes.csv", "fer4_index.csv"):
         if not (args.truth / name).is_file():
             sys.exit(f"{args.truth / name} is missing; pass the truth folder bench/real/prepare.py wrote")
+    if args.from_probs:
+        paths, labels, probs, classes = averaged(args.from_probs)
+        print(f"{len(args.from_probs)} run(s) averaged: out-of-fold accuracy {(probs.argmax(1) == labels).mean():.4f}")
+        score(paths, labels, probs, classes, args.truth)
+        return
+    if args.workspace is None:
+        sys.exit("pass the workspace to cross-fit, or --from-probs with saved runs")
 
     ws = Workspace(args.workspace)
     info, df = ws.read(args.version)
@@ -69,30 +85,51 @@ def main() -> None:
     for item in args.set:
         field, _, value = item.partition("=")
         overrides[field] = json.loads(value)
-    config = make_config(args.preset, **overrides, seed=0, num_threads=args.threads)
+    config = make_config(args.preset, **overrides, seed=args.seed, num_threads=args.threads)
     folds_n = args.folds or F.cross_fit_folds(plan, len(rows), args.val_fraction)
     fit_n = F.fit_rows(len(rows), folds_n, args.val_fraction)
     config = F.cross_fit_config(plan, config, fit_n, folds_n, args.epochs)
     epochs = config.epochs
 
     x = load_pixels(ws, info, rows, size=config.image_size)
-    folds = F.assign_folds(labels, groups, folds_n, 0)
+    folds = F.assign_folds(labels, groups, folds_n, args.seed)
     probs = np.zeros((len(rows), len(classes)), dtype=np.float32)
     started, cpu = time.perf_counter(), time.process_time()
     for fold in range(folds_n):
-        probs[folds == fold] = F.fit_fold(x, labels, groups, folds, classes, config, fold, args.val_fraction, 0)
+        probs[folds == fold] = F.fit_fold(x, labels, groups, folds, classes, config, fold, args.val_fraction, args.seed)
         print(f"fold {fold + 1}/{folds_n}: {time.perf_counter() - started:.0f} s", flush=True)
     print(
         f"{folds_n} folds x {epochs} epochs, val_fraction {args.val_fraction}, overrides {overrides}: "
         f"{time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; "
         f"out-of-fold accuracy {(probs.argmax(1) == labels).mean():.4f}"
     )
+    paths = rows[Col.PATH].to_numpy().astype(str)
+    if args.save_probs:
+        np.savez(args.save_probs, probs=probs, labels=labels, folds=folds, paths=paths, classes=np.array(classes))
+    score(paths, labels, probs, classes, args.truth)
 
-    scored = pd.DataFrame({Col.PATH: rows[Col.PATH], Col.LABEL: rows[Col.LABEL]})
+
+def averaged(runs: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Paths, labels, mean probabilities and classes of runs saved with ``--save-probs`` (one set of rows)."""
+    missing = [str(path) for path in runs if not path.is_file()]
+    if missing:
+        sys.exit(f"{', '.join(missing)}: not a file; pass .npz files written by --save-probs")
+    saved = [np.load(path, allow_pickle=False) for path in runs]
+    first = saved[0]
+    for path, other in zip(runs[1:], saved[1:], strict=True):
+        if not (np.array_equal(other["paths"], first["paths"]) and np.array_equal(other["labels"], first["labels"])):
+            sys.exit(f"{path} holds other rows than {runs[0]}; average runs of one version only")
+    probs = np.mean([z["probs"] for z in saved], axis=0)
+    return first["paths"], first["labels"], probs, [str(c) for c in first["classes"]]
+
+
+def score(paths: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str], truth_dir: Path) -> None:
+    """Print bench_relabel's figures for the default filter and ranking, on all rows and the Training rows."""
+    scored = pd.DataFrame({Col.PATH: paths, Col.LABEL: [classes[i] for i in labels]})
     for j, c in enumerate(classes):
         scored[F.prob_column(c)] = probs[:, j]
-    truth = vote_truth(args.truth / "ferplus_votes.csv", args.truth / "fer4_index.csv")
-    usage = pd.read_csv(args.truth / "fer4_index.csv")[["path", "usage"]]
+    truth = vote_truth(truth_dir / "ferplus_votes.csv", truth_dir / "fer4_index.csv")
+    usage = pd.read_csv(truth_dir / "fer4_index.csv")[["path", "usage"]]
     scored = scored.merge(truth, left_on=Col.PATH, right_on="path").merge(usage, on="path")
     for name, part in (("all rows", scored), ("Training rows", scored[scored["usage"] == "Training"])):
         cols = [Col.PATH, Col.LABEL, "true_label", *(F.prob_column(c) for c in classes)]
