@@ -104,8 +104,11 @@ def main() -> None:
         f"out-of-fold accuracy {(probs.argmax(1) == labels).mean():.4f}"
     )
     paths = rows[Col.PATH].to_numpy().astype(str)
-    if args.save_probs:
-        np.savez(args.save_probs, probs=probs, labels=labels, folds=folds, paths=paths, classes=np.array(classes))
+    if args.save_probs:  # written whole or not at all
+        tmp = args.save_probs.with_name(args.save_probs.name + ".tmp")
+        with tmp.open("wb") as out:
+            np.savez(out, probs=probs, labels=labels, folds=folds, paths=paths, classes=np.array(classes))
+        tmp.replace(args.save_probs)
     score(paths, labels, probs, classes, args.truth)
 
 
