@@ -556,6 +556,25 @@ def overlay_band(residual: np.ndarray, height: int) -> tuple[np.ndarray, np.ndar
     return band, (run >= OVERLAY_RUN * c) & (share >= OVERLAY_SHARE)
 
 
+def text_bands(residual: np.ndarray, candidates: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``candidates`` have a residual that runs along a band reading as text (a watermark on
+    one copy, :func:`overlay_band`), and those bands.
+
+    Args:
+        residual: ``(P, C, C)`` as :func:`residual_map` returns it.
+        candidates: ``(P,)`` the pairs worth the look (the others are not measured).
+        size: the images' side; the band is :data:`OVERLAY_BAND` pixels high at 48.
+
+    Returns:
+        Indices into ``residual`` of the pairs with a text-like band, and their ``(len, C, C)`` bands.
+    """
+    o = np.flatnonzero(candidates)
+    if not len(o):
+        return o, np.zeros((0, *residual.shape[1:]), dtype=bool)
+    band, textlike = overlay_band(residual[o], round(OVERLAY_BAND * size / 48))
+    return o[textlike], band[textlike]
+
+
 def without_band(
     residual: np.ndarray, energy: np.ndarray, rest: np.ndarray, a: np.ndarray, b: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -663,12 +682,10 @@ def _verify(
         res_map, energy = residual_map(pa, pb, fa, fb, dy[sl], dx[sl], max_shift)
         res = worst_window(res_map, energy, pa.shape[1])
         min_similarity, max_residual = overlay
-        o = np.nonzero((sim[sl] >= min_similarity - RECROP_NEAR) & (res > max_residual))[0]
+        size = pa.shape[1]
+        o, band = text_bands(res_map, (sim[sl] >= min_similarity - RECROP_NEAR) & (res > max_residual), size)
         if len(o):
-            band, textlike = overlay_band(res_map[o], round(OVERLAY_BAND * pa.shape[1] / 48))
-            o, band = o[textlike], band[textlike]
-        if len(o):
-            size, m = pa.shape[1], max_shift
+            m = max_shift
             c = size - 2 * m
             moved = at_shift(bb[o], dy[sl][o], dx[sl][o], m, c)
             ncc, rest = without_band(res_map[o], energy[o], ~band, ba[o][:, m : m + c, m : m + c], moved, size)
@@ -883,11 +900,11 @@ def verify_scaled(
         )
         res = worst_window(res_map, energy, size)
         # a watermark on one copy: its band left out of both measures
-        band, textlike = overlay_band(res_map, round(OVERLAY_BAND * size / 48))
-        over = textlike & (res > residual_limit(top[keep], min_similarity, max_residual))
-        if over.any():
-            o = np.nonzero(over)[0]
-            rest = ~band[o] & ~outside[o][:, g : g + n, g : g + n]
+        o, band = text_bands(res_map, res > residual_limit(top[keep], min_similarity, max_residual), size)
+        over = np.zeros(len(keep), dtype=bool)
+        over[o] = True
+        if len(o):
+            rest = ~band & ~outside[o][:, g : g + n, g : g + n]
             aligned = warp(ba[keep[o]], zs[keep][o], ty[keep][o], tx[keep][o])[:, g : g + n, g : g + n]
             top[keep[o]], res[o] = without_band(
                 res_map[o], energy[o], rest, aligned, bb[keep[o]][:, g : g + n, g : g + n], size
