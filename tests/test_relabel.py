@@ -38,6 +38,7 @@ from fercurate.relabel import (
     make_server,
     replay,
 )
+from fercurate.relabel.apply import AUTO_ACCEPT_CAVEAT
 from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL, assign_folds, cache_key, prob_column
 from fercurate.relabel.queue import IN_BUDGET, P_SUGGESTED, P_WRONG, QUEUE_RANK
 from fercurate.scan import ScanParams, scan
@@ -547,6 +548,7 @@ def test_applying_the_same_log_twice_changes_nothing(ws: Workspace) -> None:
     first = apply(ws, ApplyParams(auto_accept=0.3))
     second = apply(ws, ApplyParams())
     assert second.changed == 0 and second.already_applied == first.changed - first.relabeled_by_model
+    assert second.notes == []  # no model relabels, no caveat about them
     third = apply(ws, ApplyParams(auto_accept=0.3))
     assert third.changed == 0
     frames = [ws.read(r.version.version)[1].set_index(Col.IMAGE_ID) for r in (first, second, third)]
@@ -569,6 +571,8 @@ def test_auto_accept_relabels_confident_undecided_flags_as_the_model(ws: Workspa
     # the accepted set's expected precision is the mean of its members' estimates, each >= the target
     assert result.auto_expected_precision == pytest.approx(np.mean([p_suggested[i] for i in expected]))
     assert result.auto_expected_precision >= threshold
+    # and says how far such estimates held on real faces
+    assert result.notes == [AUTO_ACCEPT_CAVEAT]
     _, after = ws.read(result.version.version)
     out = after.set_index(Col.IMAGE_ID)
     for iid in ids:

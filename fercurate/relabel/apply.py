@@ -93,6 +93,16 @@ class ApplyResult:
         )
 
 
+#: Said with every auto-accept that relabels a row: the precision estimate comes from the cross-fitted
+#: models alone, and on real faces it reads surer than the annotators find (docs/relabel.md, three
+#: cross-fittings of real fer4 scored against FER+).
+AUTO_ACCEPT_CAVEAT = (
+    "the model's precision estimate reads surer than it is on real faces: against FER+ annotators, "
+    "rows taken at 0.9 were right 71-79% of the time and at 0.95 86-100% (docs/relabel.md); "
+    "check a sample of these relabels before training on them"
+)
+
+
 def _with_reason(existing: Any, new: str) -> str:
     if existing is None or (isinstance(existing, float) and np.isnan(existing)) or existing is pd.NA or not existing:
         return new
@@ -230,6 +240,7 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
         seconds=time.perf_counter() - started,
         relabeled_by_votes=counts["relabeled_by_votes"],
         auto_expected_precision=float(np.mean(accepted_p)) if accepted_p else None,
+        notes=[AUTO_ACCEPT_CAVEAT] if accepted_p else [],
     )
 
 
