@@ -14,7 +14,9 @@ standing decision and whose suggestion is estimated right with probability at le
 :func:`fercurate.relabel.scoring.estimate_noise`), so the accepted set's expected precision is at
 least ``PRECISION`` too (``relabel:<old>-><new> by model``). The model's picks are recorded in the
 new version (reason, params, counts and their expected precision), not in the decision log: the log
-is what people decided, and the picks follow from the flag columns and ``PRECISION`` alone.
+is what people decided, and the picks follow from the flag columns and ``PRECISION`` alone. The
+estimate comes from the models alone, and on real faces it reads surer than annotators find
+(:data:`AUTO_ACCEPT_CAVEAT`, said with every apply that takes a row).
 
 Every change is "make it so", never "toggle": a relabel to the label a row already has, or a removal
 of a removed row, changes nothing, so applying the same log twice (or applying again to this
@@ -42,6 +44,15 @@ from fercurate.workspace import VersionInfo, Workspace
 
 STAGE = "relabel-apply"
 REMOVED_REASON = "relabel_review:removed by {by}"
+
+#: Said with every auto-accept that relabels a row: the precision estimate comes from the cross-fitted
+#: models alone, and on real faces it reads surer than the annotators find (docs/relabel.md, three
+#: cross-fittings of real fer4 scored against FER+).
+AUTO_ACCEPT_CAVEAT = (
+    "the model's precision estimate reads surer than it is on real faces: against FER+ annotators, "
+    "rows taken at 0.9 were right 71-79% of the time and at 0.95 86-100% (docs/relabel.md); "
+    "check a sample of these relabels before training on them"
+)
 
 
 @dataclass(frozen=True)
@@ -91,16 +102,6 @@ class ApplyResult:
             if self.auto_expected_precision is None
             else round(self.auto_expected_precision, 4),
         )
-
-
-#: Said with every auto-accept that relabels a row: the precision estimate comes from the cross-fitted
-#: models alone, and on real faces it reads surer than the annotators find (docs/relabel.md, three
-#: cross-fittings of real fer4 scored against FER+).
-AUTO_ACCEPT_CAVEAT = (
-    "the model's precision estimate reads surer than it is on real faces: against FER+ annotators, "
-    "rows taken at 0.9 were right 71-79% of the time and at 0.95 86-100% (docs/relabel.md); "
-    "check a sample of these relabels before training on them"
-)
 
 
 def _with_reason(existing: Any, new: str) -> str:
