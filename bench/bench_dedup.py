@@ -8,6 +8,7 @@ Usage (each part prints its numbers; docs/dedup.md quotes them)::
     FERCURATE_BASE=/tmp/base python bench/bench_dedup.py speed  # ... and beside a checkout of the previous release
     python bench/bench_dedup.py recrop [--n 1500]               # re-crops, watermarks, tone curves, burst frames
     python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
+    python bench/bench_dedup.py search --recrop --radius 6      # ... the re-crop search's views against centres
     python bench/bench_dedup.py scale [--n 100000]              # scan + dedup of a large demo: time, memory
     python bench/bench_dedup.py all
 
@@ -585,11 +586,54 @@ def _search_child(n: int, radius: int, seed: int) -> None:
     )
 
 
-def search(n: int, radii: list[int], seed: int) -> list[dict[str, object]]:
+def _recrop_search_child(n: int, radius: int, seed: int) -> None:
+    """Run in a child: the re-crop search's Hamming step (``recrop_candidates``) over ``n`` images of
+    random hashes, each with its views at ``--max-zoom 0.15`` as queries and its centre windows as
+    the database; 10,000 planted pairs (a view of one image within ``radius`` of a centre of
+    another). Reports time and peak memory as JSON on stdout."""
+    from fercurate.dedup.match import recrop_centres, recrop_views
+    from fercurate.dedup.search import hamming_pairs
+
+    rng = np.random.default_rng(seed)
+    n_views = sum(len(offs) for _, offs in recrop_views(48, 0.15))
+    n_centres = len(recrop_centres(48))
+    views = rng.integers(0, 2**64 - 1, (n, n_views), dtype=np.uint64, endpoint=True)
+    centres = rng.integers(0, 2**64 - 1, (n, n_centres), dtype=np.uint64, endpoint=True)
+    planted = 10_000
+    a = rng.choice(n, planted, replace=False)
+    b = rng.permutation(np.setdiff1d(np.arange(n), a))[:planted]
+    which_view = rng.integers(0, n_views, planted)
+    which_centre = rng.integers(0, n_centres, planted)
+    for i in range(planted):
+        flips = rng.choice(64, int(rng.integers(0, radius + 1)), replace=False)
+        views[b[i], which_view[i]] = centres[a[i], which_centre[i]] ^ np.uint64(sum(1 << int(f) for f in flips))
+    t = time.perf_counter()
+    found = hamming_pairs(views.ravel(), radius, centres.ravel(), keep=lambda q, d: q // n_views != d // n_centres)
+    seconds = time.perf_counter() - t
+    got = set(zip((found.query // n_views).tolist(), (found.database // n_centres).tolist(), strict=True))
+    recall = np.mean([(int(y), int(x)) in got for x, y in zip(a, b, strict=True)])
+    print(
+        json.dumps(
+            {
+                "radius": radius,
+                "images": n,
+                "queries (views)": n * n_views,
+                "database (centres)": n * n_centres,
+                "seconds": round(seconds, 2),
+                "peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "pairs": len(found),
+                "planted recall": float(recall),
+            }
+        )
+    )
+
+
+def search(n: int, radii: list[int], seed: int, recrop: bool = False) -> list[dict[str, object]]:
     out = []
+    child = "_recrop_search_child" if recrop else "_search_child"
     for r in radii:
         proc = subprocess.run(
-            [sys.executable, __file__, "_search_child", "--n", str(n), "--radius", str(r), "--seed", str(seed)],
+            [sys.executable, __file__, child, "--n", str(n), "--radius", str(r), "--seed", str(seed)],
             capture_output=True,
             text=True,
             check=True,
@@ -601,12 +645,18 @@ def search(n: int, radii: list[int], seed: int) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["quality", "recrop", "speed", "search", "scale", "all", "_search_child"])
+    parser.add_argument(
+        "part",
+        choices=["quality", "recrop", "speed", "search", "scale", "all", "_search_child", "_recrop_search_child"],
+    )
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-transform", type=int, default=300)
     parser.add_argument("--radius", type=int, nargs="*", default=[4, 8, 10, 12])
+    parser.add_argument(
+        "--recrop", action="store_true", help="search: the re-crop search's views against centres (radius 6)"
+    )
     parser.add_argument(
         "--dedup-args", default="", help="speed: options for this version's dedup, e.g. '--max-zoom 0.15'"
     )
@@ -614,6 +664,9 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if args.part == "_search_child":
         _search_child(args.n, args.radius[0], args.seed)
+        return
+    if args.part == "_recrop_search_child":
+        _recrop_search_child(args.n, args.radius[0], args.seed)
         return
     report: dict[str, object] = {}
     if args.part in ("quality", "all"):
@@ -628,7 +681,8 @@ def main() -> None:
     if args.part in ("scale", "all"):
         report["scale"] = scale(args.n if args.part == "scale" and args.n else 100_000, args.seed + 2)
     if args.part in ("search", "all"):
-        report["search"] = search(args.n if args.part == "search" and args.n else 1_000_000, args.radius, args.seed)
+        n_search = args.n if args.part == "search" and args.n else 1_000_000
+        report["search"] = search(n_search, args.radius, args.seed, recrop=args.recrop)
     print(json.dumps(report, indent=2))
 
 
