@@ -8,7 +8,7 @@ Usage (each part prints its numbers; docs/dedup.md quotes them)::
     FERCURATE_BASE=/tmp/base python bench/bench_dedup.py speed  # ... and beside a checkout of the previous release
     python bench/bench_dedup.py recrop [--n 1500]               # re-crops, watermarks, tone curves, burst frames
     python bench/bench_dedup.py search [--n 1000000]            # candidate search over 1M hashes
-    python bench/bench_dedup.py search --recrop --radius 6      # ... the re-crop search's views against centres
+    python bench/bench_dedup.py search --recrop                 # ... the re-crop search's views (radius 6)
     python bench/bench_dedup.py scale [--n 100000]              # scan + dedup of a large demo: time, memory
     python bench/bench_dedup.py all
 
@@ -653,7 +653,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-transform", type=int, default=300)
-    parser.add_argument("--radius", type=int, nargs="*", default=[4, 8, 10, 12])
+    parser.add_argument(
+        "--radius", type=int, nargs="*", default=None, help="search: radii (default 4 8 10 12; with --recrop, 6)"
+    )
     parser.add_argument(
         "--recrop", action="store_true", help="search: the re-crop search's views against centres (radius 6)"
     )
@@ -661,6 +663,10 @@ def main() -> None:
         "--dedup-args", default="", help="speed: options for this version's dedup, e.g. '--max-zoom 0.15'"
     )
     args = parser.parse_args()
+    if args.radius is None:
+        args.radius = [6] if args.recrop else [4, 8, 10, 12]
+    if args.part in ("search", "_search_child", "_recrop_search_child") and args.n is not None and args.n < 20_000:
+        parser.error(f"--n {args.n}: search plants 10,000 pairs between distinct hashes; pass --n 20000 or more")
     WORK.mkdir(parents=True, exist_ok=True)
     if args.part == "_search_child":
         _search_child(args.n, args.radius[0], args.seed)
