@@ -1,7 +1,8 @@
 """Expected vs measured precision of the review queue, and of --auto-accept, against known truth.
 
 Reads a flagged version (its ``prob_<class>`` columns), recomputes the queue's estimates from them
-(so a version flagged by an older fercurate works too) and compares with the truth:
+(so a version flagged by an older fercurate works too), ranking and flagging with the options that
+flag recorded, and compares with the truth:
 
 * a demo workspace: ``--demo DEST`` (``DEST/truth.parquet``; wrong = given label != true label);
 * real FER: ``--index fer4_index.csv --votes ferplus_votes.csv`` (bench/real's files): a label is
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fercurate.manifest import ACTIVE, Col
-from fercurate.relabel.flag import classes_of, prob_column
+from fercurate.relabel.flag import FlagParams, classes_of, prob_column
 from fercurate.relabel.queue import REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
 from fercurate.workspace import Workspace
@@ -69,7 +70,10 @@ def main() -> None:
     classes = classes_of(rows)
     probs = rows[[prob_column(c) for c in classes]].to_numpy(dtype=np.float64)
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
-    scores = score_labels(probs, labels)
+    # rank and flag as that flag did (its recorded options; the flag's defaults for older versions)
+    method = info.params.get("method") or FlagParams.method
+    filter_by = info.params.get("filter_by") or FlagParams.filter_by
+    scores = score_labels(probs, labels, method=method, filter_by=filter_by)
     noise = estimate_noise(probs, labels, scores)
 
     if args.demo is not None:
@@ -106,6 +110,8 @@ def main() -> None:
         "rows_with_truth": int(known.sum()),
         "wrong_labels_in_truth": int(wrong[known].sum()),
         "oof_accuracy": round(float((probs.argmax(axis=1) == labels).mean()), 4),
+        "ranked_by": method,
+        "filter": filter_by,
         "flagged": int(scores.flagged.sum()),
         "estimated_wrong_confident_joint": noise.wrong_total,
         "expected_wrong": round(noise.expected_wrong, 1),

@@ -1021,7 +1021,7 @@ def relabel_flag_cmd(
         int | None,
         typer.Option(
             help="Flagged images to review, from the top of the queue; by default the estimated number of "
-            "wrong labels, at most 1000, while the expected precision stays at least 0.5, and at least 20.",
+            "wrong labels, at most 1000, while the expected precision stays at least 0.5, and at least 100.",
             show_default=False,
         ),
     ] = FlagParams.budget,

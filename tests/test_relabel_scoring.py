@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fercurate.errors import InputError
 from fercurate.relabel.flag import FlagParams
+from fercurate.relabel.queue import BUDGET_CAP, BUDGET_MIN, default_budget
 from fercurate.relabel.scoring import (
     FILTERS,
     RANKERS,
@@ -242,3 +243,21 @@ def test_expected_precision_tracks_the_measured_precision_on_a_simulated_dataset
     take = scores.flagged & (noise.p_suggested >= 0.8)
     right = data["true"][take] == scores.suggested[take]
     assert take.sum() > 100 and right.mean() >= noise.p_suggested[take].mean() - 0.03
+
+
+def test_default_budget_is_the_estimate_capped_by_precision_and_size_with_a_floor() -> None:
+    falling = np.linspace(0.9, 0.1, 5000)  # expected precision of the top k, k = 1..5000
+    last_good = int(np.flatnonzero(falling >= 0.5)[-1]) + 1  # 2500
+    # the estimate when nothing else binds
+    assert default_budget(400, falling) == 400
+    # the size cap, then the precision cap
+    assert default_budget(3000, falling) == min(last_good, BUDGET_CAP) == BUDGET_CAP
+    assert (
+        default_budget(3000, np.linspace(0.9, 0.1, 800))
+        == int(np.flatnonzero(np.linspace(0.9, 0.1, 800) >= 0.5)[-1]) + 1
+    )
+    # a pessimistic estimate (every rank under 0.5: real faces) still gets the floor ...
+    assert default_budget(3175, np.full(4800, 0.3)) == BUDGET_MIN == 100
+    # ... and so does a tiny estimate, but never more than the flags there are
+    assert default_budget(5, np.full(4800, 0.9)) == BUDGET_MIN
+    assert default_budget(3000, np.full(40, 0.3)) == 40
