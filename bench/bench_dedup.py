@@ -554,18 +554,36 @@ def scale(n: int, seed: int) -> dict[str, object]:
 
 
 # -- search ----------------------------------------------------------------------------------------
+#: Pairs each search bench plants among its random hashes.
+PLANTED = 10_000
+
+
+def _planted_pairs(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:data:`PLANTED` (source, copy) pairs of distinct positions in ``range(n)``, no position twice."""
+    src = rng.choice(n, PLANTED, replace=False)
+    return src, rng.permutation(np.setdiff1d(np.arange(n), src))[:PLANTED]
+
+
+def _near(value: np.uint64, radius: int, rng: np.random.Generator) -> np.uint64:
+    """``value`` with up to ``radius`` of its 64 bits flipped."""
+    flips = rng.choice(64, int(rng.integers(0, radius + 1)), replace=False)
+    return value ^ np.uint64(sum(1 << int(f) for f in flips))
+
+
+def _peak_mb() -> int:
+    """This process's peak resident memory so far."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _search_child(n: int, radius: int, seed: int) -> None:
     """Run in a child: time one search and report its peak memory as JSON on stdout."""
     from fercurate.dedup.search import hamming_pairs, plan_mih
 
     rng = np.random.default_rng(seed)
     hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-    planted = 10_000
-    src = rng.choice(n, planted, replace=False)
-    dst = rng.permutation(np.setdiff1d(np.arange(n), src))[:planted]
+    src, dst = _planted_pairs(n, rng)
     for a, b in zip(src, dst, strict=True):
-        flips = rng.choice(64, int(rng.integers(0, radius + 1)), replace=False)
-        hashes[b] = hashes[a] ^ np.uint64(sum(1 << int(f) for f in flips))
+        hashes[b] = _near(hashes[a], radius, rng)
     t = time.perf_counter()
     found = hamming_pairs(hashes, radius)
     seconds = time.perf_counter() - t
@@ -577,7 +595,7 @@ def _search_child(n: int, radius: int, seed: int) -> None:
             {
                 "radius": radius,
                 "seconds": round(seconds, 2),
-                "peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak MB": _peak_mb(),
                 "pairs": len(found),
                 "planted recall": float(recall),
                 "plan": f"{plan.widths} sub-radii {plan.radii}" if plan else "brute force",
@@ -589,7 +607,7 @@ def _search_child(n: int, radius: int, seed: int) -> None:
 def _recrop_search_child(n: int, radius: int, seed: int) -> None:
     """Run in a child: the re-crop search's Hamming step (``recrop_candidates``) over ``n`` images of
     random hashes, each with its views at ``--max-zoom 0.15`` as queries and its centre windows as
-    the database; 10,000 planted pairs (a view of one image within ``radius`` of a centre of
+    the database; :data:`PLANTED` pairs (a view of one image within ``radius`` of a centre of
     another). Reports time and peak memory as JSON on stdout."""
     from fercurate.dedup.match import recrop_centres, recrop_views
     from fercurate.dedup.search import hamming_pairs
@@ -599,14 +617,11 @@ def _recrop_search_child(n: int, radius: int, seed: int) -> None:
     n_centres = len(recrop_centres(48))
     views = rng.integers(0, 2**64 - 1, (n, n_views), dtype=np.uint64, endpoint=True)
     centres = rng.integers(0, 2**64 - 1, (n, n_centres), dtype=np.uint64, endpoint=True)
-    planted = 10_000
-    a = rng.choice(n, planted, replace=False)
-    b = rng.permutation(np.setdiff1d(np.arange(n), a))[:planted]
-    which_view = rng.integers(0, n_views, planted)
-    which_centre = rng.integers(0, n_centres, planted)
-    for i in range(planted):
-        flips = rng.choice(64, int(rng.integers(0, radius + 1)), replace=False)
-        views[b[i], which_view[i]] = centres[a[i], which_centre[i]] ^ np.uint64(sum(1 << int(f) for f in flips))
+    a, b = _planted_pairs(n, rng)
+    which_view = rng.integers(0, n_views, PLANTED)
+    which_centre = rng.integers(0, n_centres, PLANTED)
+    for i in range(PLANTED):
+        views[b[i], which_view[i]] = _near(centres[a[i], which_centre[i]], radius, rng)
     t = time.perf_counter()
     found = hamming_pairs(views.ravel(), radius, centres.ravel(), keep=lambda q, d: q // n_views != d // n_centres)
     seconds = time.perf_counter() - t
@@ -620,7 +635,7 @@ def _recrop_search_child(n: int, radius: int, seed: int) -> None:
                 "queries (views)": n * n_views,
                 "database (centres)": n * n_centres,
                 "seconds": round(seconds, 2),
-                "peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak MB": _peak_mb(),
                 "pairs": len(found),
                 "planted recall": float(recall),
             }
@@ -665,8 +680,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.radius is None:
         args.radius = [6] if args.recrop else [4, 8, 10, 12]
-    if args.part in ("search", "_search_child", "_recrop_search_child") and args.n is not None and args.n < 20_000:
-        parser.error(f"--n {args.n}: search plants 10,000 pairs between distinct hashes; pass --n 20000 or more")
+    if args.part in ("search", "_search_child", "_recrop_search_child") and args.n is not None and args.n < 2 * PLANTED:
+        parser.error(f"--n {args.n}: search plants {PLANTED:,} pairs between distinct hashes; pass --n 20000 or more")
     WORK.mkdir(parents=True, exist_ok=True)
     if args.part == "_search_child":
         _search_child(args.n, args.radius[0], args.seed)
