@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
 from fercurate.relabel.flag import FlagParams, classes_of, prob_column
 from fercurate.relabel.queue import REPORT_RANKS
@@ -65,7 +67,10 @@ def main() -> None:
     ap.add_argument("--agree", type=int, default=6)
     args = ap.parse_args()
 
-    info, df = Workspace(args.workspace).read(args.version)
+    try:
+        info, df = Workspace(args.workspace).read(args.version)
+    except FercurateError as exc:  # a missing workspace or an unknown version: its one line, exit 1
+        sys.exit(str(exc))
     rows = df[df[Col.STATUS] == ACTIVE].sort_values(Col.IMAGE_ID, kind="stable").reset_index(drop=True)
     classes = classes_of(rows)
     probs = rows[[prob_column(c) for c in classes]].to_numpy(dtype=np.float64)
