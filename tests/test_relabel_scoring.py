@@ -246,16 +246,12 @@ def test_expected_precision_tracks_the_measured_precision_on_a_simulated_dataset
 
 
 def test_default_budget_is_the_estimate_capped_by_precision_and_size_with_a_floor() -> None:
-    falling = np.linspace(0.9, 0.1, 5000)  # expected precision of the top k, k = 1..5000
-    last_good = int(np.flatnonzero(falling >= 0.5)[-1]) + 1  # 2500
+    falling = np.linspace(0.9, 0.1, 5000)  # expected precision of the top k: at least 0.5 up to k = 2500
     # the estimate when nothing else binds
     assert default_budget(400, falling) == 400
-    # the size cap, then the precision cap
-    assert default_budget(3000, falling) == min(last_good, BUDGET_CAP) == BUDGET_CAP
-    assert (
-        default_budget(3000, np.linspace(0.9, 0.1, 800))
-        == int(np.flatnonzero(np.linspace(0.9, 0.1, 800) >= 0.5)[-1]) + 1
-    )
+    # the size cap (1000 < 2500), then the precision cap (0.5 is reached at k = 400 of 800)
+    assert default_budget(3000, falling) == BUDGET_CAP == 1000
+    assert default_budget(3000, np.linspace(0.9, 0.1, 800)) == 400
     # a pessimistic estimate (every rank under 0.5: real faces) still gets the floor ...
     assert default_budget(3175, np.full(4800, 0.3)) == BUDGET_MIN == 100
     # ... and so does a tiny estimate, but never more than the flags there are
