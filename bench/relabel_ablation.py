@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_relabel import evaluate, vote_truth  # noqa: E402
 
+from fercurate.errors import FercurateError  # noqa: E402
 from fercurate.manifest import Col  # noqa: E402
 from fercurate.train import make_config  # noqa: E402
 from fercurate.workspace import Workspace, load_pixels  # noqa: E402
@@ -75,7 +76,10 @@ def main() -> None:
         sys.exit("pass the workspace to cross-fit, or --from-probs with saved runs")
 
     ws = Workspace(args.workspace)
-    info, df = ws.read(args.version)
+    try:
+        info, df = ws.read(args.version)
+    except FercurateError as exc:  # a missing workspace or an unknown version: its one line, exit 1
+        sys.exit(str(exc))
     rows = F.active_rows(df)
     classes = sorted(rows[Col.LABEL].unique().tolist())
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
