@@ -121,6 +121,7 @@ def main() -> None:
         "estimated_wrong_confident_joint": noise.wrong_total,
         "expected_wrong": round(noise.expected_wrong, 1),
         "temperature": round(noise.temperature, 4),
+        "anchor_share": noise.anchor_share,
         "precision_at": {
             str(k): {"expected": round(float(est[k - 1]), 4), "measured": round(float(real[k - 1]), 4)} for k in ranks
         },

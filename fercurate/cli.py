@@ -1088,7 +1088,8 @@ def relabel_flag_cmd(
     out.print(precision)
     out.print(
         f"estimated wrong labels: [bold]{result.estimated_wrong}[/] (confident joint; "
-        f"{result.expected_wrong:.0f} by the calibrated per-image probabilities); "
+        f"{result.expected_wrong:.0f} by the calibrated per-image probabilities, anchors the surest "
+        f"{result.anchor_share:.0%} of each class); "
         f"review budget: [bold]{result.budget}[/] of {result.flagged} flagged "
         "(the rest stay flagged; --budget N to change it)"
     )

@@ -277,6 +277,7 @@ class FlagResult:
     precision_table: list[dict[str, float | int]] = field(default_factory=list)
     temperature: float = 1.0
     precision_png: Path | None = None
+    anchor_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(
@@ -373,6 +374,7 @@ def flag(
                 "estimated_wrong": queue_plan.estimated_wrong,
                 "expected_wrong": noise.expected_wrong,
                 "noise_channel": noise.channel.round(4).tolist(),
+                "anchor_share": noise.anchor_share,
                 "budget": queue_plan.budget,
                 "temperature": noise.temperature,
                 "expected_precision": queue_plan.table(),
@@ -419,6 +421,7 @@ def flag(
         precision_table=queue_plan.table(),
         temperature=noise.temperature,
         precision_png=report / PRECISION_PNG,
+        anchor_share=noise.anchor_share,
     )
 
 
@@ -723,7 +726,8 @@ def _queue_section(plan: QueuePlan, noise: NoiseEstimate, classes: list[str], pl
     src = "data:image/png;base64," + base64.b64encode(plot).decode("ascii")
     return (
         f"<h2>Review queue</h2><p>Estimated wrong labels (confident joint): <b>{plan.estimated_wrong}</b> "
-        f"(by the calibrated per-image probabilities: {noise.expected_wrong:.0f}); "
+        f"(by the calibrated per-image probabilities, the noise channel read from the surest "
+        f"{noise.anchor_share:.0%} of each class: {noise.expected_wrong:.0f}); "
         f"flagged: {len(plan.order)}; review budget: <b>{plan.budget}</b> ({sized}), expected precision "
         f"{plan.precision_at(plan.budget):.2f}. The rest stay flagged in the manifest.</p>"
         f"<table><tr><th>given&rarr;true</th><th>estimated wrong</th></tr>{pairs}</table>"

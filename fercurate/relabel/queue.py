@@ -41,9 +41,10 @@ BUDGET_CAP = 1000
 #: beyond it a reviewer would spend most of the time confirming labels that were right.
 BUDGET_MIN_PRECISION = 0.5
 #: ... but a queue this short is always offered (up to the number of flags): about 5 minutes of
-#: review, and on real faces the estimate is pessimistic. The top 100 measured 0.83-0.85 against
-#: FER+ over three cross-fittings of real fer4 (expected 0.21-0.37), and 0.65 on the demo
-#: (expected 0.69). A floor of 20 left real fer4 with a queue of 20 (docs/relabel.md).
+#: review, and the estimate can read low. The top 100 measured 0.83-0.85 against FER+ over three
+#: cross-fittings of real fer4, expected 0.21-0.37 before the anchors widened (0.63-0.75 since),
+#: and 0.65 on the demo (expected 0.69). A floor of 20 once left real fer4 a queue of 20
+#: (docs/relabel.md).
 BUDGET_MIN = 100
 #: Ranks reported in the precision table (those past the queue's end are left out).
 REPORT_RANKS = (10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
