@@ -282,6 +282,19 @@ def test_wrong_labels_on_ambiguous_faces_widen_the_anchors(seed: int, monkeypatc
     assert np.all(noise.p_suggested[other] <= noise.p_wrong[other] + 1e-12)
 
 
+def test_a_weaker_model_keeps_the_clearest_anchors() -> None:
+    """The same faces, a model that has learned them less well: its joint counts its own doubt as
+    noise, so however far it is from the anchors' count, the anchors do not widen."""
+    data = annotated_dataset(0)
+    rng = np.random.default_rng(5)
+    weak = temperature_scale(np.exp(np.log(data["probs"]) + rng.normal(size=data["probs"].shape) * 3.0), 1.0)
+    scores = score_labels(weak, data["given"])
+    noise = estimate_noise(weak, data["given"], scores)
+    assert scoring.model_skill(weak, data["given"]) < 1.0
+    assert noise.wrong_total > 5 * noise.expected_wrong  # the joint and the anchors far apart ...
+    assert noise.anchor_share == scoring.ANCHOR_SHARE  # ... and still the clearest faces
+
+
 def test_default_budget_is_the_estimate_capped_by_precision_and_size_with_a_floor() -> None:
     falling = np.linspace(0.9, 0.1, 5000)  # expected precision of the top k: at least 0.5 up to k = 2500
     # the estimate when nothing else binds
