@@ -418,14 +418,14 @@ class NoiseEstimate:
 
 #: The share of rows with the highest ``p_j`` taken as surely of class ``j`` (anchor points) ...
 ANCHOR_SHARE = 0.01
-#: ... widened, for the queue's ``p_wrong``, through these shares while the confident joint counts
+#: ... and never fewer rows than this (small datasets).
+MIN_ANCHORS = 10
+#: For the queue's ``p_wrong`` the share is widened through these while the confident joint counts
 #: more than JOINT_OVERCOUNT times the wrong labels the channel gives (:func:`estimate_noise`) ...
 ANCHOR_SHARES = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
 #: ... the confident joint's over-count where the truth is known and the channel holds: 2.15 on
 #: the simulated class-conditional set of the tests, 2.24 and 2.40 on two demos (docs/relabel.md).
 JOINT_OVERCOUNT = 2.2
-#: ... and never fewer rows than this (small datasets).
-MIN_ANCHORS = 10
 #: Anchors of which at least this share carry their class's label are trusted fully (see anchor_channel).
 MAJORITY = 0.5
 
@@ -530,7 +530,8 @@ def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -
     joint counts at most :data:`JOINT_OVERCOUNT` times what the channel gives, when the model is
     skilled (:func:`model_skill` 1: a weaker one's joint mostly counts its own doubt). ``p_suggested``,
     which ``apply --auto-accept`` acts on with nobody looking, keeps the 1% anchors (the wider
-    reading takes more real rows at no better precision) and never exceeds ``p_wrong``.
+    reading takes more real rows at no better precision); for a suggestion other than the given
+    label it never exceeds ``p_wrong``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -541,18 +542,17 @@ def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -
     temperature = fit_temperature(probs, labels)
     calibrated = top_label_calibrate(temperature_scale(probs, temperature), labels)
     rows = np.arange(len(labels))
+    # a suggestion is taken as right only as far as both views agree: the posterior (1% anchors),
+    # and the model itself (calibrated, it says how often annotators would file this image under it)
+    clearest = true_class_posterior(calibrated, labels, anchor_channel(calibrated, labels, share=ANCHOR_SHARE))
+    p_suggested = np.minimum(clearest[rows, scores.suggested], calibrated[rows, scores.suggested])
     joint_wrong = float(scores.joint.sum() - np.trace(scores.joint))
     # a weaker model's joint counts its own doubt as noise (five times the truth on the demo at
     # out-of-fold accuracy 0.48): it brackets nothing, and the 1% anchors stay
     shares = ANCHOR_SHARES if model_skill(probs, labels) >= 1.0 else (ANCHOR_SHARE,)
     for share in shares:
         channel = anchor_channel(calibrated, labels, share=share)
-        post = true_class_posterior(calibrated, labels, channel)
-        p_wrong = 1.0 - post[rows, labels]
-        if share == ANCHOR_SHARE:
-            # a suggestion is taken as right only as far as both views agree: the posterior, and the
-            # model itself (calibrated, it says how often annotators would file this image under it)
-            p_suggested = np.minimum(post[rows, scores.suggested], calibrated[rows, scores.suggested])
+        p_wrong = 1.0 - true_class_posterior(calibrated, labels, channel)[rows, labels]
         if joint_wrong <= JOINT_OVERCOUNT * p_wrong.sum():
             break
     return NoiseEstimate(
