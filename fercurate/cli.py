@@ -1145,7 +1145,7 @@ def relabel_apply_cmd(
         typer.Option(
             help="A precision in (0, 1], e.g. 0.9: also relabel flagged, undecided rows whose suggestion is "
             "estimated right with at least this probability (recorded as decided by the model). On real faces the "
-            "estimate reads surer than it is (0.9 measured 0.71-0.79 against FER+): docs/relabel.md.",
+            "estimate reads surer than it is: apply says how far when it takes a row (docs/relabel.md).",
             show_default=False,
         ),
     ] = ApplyParams.auto_accept,

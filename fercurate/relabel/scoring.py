@@ -403,7 +403,7 @@ class NoiseEstimate:
     @property
     def wrong_total(self) -> int:
         """Estimated number of wrong labels: the off-diagonal sum of the joint."""
-        return int(round(float(self.joint.sum() - np.trace(self.joint))))
+        return int(round(off_diagonal(self.joint)))
 
     def wrong_by_pair(self, classes: list[str]) -> dict[str, int]:
         """Estimated wrong labels per ``"given->true"`` pair, largest first (empty pairs left out)."""
@@ -414,6 +414,11 @@ class NoiseEstimate:
             if i != j and round(float(self.joint[i, j])) > 0
         }
         return dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def off_diagonal(joint: np.ndarray) -> float:
+    """The rows a ``(K, K)`` joint counts as labelled otherwise than they truly are."""
+    return float(joint.sum() - np.trace(joint))
 
 
 #: The share of rows with the highest ``p_j`` taken as surely of class ``j`` (anchor points) ...
@@ -544,17 +549,19 @@ def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -
     rows = np.arange(len(labels))
     # a suggestion is taken as right only as far as both views agree: the posterior (1% anchors),
     # and the model itself (calibrated, it says how often annotators would file this image under it)
-    clearest = true_class_posterior(calibrated, labels, anchor_channel(calibrated, labels, share=ANCHOR_SHARE))
+    share, channel = ANCHOR_SHARE, anchor_channel(calibrated, labels, share=ANCHOR_SHARE)
+    clearest = true_class_posterior(calibrated, labels, channel)
     p_suggested = np.minimum(clearest[rows, scores.suggested], calibrated[rows, scores.suggested])
-    joint_wrong = float(scores.joint.sum() - np.trace(scores.joint))
+    p_wrong = 1.0 - clearest[rows, labels]
+    joint_wrong = off_diagonal(scores.joint)
     # a weaker model's joint counts its own doubt as noise (five times the truth on the demo at
     # out-of-fold accuracy 0.48): it brackets nothing, and the 1% anchors stay
-    shares = ANCHOR_SHARES if model_skill(probs, labels) >= 1.0 else (ANCHOR_SHARE,)
-    for share in shares:
-        channel = anchor_channel(calibrated, labels, share=share)
-        p_wrong = 1.0 - true_class_posterior(calibrated, labels, channel)[rows, labels]
+    wider = [s for s in ANCHOR_SHARES if s > ANCHOR_SHARE] if model_skill(probs, labels) >= 1.0 else []
+    for next_share in wider:
         if joint_wrong <= JOINT_OVERCOUNT * p_wrong.sum():
             break
+        share, channel = next_share, anchor_channel(calibrated, labels, share=next_share)
+        p_wrong = 1.0 - true_class_posterior(calibrated, labels, channel)[rows, labels]
     return NoiseEstimate(
         joint=scores.joint,
         channel=channel,
