@@ -66,15 +66,15 @@ def test_no_plan_keeps_the_preset() -> None:
 
 def test_a_small_set_trains_with_smaller_batches_and_more_epochs() -> None:
     """At the preset's batch a demo-sized fold is 16 steps an epoch: the batch halves until an
-    epoch has ``min_steps``, the rate follows it down, and the ceiling on epochs rises. A real-sized
-    set keeps the preset's batch, rate and the plan's epochs."""
+    epoch has ``min_steps``, the rate follows it down (to the demo's 2e-3 at 32), and the ceiling on
+    epochs rises. A real-sized set keeps the preset's batch, the plan's rate and its epochs."""
     from fercurate.relabel.flag import cross_fit_batch, cross_fit_config
     from fercurate.train import make_config
 
     plan = CROSS_FIT["cpu"]
-    preset = make_config("cpu")
+    preset = make_config("cpu", **plan.overrides)  # as flag makes it
     real = cross_fit_config(plan, preset, fit_rows(18_700, 3, VAL), 3)
-    assert (real.batch_size, real.lr, real.epochs) == (preset.batch_size, preset.lr, plan.max_epochs)
+    assert (real.batch_size, real.lr, real.epochs) == (preset.batch_size, 5e-3, plan.max_epochs)
     demo = cross_fit_config(plan, preset, fit_rows(3_000, 3, VAL), 3)
     assert demo.batch_size == plan.small_batch and demo.epochs == plan.small_max_epochs
     assert demo.lr == pytest.approx(2e-3, rel=0.02)
