@@ -1080,20 +1080,23 @@ def relabel_flag_cmd(
         out.print(counts_table("Flagged, given->suggested", result.by_pair))
     if result.estimated_by_pair:
         out.print(counts_table("Estimated wrong labels, given->true (confident joint)", result.estimated_by_pair))
-    precision = Table(title="Review queue: expected precision of the top k")
-    for name in ("rank k", "expected precision", "expected wrong found"):
-        precision.add_column(name, justify="right")
-    for row in result.precision_table:
-        precision.add_row(str(row["rank"]), f"{row['expected_precision']:.3f}", f"{row['expected_wrong_found']:.0f}")
-    out.print(precision)
-    out.print(
-        f"estimated wrong labels: [bold]{result.estimated_wrong}[/] (confident joint; "
-        f"{result.expected_wrong:.0f} by the calibrated per-image probabilities, anchors the surest "
-        f"{result.anchor_share:.0%} of each class); "
-        f"review budget: [bold]{result.budget}[/] of {result.flagged} flagged "
-        "(the rest stay flagged; --budget N to change it)"
-    )
-    out.print(f"expected precision plot: {result.precision_png}")
+    if result.precision_png is not None:  # a model's queue (--votes only trains none and estimates nothing)
+        precision = Table(title="Review queue: expected precision of the top k")
+        for name in ("rank k", "expected precision", "expected wrong found"):
+            precision.add_column(name, justify="right")
+        for row in result.precision_table:
+            precision.add_row(
+                str(row["rank"]), f"{row['expected_precision']:.3f}", f"{row['expected_wrong_found']:.0f}"
+            )
+        out.print(precision)
+        out.print(
+            f"estimated wrong labels: [bold]{result.estimated_wrong}[/] (confident joint; "
+            f"{result.expected_wrong:.0f} by the calibrated per-image probabilities, anchors the surest "
+            f"{result.anchor_share:.0%} of each class); "
+            f"review budget: [bold]{result.budget}[/] of {result.flagged} flagged "
+            "(the rest stay flagged; --budget N to change it)"
+        )
+        out.print(f"expected precision plot: {result.precision_png}")
     out.print(f"review queue: {result.queue_path}")
     out.print(f"contact sheet: {result.html_path}")
     for note in result.notes:

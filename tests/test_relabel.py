@@ -660,6 +660,16 @@ def test_cli_flag_and_apply_json(ws: Workspace, monkeypatch: pytest.MonkeyPatch)
     assert flagged["budget"] == flagged["flagged"] and flagged["expected_precision"][-1]["rank"] == flagged["flagged"]
 
 
+def test_cli_flag_summary_gives_the_queue_estimates(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flag_mod, "cross_fit", oracle_cross_fit)
+    result = runner.invoke(
+        app, ["relabel-review", "flag", "-w", str(ws.root), "--folds", "3", "--preset", "tiny"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    for claim in ("expected precision of the top k", "estimated wrong labels", "review budget", "anchors the surest"):
+        assert claim in result.output
+
+
 def test_cli_errors_are_one_red_line(ws: Workspace) -> None:
     result = runner.invoke(app, ["relabel-review", "flag", "-w", str(ws.root), "--folds", "1"])
     assert result.exit_code == 1 and "--folds 1" in result.output and "Traceback" not in result.output

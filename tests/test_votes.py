@@ -389,6 +389,15 @@ def test_flag_votes_only_writes_a_reviewable_version(ferplus: FerPlus, voted: Wo
     assert len(queue) == result.flagged
 
 
+def test_cli_votes_only_summary_claims_no_model_estimates(voted: Workspace) -> None:
+    """With --votes only no model ran: the summary has no queue estimates (no table, no zero budget)."""
+    result = runner.invoke(app, ["relabel-review", "flag", "-w", str(voted.root), "--votes", "only"])
+    assert result.exit_code == 0, result.output
+    assert "annotator votes only" in result.output and "review queue:" in result.output
+    for claim in ("expected precision", "estimated wrong labels", "review budget"):
+        assert claim not in result.output
+
+
 def test_votes_decide_where_they_exist_when_combined(ferplus: FerPlus, voted: Workspace) -> None:
     from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL
     from fercurate.votes.flagging import combine_with_model

@@ -393,7 +393,7 @@ class NoiseEstimate:
     temperature: float
     p_wrong: np.ndarray
     p_suggested: np.ndarray
-    anchor_share: float = 0.0
+    anchor_share: float
 
     @property
     def expected_wrong(self) -> float:
