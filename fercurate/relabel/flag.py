@@ -78,7 +78,7 @@ class CrossFitPlan:
     large one gets fewer folds so that each model still trains long enough to learn faces.
 
     A small set also gets smaller batches (:func:`cross_fit_batch`): at the preset's batch a fold of
-    2,000 images is 16 steps an epoch, and 13 epochs of that leave the model untrained.
+    2,000 images is 16 steps an epoch, and 13 epochs of that (measured) leave the model untrained.
 
     Attributes:
         samples: training images seen by all fold models together (the budget).
@@ -112,7 +112,7 @@ CROSS_FIT: dict[str, CrossFitPlan] = {
     # hold-out (FlagParams.val_fraction 0); no dropout and a peak rate of 5e-3 (the preset's 3e-3
     # and dropout 0.3 left fold models that see 2/3 of the rows underfitting): +1.2 points on real
     # fer4 over two fold draws. 3 x 12 at 18.7K: 13 epochs took 9 min 50 s on 2 idle cores, too
-    # close to the 10-minute target, and the 12th epoch's cut costs 0.3 points of out-of-fold
+    # close to the 10-minute target, and cutting the 13th costs 0.3 points of out-of-fold
     # accuracy and no precision. docs/relabel.md has each figure.
     "cpu": CrossFitPlan(
         samples=450_000,
