@@ -1080,7 +1080,7 @@ def relabel_flag_cmd(
         out.print(counts_table("Flagged, given->suggested", result.by_pair))
     if result.estimated_by_pair:
         out.print(counts_table("Estimated wrong labels, given->true (confident joint)", result.estimated_by_pair))
-    if result.precision_png is not None:  # a model's queue (--votes only trains none and estimates nothing)
+    if params.votes != "only":  # a model's queue (--votes only trains none and estimates nothing)
         precision = Table(title="Review queue: expected precision of the top k")
         for name in ("rank k", "expected precision", "expected wrong found"):
             precision.add_column(name, justify="right")
