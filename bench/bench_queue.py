@@ -28,7 +28,7 @@ import pandas as pd
 
 from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
-from fercurate.relabel.flag import FlagParams, classes_of, prob_column
+from fercurate.relabel.flag import MISLABEL_SCORE, FlagParams, classes_of, prob_column
 from fercurate.relabel.queue import REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
 from fercurate.workspace import Workspace
@@ -94,7 +94,11 @@ def main() -> None:
     # wrong: the truth names another class (FER+: at least --agree annotators agree on it)
     wrong = np.array([t is not None and not pd.isna(t) and t != g for t, g in zip(true_arr, given, strict=True)])
 
-    order = scores.ranked()
+    # the version's own queue order: its mislabel_score, which may rank with more than the
+    # probabilities (flag's blend of the fold models' fit, scoring.blend_fit); ties by image id
+    flagged_idx = np.flatnonzero(scores.flagged)
+    score = rows[MISLABEL_SCORE].to_numpy(dtype=np.float64)
+    order = flagged_idx[np.argsort(-score[flagged_idx], kind="stable")]
     order = order[known[order]]  # rows without truth leave the queue for measuring
     est = expected_precision(noise.p_wrong[order])
     real = np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)
@@ -115,7 +119,7 @@ def main() -> None:
         "rows_with_truth": int(known.sum()),
         "wrong_labels_in_truth": int(wrong[known].sum()),
         "oof_accuracy": round(float((probs.argmax(axis=1) == labels).mean()), 4),
-        "ranked_by": method,
+        "ranked_by": f"{method}, fit_weight {info.params.get('fit_weight', 0.0)}",
         "filter": filter_by,
         "flagged": int(scores.flagged.sum()),
         "estimated_wrong_confident_joint": noise.wrong_total,

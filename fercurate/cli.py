@@ -1025,6 +1025,13 @@ def relabel_flag_cmd(
             show_default=False,
         ),
     ] = FlagParams.budget,
+    fit_weight: Annotated[
+        float,
+        typer.Option(
+            help="Weight in the ranking of how the fold models fit each row's label while training on it "
+            "(0: the out-of-fold probabilities alone). The flags themselves never use it.",
+        ),
+    ] = FlagParams.fit_weight,
     engine: EngineOpt = EngineParams.engine,
     ray_address: RayAddressOpt = EngineParams.ray_address,
     as_json: JsonOpt = False,
@@ -1060,6 +1067,7 @@ def relabel_flag_cmd(
         max_support=max_support,
         min_majority=min_majority,
         budget=budget,
+        fit_weight=fit_weight,
     )
     with engine_for(engine, ray_address) as chosen, progress_bar() as progress:
         result = flag(Workspace(workspace), params, progress, chosen)

@@ -321,16 +321,18 @@ def test_flag_folds_on_ray_give_the_same_out_of_fold_probabilities(cluster: dict
         out[engine.name] = cross_fit(
             x, labels, groups, folds, list(CLASSES), config, cache, params, NullProgress(), engine
         )
-        assert sorted(p.name for p in cache.iterdir()) == ["fold-0.npy", "fold-1.npy", "fold-2.npy"]
-    (local, trained, _), (remote, trained_remote, _) = out["local"], out["ray"]
+        names = sorted(p.name for p in cache.iterdir())
+        assert names == sorted([f"fold-{k}.npy" for k in range(3)] + [f"fold-{k}-fit.npy" for k in range(3)])
+    (local, local_fit, trained, _), (remote, remote_fit, trained_remote, _) = out["local"], out["ray"]
     assert trained == trained_remote == 3
-    assert np.array_equal(local, remote)
+    assert np.array_equal(local, remote) and np.array_equal(local_fit, remote_fit, equal_nan=True)
     # a killed run resumes: the folds the driver saved are not trained again
     (tmp_path / "ray" / "fold-1.npy").unlink()
-    again, trained, cached = cross_fit(
+    again, again_fit, trained, cached = cross_fit(
         x, labels, groups, folds, list(CLASSES), config, tmp_path / "ray", params, NullProgress(), RayEngine()
     )
     assert (trained, cached) == (1, 2) and np.array_equal(again, local)
+    assert np.array_equal(again_fit, local_fit, equal_nan=True)
 
 
 @needs_ray

@@ -41,6 +41,7 @@ from fercurate.relabel import (
 from fercurate.relabel.apply import AUTO_ACCEPT_CAVEAT
 from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, SUGGESTED_LABEL, assign_folds, cache_key, prob_column
 from fercurate.relabel.queue import IN_BUDGET, P_SUGGESTED, P_WRONG, QUEUE_RANK
+from fercurate.relabel.scoring import NormalizedMargin
 from fercurate.scan import ScanParams, scan
 from fercurate.workspace import Workspace
 
@@ -95,7 +96,7 @@ def oracle_probs(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def oracle_cross_fit(x, labels, groups, folds, classes, config, cache, params, progress, engine=None):  # type: ignore[no-untyped-def]
-    return oracle_probs(x, len(classes)), 0, 0
+    return oracle_probs(x, len(classes)), np.full((len(x), len(classes)), np.nan, np.float32), 0, 0
 
 
 @pytest.fixture(scope="session")
@@ -187,6 +188,18 @@ def test_flag_rerun_with_unchanged_rows_and_settings_trains_nothing(
     _, b = ws.read(again.version.version)
     cols = [prob_column(c) for c in CLASSES]
     assert np.array_equal(a[cols].to_numpy(), b[cols].to_numpy(), equal_nan=True)
+    # the fold models' fit is cached with them: the same ranking
+    assert np.array_equal(a[MISLABEL_SCORE].to_numpy(), b[MISLABEL_SCORE].to_numpy(), equal_nan=True)
+    # the fit only ranks: without it the score is the out-of-fold normalised margin, the flags the same
+    plain = flag(ws, FlagParams(version="v0001", folds=3, preset="tiny", epochs=3, top_per_class=3, fit_weight=0.0))
+    _, c = ws.read(plain.version.version)
+    active = c[Col.STATUS] == ACTIVE
+    probs = c.loc[active, cols].to_numpy(dtype=np.float64)
+    labels = np.array([CLASSES.index(v) for v in c.loc[active, Col.LABEL]])
+    expected = 1.0 - NormalizedMargin()(probs, labels)
+    np.testing.assert_allclose(c.loc[active, MISLABEL_SCORE].to_numpy(dtype=np.float64), expected)
+    assert c[FLAGGED].equals(a[FLAGGED]) and c[SUGGESTED_LABEL].equals(a[SUGGESTED_LABEL])
+    assert not np.allclose(a.loc[active, MISLABEL_SCORE].to_numpy(dtype=np.float64), expected)
     # a changed label or another seed is a different key: those would train
     with pytest.raises(AssertionError, match="trained again"):
         flag(ws, FlagParams(version="v0001", folds=3, preset="tiny", epochs=3, seed=1))
@@ -243,17 +256,23 @@ def test_fit_fold_trains_on_every_other_fold_unless_asked_to_hold_out(
     folds = assign_folds(labels, groups, 3, 0)
     seen: dict[str, Any] = {}
 
-    def fake_train(config, fit, held_out, classes, progress=None):  # type: ignore[no-untyped-def]
-        seen.update(fit=len(fit), held_out=None if held_out is None else len(held_out))
-        return type("R", (), {"model": None})()
+    def fake_train(config, fit, held_out, classes, progress=None, record_from=None):  # type: ignore[no-untyped-def]
+        seen.update(fit=len(fit), held_out=None if held_out is None else len(held_out), record_from=record_from)
+        fit_probs = np.tile(np.array([0.9, 0.1], np.float32), (len(fit), 1))
+        return type("R", (), {"model": None, "fit_probs": fit_probs})()
 
     monkeypatch.setattr(train_mod, "train", fake_train)
     monkeypatch.setattr(train_mod, "predict_proba", lambda model, x, **kw: np.full((len(x), 2), 0.5, np.float32))
     from fercurate.train import make_config
 
-    out = flag_mod.fit_fold(x, labels, groups, folds, classes, make_config("tiny"), 0, val_fraction, 0)
+    config = make_config("tiny", epochs=8)
+    out, fit = flag_mod.fit_fold(x, labels, groups, folds, classes, config, 0, val_fraction, 0)
     rest = int((folds != 0).sum())
     assert out.shape == ((folds == 0).sum(), 2)
+    # the fit covers exactly the rows the model trained on, over the last half of its schedule
+    trained_on = ~np.isnan(fit).any(axis=1)
+    assert fit.shape == (n, 2) and int(trained_on.sum()) == seen["fit"] and not trained_on[folds == 0].any()
+    assert np.allclose(fit[trained_on], [0.9, 0.1]) and seen.pop("record_from") == 4
     if val_fraction == 0:  # the default: the whole schedule on all the other folds' rows
         assert seen == {"fit": rest, "held_out": None}
     else:
@@ -282,6 +301,8 @@ def test_flag_rejects_bad_options_with_a_clear_message(ws: Workspace) -> None:
         flag(ws, FlagParams(folds=1))
     with pytest.raises(InputError, match="self_confidence"):
         flag(ws, FlagParams(method="entropy"))
+    with pytest.raises(InputError, match="fit_weight 1.5 must be from 0 to 1"):
+        flag(ws, FlagParams(fit_weight=1.5))
     with pytest.raises(InputError, match="fewer than 31 active rows"):
         flag(ws, FlagParams(folds=30))
     with pytest.raises(InputError, match="unknown preset"):

@@ -16,7 +16,9 @@ from fercurate.relabel.queue import BUDGET_CAP, BUDGET_MIN, default_budget
 from fercurate.relabel.scoring import (
     FILTERS,
     RANKERS,
+    NormalizedMargin,
     argmax_is_given,
+    blend_fit,
     confident_joint,
     confident_thresholds,
     estimate_noise,
@@ -307,3 +309,25 @@ def test_default_budget_is_the_estimate_capped_by_precision_and_size_with_a_floo
     # ... and so does a tiny estimate, but never more than the flags there are
     assert default_budget(5, np.full(4800, 0.9)) == BUDGET_MIN
     assert default_budget(3000, np.full(40, 0.3)) == 40
+
+
+def test_rank_probs_reorder_the_flags_and_change_nothing_else() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    base = score_labels(probs, labels, method="normalized_margin", filter_by="predicted_neq_given")
+    other = rng.dirichlet(np.ones(3), 300)
+    ranked = score_labels(probs, labels, method="normalized_margin", filter_by="predicted_neq_given", rank_probs=other)
+    for field in ("thresholds", "joint", "suggested", "flagged"):
+        assert np.array_equal(getattr(base, field), getattr(ranked, field))
+    np.testing.assert_allclose(ranked.score, 1.0 - NormalizedMargin()(other, labels))
+    assert not np.array_equal(base.ranked(), ranked.ranked()) and set(base.ranked()) == set(ranked.ranked())
+    with pytest.raises(InputError, match=r"rank_probs has shape \(300, 2\)"):
+        score_labels(probs, labels, rank_probs=other[:, :2])
+
+
+def test_blend_fit_weighs_the_fit_in_and_falls_back_where_there_is_none() -> None:
+    probs = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    fit = np.array([[1.0, 0.0], [np.nan, np.nan], [0.0, 1.0]])
+    np.testing.assert_allclose(blend_fit(probs, fit, 0.5), [[0.8, 0.2], [0.2, 0.8], [0.25, 0.75]])
+    np.testing.assert_allclose(blend_fit(probs, fit, 0.0), probs)

@@ -420,6 +420,28 @@ def test_training_without_a_hold_out_keeps_the_last_epoch(data: tuple[ArraySplit
     assert result.optimizer_state is not None
 
 
+def test_fit_probs_record_how_well_each_training_row_is_fitted(data: tuple[ArraySplit, ArraySplit]) -> None:
+    train_split, val = data
+    labels = train_split.y.copy()
+    flipped = np.arange(len(labels)) % 10 == 0  # one row in ten gets the next class
+    labels[flipped] = (labels[flipped] + 1) % len(CLASSES)
+    noisy = ArraySplit(train_split.x, labels)
+    plain = train(tiny(epochs=4), noisy, None, CLASSES)
+    result = train(tiny(epochs=4), noisy, None, CLASSES, record_from=2)
+    assert plain.fit_probs is None
+    fit = result.fit_probs
+    assert fit is not None and fit.shape == (len(labels), len(CLASSES)) and not np.isnan(fit).any()
+    np.testing.assert_allclose(fit.sum(axis=1), 1.0, atol=1e-5)
+    given = fit[np.arange(len(labels)), labels]
+    # a wrong label is fitted far worse than a right one while the model learns the classes
+    assert given[flipped].mean() < given[~flipped].mean() - 0.3
+    # recording reads the logits and draws nothing: the training is the same
+    np.testing.assert_array_equal(predict_proba(result.model, val.x), predict_proba(plain.model, val.x))
+    # nothing recorded when the recording would start after the last epoch
+    late = train(tiny(epochs=2), noisy, None, CLASSES, record_from=2)
+    assert late.fit_probs is not None and np.isnan(late.fit_probs).all()
+
+
 def test_checkpoint_round_trip(
     trained: tuple[TrainResult, list[dict]], data: tuple[ArraySplit, ArraySplit], tmp_path: Path
 ) -> None:
@@ -484,8 +506,12 @@ def test_predict_proba_rejects_bad_input(trained: tuple[TrainResult, list[dict]]
 @pytest.mark.parametrize("cuda_graphs", [True, False])
 def test_cuda_bf16_training(data: tuple[ArraySplit, ArraySplit], tmp_path: Path, cuda_graphs: bool) -> None:
     # 300 rows in batches of 32 leave a short last batch, which the graph path runs eagerly.
-    result = train(make_config("tiny", device="cuda", cuda_graphs=cuda_graphs), *data, CLASSES)
+    result = train(make_config("tiny", device="cuda", cuda_graphs=cuda_graphs), *data, CLASSES, record_from=1)
     assert result.device.startswith("cuda") and result.best_metric > 0.9
+    # the fit is recorded inside the captured graph too (its on/off switch is a device tensor)
+    assert result.fit_probs is not None and not np.isnan(result.fit_probs).any()
+    labels = data[0].y
+    assert (result.fit_probs.argmax(1) == labels).mean() > 0.8
     save_checkpoint(result, tmp_path / "c.pt")
     on_cpu = load_checkpoint(tmp_path / "c.pt", device="cpu")
     _, val = data

@@ -48,7 +48,15 @@ from fercurate.relabel.queue import (
     precision_plot,
     queue_columns,
 )
-from fercurate.relabel.scoring import FILTERS, RANKERS, LabelScores, NoiseEstimate, estimate_noise, score_labels
+from fercurate.relabel.scoring import (
+    FILTERS,
+    RANKERS,
+    LabelScores,
+    NoiseEstimate,
+    blend_fit,
+    estimate_noise,
+    score_labels,
+)
 from fercurate.reports import to_dict
 from fercurate.workspace import VersionInfo, Workspace, load_pixels
 
@@ -62,7 +70,10 @@ QUEUE_FILE = "review_queue.parquet"
 HTML_FILE = "flagged.html"
 PNG_FILE = "flagged.png"
 #: Bumped when the cross-fitting changes in a way that makes cached probabilities stale.
-OOF_CACHE_VERSION = 4
+OOF_CACHE_VERSION = 5
+#: Each fold model records its fit of its training rows (``fit_fold``) over this last share of its
+#: schedule: the early epochs, before it has learned faces, say little about any label.
+FIT_FROM = 0.5
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,9 @@ class FlagParams:
             so it is not part of the cache key.
         budget: flagged images the review page asks a person to decide, from the top of the queue
             (None: sized from the estimated number of wrong labels, see ``queue.default_budget``).
+        fit_weight: weight of the fold models' fit of each row while training in the ranking
+            (``scoring.blend_fit``); 0 ranks by the out-of-fold probabilities alone. The flags
+            and the estimates never use it.
     """
 
     version: str | None = None
@@ -252,6 +266,7 @@ class FlagParams:
     max_support: float = 0.1
     min_majority: float = 0.9
     budget: int | None = None
+    fit_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -339,10 +354,16 @@ def flag(
 
     x = load_pixels(workspace, info, rows, size=config.image_size, progress=progress)
     folds = assign_folds(labels, groups, n_folds, params.seed)
-    probs, trained, cached = cross_fit(
+    probs, fit, trained, cached = cross_fit(
         x, labels, groups, folds, classes, config, workspace.cache_dir / "relabel-oof" / key, params, progress, engine
     )
-    scores = score_labels(probs, labels, method=params.method, filter_by=params.filter_by)
+    scores = score_labels(
+        probs,
+        labels,
+        method=params.method,
+        filter_by=params.filter_by,
+        rank_probs=blend_fit(probs, fit, params.fit_weight),
+    )
     noise = estimate_noise(probs, labels, scores)
     queue_plan = plan_queue(scores, noise, params.budget)
 
@@ -462,6 +483,12 @@ def _check_params(params: FlagParams) -> None:
             f"budget {params.budget} must be 0 or more (default: sized from the estimated wrong labels)",
             param="budget",
         )
+    if not 0.0 <= params.fit_weight <= 1.0:
+        raise InputError(
+            f"fit_weight {params.fit_weight} must be from 0 to 1 (default 0.5; 0 ranks by the out-of-fold "
+            "probabilities alone)",
+            param="fit_weight",
+        )
 
 
 def active_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -555,39 +582,52 @@ def cross_fit(
     params: FlagParams,
     progress: Progress,
     engine: Engine | None = None,
-) -> tuple[np.ndarray, int, int]:
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Out-of-fold probabilities (N, K), one model per fold on ``engine``, each cached as it finishes.
 
     Returns:
-        ``(probs, folds_trained, folds_cached)``.
+        ``(probs, fit, folds_trained, folds_cached)``: ``fit`` (N, K) is the mean over the fold
+        models that trained on a row of their fit of it (:func:`fit_fold`), NaN where none did.
     """
     import torch
 
     n_folds = int(folds.max()) + 1
-    probs = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    shape = (len(labels), len(classes))
+    probs = np.zeros(shape, dtype=np.float32)
+    fit_sum, fit_n = np.zeros(shape), np.zeros(len(labels))
     # CPU training is bit-reproducible for a given thread count: pin this process's count, so a
     # fold trained in a Ray worker (one thread by default) gives the same probabilities
     threads = config.num_threads or torch.get_num_threads()
     config = dataclasses.replace(config, num_threads=threads)
+
+    def add(fold: int, fold_probs: np.ndarray, fold_fit: np.ndarray) -> None:
+        probs[folds == fold] = fold_probs
+        seen = ~np.isnan(fold_fit).any(axis=1)
+        fit_sum[seen] += fold_fit[seen]
+        fit_n[seen] += 1
+
     todo = []
     for fold in range(n_folds):
         test = np.flatnonzero(folds == fold)
-        path = cache / f"fold-{fold}.npy"
-        if path.exists():
-            stored = np.load(path)
-            if stored.shape == (len(test), len(classes)):
-                probs[test] = stored
+        path, fit_path = cache / f"fold-{fold}.npy", cache / f"fold-{fold}-fit.npy"
+        if path.exists() and fit_path.exists():
+            stored, stored_fit = np.load(path), np.load(fit_path)
+            if stored.shape == (len(test), len(classes)) and stored_fit.shape == shape:
+                add(fold, stored, stored_fit)
                 continue
         todo.append(fold)
 
     def started(k: int) -> None:
         progress.start(f"Fold {todo[k] + 1}/{n_folds}: training", config.epochs)
 
-    def finished(k: int, fold_probs: np.ndarray) -> None:
+    def finished(k: int, result: tuple[np.ndarray, np.ndarray]) -> None:
         # only this process writes the workspace; a killed run keeps every fold finished before
+        # (the fit first: a fold counts as cached once its out-of-fold file is there)
+        fold_probs, fold_fit = result
         cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache / f"fold-{todo[k]}-fit.npy", lambda tmp: _save_npy(tmp, fold_fit))
         atomic_write(cache / f"fold-{todo[k]}.npy", lambda tmp: _save_npy(tmp, fold_probs))
-        probs[folds == todo[k]] = fold_probs
+        add(todo[k], fold_probs, fold_fit)
 
     (engine or Engine()).run_tasks(
         fit_fold,
@@ -599,7 +639,9 @@ def cross_fit(
         on_step=progress.advance,
         on_result=finished,
     )
-    return probs, len(todo), n_folds - len(todo)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fit = (fit_sum / fit_n[:, None]).astype(np.float32)
+    return probs, fit, len(todo), n_folds - len(todo)
 
 
 def fit_fold(
@@ -614,10 +656,14 @@ def fit_fold(
     seed: int,
     *,
     step: Any = None,
-) -> np.ndarray:
-    """One fold's out-of-fold probabilities: a model trained on the other folds predicts this one.
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fold's model: out-of-fold probabilities of this fold, and its fit of the rows it trained on.
 
-    Pure (arrays in, probabilities out), so any engine may run it; ``step(1)`` ticks after each epoch.
+    Returns ``(probs, fit)``: ``probs`` (rows of this fold, K) predicted by a model trained on
+    the other folds; ``fit`` (all N rows, K), each training row's mean softmax over the batches
+    it trained in during the last :data:`FIT_FROM` of the schedule (``TrainResult.fit_probs``),
+    NaN on the rows it did not train on. Pure (arrays in, arrays out), so any engine may run it;
+    ``step(1)`` ticks after each epoch.
     """
     import warnings
 
@@ -639,10 +685,13 @@ def fit_fold(
             held_out,
             classes,
             progress=(lambda _epoch: step(1)) if step is not None else None,
+            record_from=int(fold_config.epochs * (1.0 - FIT_FROM)),
         )
-    return predict_proba(  # type: ignore[no-any-return]
-        result.model, x[test], batch_size=fold_config.eval_batch_size, amp=fold_config.amp
-    )
+    fit_probs = np.full((len(labels), len(classes)), np.nan, dtype=np.float32)
+    if result.fit_probs is not None:
+        fit_probs[fit] = result.fit_probs
+    probs = predict_proba(result.model, x[test], batch_size=fold_config.eval_batch_size, amp=fold_config.amp)
+    return probs, fit_probs
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -267,6 +267,7 @@ def score_labels(
     *,
     method: str = "self_confidence",
     filter_by: str = "prune_by_noise_rate",
+    rank_probs: np.ndarray | None = None,
 ) -> LabelScores:
     """Find the likely label errors of a dataset from out-of-fold probabilities.
 
@@ -275,6 +276,10 @@ def score_labels(
         labels: (N,) given class indices in ``[0, K)``.
         method: ranking, a key of :data:`RANKERS`.
         filter_by: which rows to flag, a key of :data:`FILTERS`.
+        rank_probs: (N, K) probabilities the ranking (``score``) is read from instead of
+            ``probs``; the thresholds, the joint, the flags and the suggestions stay ``probs``'s.
+            ``relabel-review flag`` ranks with the out-of-fold probabilities blended with the fold
+            models' fit of each row while training (:func:`blend_fit`).
 
     Raises:
         InputError: for an unknown method or filter, or mis-shaped inputs.
@@ -289,15 +294,36 @@ def score_labels(
         raise InputError(f"need (N, K>=2) probabilities and N labels, got {probs.shape} and {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
         raise InputError(f"labels must be class indices in [0, {probs.shape[1] - 1}]")
+    rank_probs = probs if rank_probs is None else np.asarray(rank_probs, dtype=np.float64)
+    if rank_probs.shape != probs.shape:
+        raise InputError(f"rank_probs has shape {rank_probs.shape}; need the probabilities' {probs.shape}")
     thresholds = confident_thresholds(probs, labels)
     flagged = FILTERS[filter_by](probs, labels, thresholds) & ~argmax_is_given(probs, labels)
     return LabelScores(
         thresholds=thresholds,
         joint=confident_joint(probs, labels, thresholds),
-        score=1.0 - RANKERS[method](probs, labels),
+        score=1.0 - RANKERS[method](rank_probs, labels),
         suggested=suggest_labels(probs, labels, thresholds, flagged),
         flagged=flagged,
     )
+
+
+def blend_fit(probs: np.ndarray, fit: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * probs + weight * fit``, and ``probs`` alone on rows without a fit (NaN).
+
+    ``fit`` is how the cross-fitted models fit each row's label while training on it (the mean
+    softmax over its training batches late in the schedule; ``train(record_from=...)``). A right
+    label is learned early and fitted well; a wrong one is fitted late and poorly, against what
+    the similar faces teach (the area-under-the-margin idea: Pleiss et al., NeurIPS 2020). That
+    is evidence the held-out prediction does not have: on real FER2013 the blend ranks the top
+    of the queue more precisely (docs/relabel.md). It only ranks: trained on the row, the fit
+    leans to the given label, so the flags and the estimates stay with the out-of-fold
+    probabilities.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    fit = np.asarray(fit, dtype=np.float64)
+    has = ~np.isnan(fit).any(axis=1, keepdims=True)
+    return np.where(has, (1.0 - weight) * probs + weight * np.nan_to_num(fit), probs)
 
 
 # -- how many labels are wrong, and how sure each flag is ------------------------------------------

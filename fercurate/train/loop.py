@@ -90,6 +90,10 @@ class TrainResult:
         device: Where it trained, e.g. ``cpu`` or ``cuda:0``.
         precision: ``bf16`` (autocast, see :func:`uses_bf16`) or ``fp32``.
         optimizer_state: Adam state at ``best_epoch`` (None after loading a checkpoint without it).
+        fit_probs: With ``train(record_from=e)``: (N, K) the mean softmax of each training row over
+            the batches it was trained on from epoch ``e`` (0-based) on, in train mode on its
+            augmented view, in the training split's order; NaN for a row never seen in those
+            epochs. None otherwise.
     """
 
     model: nn.Module
@@ -103,6 +107,7 @@ class TrainResult:
     device: str
     precision: str = "fp32"
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    fit_probs: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def stopped_early(self) -> bool:
@@ -293,6 +298,33 @@ def evaluate(model: nn.Module, split: DeviceSplit, config: TrainConfig, device: 
 TrainStep = Callable[[torch.Tensor, torch.Tensor], None]
 
 
+@dataclass
+class FitRecord:
+    """Device accumulators of each training row's softmax while it trains (``train(record_from=...)``).
+
+    ``on`` is a device scalar, 1 in the epochs recorded and 0 before: a tensor, not a Python
+    flag, so a captured CUDA graph reads it on every replay.
+    """
+
+    sums: torch.Tensor  # (N, K) summed softmax
+    counts: torch.Tensor  # (N,) batches summed per row
+    on: torch.Tensor  # () 1.0 while recording
+
+    @classmethod
+    def zeros(cls, n: int, k: int, device: torch.device) -> FitRecord:
+        return cls(torch.zeros(n, k, device=device), torch.zeros(n, device=device), torch.zeros((), device=device))
+
+    def add(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        probs = torch.softmax(logits.detach().float(), dim=1)
+        self.sums.index_add_(0, idx, probs * self.on)
+        self.counts.index_add_(0, idx, self.on.expand(idx.shape[0]))
+
+    def mean(self) -> np.ndarray:
+        counts = self.counts.cpu().numpy()[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, self.sums.cpu().numpy() / counts, np.nan).astype(np.float32)
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -302,13 +334,15 @@ def make_train_step(
     weights: torch.Tensor | None,
     generator: torch.Generator | None,
     zero_grad: bool,
+    record: FitRecord | None = None,
 ) -> TrainStep:
     """Return ``step(idx, sums)``: one optimisation step on rows ``idx`` of ``data``.
 
     ``step`` adds the batch's summed loss and correct count into ``sums[0]`` and ``sums[1]`` on
-    the device. With ``zero_grad`` it first sets the gradients to None (eager training); without,
-    they must be zero or None on entry, because a captured CUDA graph keeps its own gradient
-    buffers and the caller (:class:`CudaGraphStep`) manages them.
+    the device, and with ``record`` each row's softmax into it. With ``zero_grad`` it first sets
+    the gradients to None (eager training); without, they must be zero or None on entry, because a
+    captured CUDA graph keeps its own gradient buffers and the caller (:class:`CudaGraphStep`)
+    manages them.
     """
 
     def step(idx: torch.Tensor, sums: torch.Tensor) -> None:
@@ -336,6 +370,8 @@ def make_train_step(
         optimizer.step()
         sums[0] += loss.detach() * y.shape[0]
         sums[1] += (logits.detach().argmax(dim=1) == y).sum()
+        if record is not None:
+            record.add(idx, logits)
 
     return step
 
@@ -452,6 +488,7 @@ def train(
     classes: Sequence[str],
     progress: Progress | None = None,
     on_epoch: Callable[[nn.Module, int], None] | None = None,
+    record_from: int | None = None,
 ) -> TrainResult:
     """Train the recipe's CNN on ``train``, early-stopping on ``val``.
 
@@ -469,6 +506,10 @@ def train(
         on_epoch: Called after every epoch with the model (in train mode) and the 1-based epoch,
             e.g. to predict with each of the last epochs' weights; it must leave the model as it
             found it (:func:`predict_proba` does).
+        record_from: From this 0-based epoch on, average each training row's softmax over the
+            batches it trains in (``TrainResult.fit_probs``): how well the model fits the row's
+            label while learning it, which ``relabel-review flag`` ranks with. None records
+            nothing. The cost is a softmax and an index-add per batch.
 
     Returns:
         The best model and how it got there.
@@ -495,13 +536,18 @@ def train(
         model = _prepare_model(build_model(config, n_classes), config, device)
         optimizer = make_optimizer(model, config, device)
         steps_per_epoch = math.ceil(len(train_d) / config.batch_size)
+        fit_record = None if record_from is None else FitRecord.zeros(len(train_d), n_classes, device)
         train_step: TrainStep
         if device.type == "cuda" and config.cuda_graphs:
             # Graph replays can only draw from the default generator (seeded above).
-            eager = make_train_step(model, optimizer, train_d, config, device, weights, None, zero_grad=False)
+            eager = make_train_step(
+                model, optimizer, train_d, config, device, weights, None, zero_grad=False, record=fit_record
+            )
             train_step = CudaGraphStep(eager, optimizer, config.batch_size)
         else:
-            train_step = make_train_step(model, optimizer, train_d, config, device, weights, gen, zero_grad=True)
+            train_step = make_train_step(
+                model, optimizer, train_d, config, device, weights, gen, zero_grad=True, record=fit_record
+            )
 
         # -- the loop
         history: list[dict[str, Any]] = []
@@ -516,6 +562,8 @@ def train(
             t_epoch = time.perf_counter()
             model.train()
             sums.zero_()
+            if fit_record is not None and record_from is not None:
+                fit_record.on.fill_(1.0 if epoch >= record_from else 0.0)
             seen = 0
             for step, idx in enumerate(shuffled_batches(len(train_d), config.batch_size, gen)):
                 set_lr(optimizer, lr_at(epoch + step / steps_per_epoch, config))
@@ -573,6 +621,7 @@ def train(
         device=str(device),
         precision="bf16" if uses_bf16(config.amp, device) else "fp32",
         optimizer_state=best_opt_state,
+        fit_probs=None if fit_record is None else fit_record.mean(),
     )
 
 
