@@ -28,8 +28,8 @@ import pandas as pd
 
 from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
-from fercurate.relabel.flag import MISLABEL_SCORE, FlagParams, classes_of, prob_column
-from fercurate.relabel.queue import REPORT_RANKS
+from fercurate.relabel.flag import FlagParams, classes_of, prob_column
+from fercurate.relabel.queue import QUEUE_RANK, REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
 from fercurate.workspace import Workspace
 
@@ -94,11 +94,12 @@ def main() -> None:
     # wrong: the truth names another class (FER+: at least --agree annotators agree on it)
     wrong = np.array([t is not None and not pd.isna(t) and t != g for t, g in zip(true_arr, given, strict=True)])
 
-    # the version's own queue order: its mislabel_score, which may rank with more than the
-    # probabilities (flag's blend of the fold models' fit, scoring.blend_fit); ties by image id
-    flagged_idx = np.flatnonzero(scores.flagged)
-    score = rows[MISLABEL_SCORE].to_numpy(dtype=np.float64)
-    order = flagged_idx[np.argsort(-score[flagged_idx], kind="stable")]
+    # the version's own queue order (queue_rank), which may rank with more than the probabilities
+    # (flag's blend of the fold models' fit); older versions without it: the probabilities' order
+    order = scores.ranked()
+    if QUEUE_RANK in rows.columns:
+        rank = rows[QUEUE_RANK].to_numpy(dtype=np.float64)
+        order = order[np.argsort(rank[order], kind="stable")]
     order = order[known[order]]  # rows without truth leave the queue for measuring
     est = expected_precision(noise.p_wrong[order])
     real = np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)

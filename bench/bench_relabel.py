@@ -48,7 +48,8 @@ except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fercurate.manifest import ACTIVE, Col  # noqa: E402
-from fercurate.relabel.flag import FLAGGED, MISLABEL_SCORE, FlagParams, classes_of, flag, prob_column  # noqa: E402
+from fercurate.relabel.flag import FlagParams, classes_of, flag, prob_column  # noqa: E402
+from fercurate.relabel.queue import QUEUE_RANK  # noqa: E402
 from fercurate.relabel.scoring import FILTERS, RANKERS, score_labels  # noqa: E402
 from fercurate.scan import ScanParams, scan  # noqa: E402
 from fercurate.workspace import Workspace  # noqa: E402
@@ -207,13 +208,13 @@ def score_flagged(args: argparse.Namespace) -> None:
         "oof_accuracy_vs_given": round(float(info.extra.get("oof_accuracy", float("nan"))), 4),
     }
     report["methods"] = evaluate(scored)
-    # the version's own queue: its flags in its mislabel_score order, which may rank with more than
-    # the probabilities (flag's blend of the fold models' fit, scoring.blend_fit)
-    is_error = (df[Col.LABEL] != df["true_label"]).to_numpy()
-    flagged = df[FLAGGED].fillna(False).astype(bool).to_numpy()
-    order = np.lexsort((df[Col.IMAGE_ID].to_numpy(), -df[MISLABEL_SCORE].to_numpy(dtype=np.float64)))
-    name = f"this version's queue (fit_weight {info.params.get('fit_weight', 0.0)})"
-    report["methods"]["table"] = {name: metrics(order[flagged[order]], flagged, is_error), **report["methods"]["table"]}
+    if QUEUE_RANK in df.columns:  # the version's own queue, which may rank with more than the probabilities
+        is_error = (df[Col.LABEL] != df["true_label"]).to_numpy()
+        rank = df[QUEUE_RANK].to_numpy(dtype=np.float64)
+        queued = np.flatnonzero(~np.isnan(rank))
+        name = f"this version's queue (fit_weight {info.params.get('fit_weight', 0.0)})"
+        table = {name: metrics(queued[np.argsort(rank[queued])], ~np.isnan(rank), is_error)}
+        report["methods"]["table"] = {**table, **report["methods"]["table"]}
     show(report, args.json)
 
 

@@ -1,11 +1,12 @@
 """Cross-fitting variants of ``relabel-review flag`` on a scanned (and deduplicated) real set, scored
 against FER+: what each change to the training plan buys, one variant per run.
 
-Each variant trains the same folds (``assign_folds`` of the version's active rows, ``--seed``, 0 by default) with
-``flag``'s own ``fit_fold``, so the only differences are the options given here; nothing is written to
-the workspace. Scoring is ``bench/bench_relabel.py``'s (out-of-fold accuracy, precision at
-100 / 500 / 1000 of the normalised-margin ranking, F1 of the set ``flag``'s default filter flags; all
-rows and the FER2013 ``Training`` rows), for the out-of-fold probabilities ranked alone and for
+Each variant trains the same folds (``assign_folds`` of the version's active rows, ``--seed``, 0 by
+default) with ``flag``'s own ``cross_fit`` (its fold cache in a temporary folder), so the only
+differences are the options given here; nothing is written to the workspace. Scoring is
+``bench/bench_relabel.py``'s (out-of-fold accuracy, precision at 100 / 500 / 1000 of the
+normalised-margin ranking, F1 of the set ``flag``'s default filter flags; all rows and the FER2013
+``Training`` rows), for the out-of-fold probabilities ranked alone and for
 ``flag``'s ranking, which blends in the fold models' fit of each row (``--fit-weight``).
 
     python bench/relabel_ablation.py WS --version v0001 --truth /tmp/real/sets/truth \\
@@ -29,8 +30,8 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_relabel import metrics, vote_truth  # noqa: E402
+from bench_relabel import PrintProgress, metrics, vote_truth  # noqa: E402
 
 from fercurate.errors import FercurateError  # noqa: E402
 from fercurate.manifest import Col  # noqa: E402
@@ -104,18 +105,19 @@ def main() -> None:
 
     x = load_pixels(ws, info, rows, size=config.image_size)
     folds = F.assign_folds(labels, groups, folds_n, args.seed)
-    probs = np.zeros((len(rows), len(classes)), dtype=np.float32)
-    fits = []
     started, cpu = time.perf_counter(), time.process_time()
-    for fold in range(folds_n):
-        probs[folds == fold], fold_fit = F.fit_fold(
-            x, labels, groups, folds, classes, config, fold, args.val_fraction, args.seed
+    with tempfile.TemporaryDirectory() as cache:  # flag's own cross-fitting, its fold cache thrown away
+        probs, fit, _, _ = F.cross_fit(
+            x,
+            labels,
+            groups,
+            folds,
+            classes,
+            config,
+            Path(cache),
+            F.FlagParams(val_fraction=args.val_fraction, seed=args.seed),
+            PrintProgress(),
         )
-        fits.append(fold_fit)
-        print(f"fold {fold + 1}/{folds_n}: {time.perf_counter() - started:.0f} s", flush=True)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row no fold model trained on: NaN
-        fit = np.nanmean(fits, axis=0).astype(np.float32)
     print(
         f"{folds_n} folds x {epochs} epochs, val_fraction {args.val_fraction}, overrides {overrides}: "
         f"{time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; "

@@ -300,19 +300,25 @@ TrainStep = Callable[[torch.Tensor, torch.Tensor], None]
 
 @dataclass
 class FitRecord:
-    """Device accumulators of each training row's softmax while it trains (``train(record_from=...)``).
+    """Device accumulators of each training row's softmax while it trains, from epoch ``start`` on.
 
     ``on`` is a device scalar, 1 in the epochs recorded and 0 before: a tensor, not a Python
     flag, so a captured CUDA graph reads it on every replay.
     """
 
+    start: int  # the first epoch recorded (0-based)
     sums: torch.Tensor  # (N, K) summed softmax
     counts: torch.Tensor  # (N,) batches summed per row
     on: torch.Tensor  # () 1.0 while recording
 
     @classmethod
-    def zeros(cls, n: int, k: int, device: torch.device) -> FitRecord:
-        return cls(torch.zeros(n, k, device=device), torch.zeros(n, device=device), torch.zeros((), device=device))
+    def zeros(cls, start: int, n: int, k: int, device: torch.device) -> FitRecord:
+        return cls(
+            start, torch.zeros(n, k, device=device), torch.zeros(n, device=device), torch.zeros((), device=device)
+        )
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.on.fill_(1.0 if epoch >= self.start else 0.0)
 
     def add(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
         probs = torch.softmax(logits.detach().float(), dim=1)
@@ -536,7 +542,7 @@ def train(
         model = _prepare_model(build_model(config, n_classes), config, device)
         optimizer = make_optimizer(model, config, device)
         steps_per_epoch = math.ceil(len(train_d) / config.batch_size)
-        fit_record = None if record_from is None else FitRecord.zeros(len(train_d), n_classes, device)
+        fit_record = None if record_from is None else FitRecord.zeros(record_from, len(train_d), n_classes, device)
         train_step: TrainStep
         if device.type == "cuda" and config.cuda_graphs:
             # Graph replays can only draw from the default generator (seeded above).
@@ -562,8 +568,8 @@ def train(
             t_epoch = time.perf_counter()
             model.train()
             sums.zero_()
-            if fit_record is not None and record_from is not None:
-                fit_record.on.fill_(1.0 if epoch >= record_from else 0.0)
+            if fit_record is not None:
+                fit_record.begin_epoch(epoch)
             seen = 0
             for step, idx in enumerate(shuffled_batches(len(train_d), config.batch_size, gen)):
                 set_lr(optimizer, lr_at(epoch + step / steps_per_epoch, config))
