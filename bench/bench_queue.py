@@ -29,7 +29,7 @@ import pandas as pd
 from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
 from fercurate.relabel.flag import FlagParams, classes_of, prob_column
-from fercurate.relabel.queue import QUEUE_RANK, REPORT_RANKS
+from fercurate.relabel.queue import P_SUGGESTED, QUEUE_RANK, REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
 from fercurate.workspace import Workspace
 
@@ -66,6 +66,12 @@ def main() -> None:
     ap.add_argument("--votes", type=Path, default=None)
     ap.add_argument("--agree", type=int, default=6)
     args = ap.parse_args()
+    truth_files = [args.demo / "truth.parquet"] if args.demo is not None else [args.index, args.votes]
+    if None in truth_files:
+        sys.exit("bench_queue needs a truth: --demo DEST, or --index fer4_index.csv --votes ferplus_votes.csv")
+    missing = [str(f) for f in truth_files if not f.exists()]
+    if missing:
+        sys.exit(f"no such truth file: {', '.join(missing)} (bench/real/prepare.py writes the real ones)")
 
     try:
         info, df = Workspace(args.workspace).read(args.version)
@@ -106,12 +112,17 @@ def main() -> None:
     ranks = [k for k in (*REPORT_RANKS, len(order)) if 0 < k <= len(order)]
     suggested = np.asarray(classes, dtype=object)[scores.suggested]
     right = np.array([t == s for t, s in zip(true_arr, suggested, strict=True)])
+    # what apply --auto-accept acts on: the version's own estimate (flag also caps it by the fold
+    # models' fit, which the manifest does not keep); older versions: the recomputed one
+    p_suggested = noise.p_suggested
+    if P_SUGGESTED in rows.columns:
+        p_suggested = rows[P_SUGGESTED].to_numpy(dtype=np.float64)
     auto = {}
     for target in (0.5, 0.7, 0.8, 0.9, 0.95):
-        take = scores.flagged & known & (noise.p_suggested >= target)
+        take = scores.flagged & known & (suggested != given) & (p_suggested >= target)
         auto[str(target)] = {
             "accepted": int(take.sum()),
-            "expected_precision": round(float(noise.p_suggested[take].mean()), 4) if take.any() else None,
+            "expected_precision": round(float(p_suggested[take].mean()), 4) if take.any() else None,
             "measured_precision": round(float(right[take].mean()), 4) if take.any() else None,
         }
     out = {

@@ -1155,8 +1155,8 @@ def relabel_apply_cmd(
         float | None,
         typer.Option(
             help="A precision in (0, 1], e.g. 0.9: also relabel flagged, undecided rows whose suggestion is "
-            "estimated right with at least this probability (recorded as decided by the model). On real faces the "
-            "estimate reads surer than it is: apply says how far when it takes a row (docs/relabel.md).",
+            "estimated right with at least this probability (recorded as decided by the model). The estimate is "
+            "not a measurement: apply says how it measured on real faces when it takes a row (docs/relabel.md).",
             show_default=False,
         ),
     ] = ApplyParams.auto_accept,

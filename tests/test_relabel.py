@@ -190,6 +190,12 @@ def test_flag_rerun_with_unchanged_rows_and_settings_trains_nothing(
     assert np.array_equal(a[cols].to_numpy(), b[cols].to_numpy(), equal_nan=True)
     # the fold models' fit is cached with them: the same ranking
     assert np.array_equal(a[MISLABEL_SCORE].to_numpy(), b[MISLABEL_SCORE].to_numpy(), equal_nan=True)
+    # and it caps what auto-accept reads: a suggestion no surer than the folds' mean fit of it
+    cache = ws.cache_dir / "relabel-oof" / first.cache_key
+    fit = np.nanmean(np.stack([np.load(cache / f"fold-{i}-fit.npy") for i in range(3)]), axis=0)
+    rows = flag_mod.active_rows(a)
+    fit_suggested = fit[np.arange(len(rows)), [CLASSES.index(c) for c in rows[SUGGESTED_LABEL]]]
+    assert np.all(rows[P_SUGGESTED].to_numpy(dtype=np.float64) <= fit_suggested + 1e-6)
     # the fit only ranks: without it the score is the out-of-fold normalised margin, the flags the same
     plain = flag(ws, FlagParams(version="v0001", folds=3, preset="tiny", epochs=3, top_per_class=3, fit_weight=0.0))
     _, c = ws.read(plain.version.version)

@@ -284,6 +284,28 @@ def test_wrong_labels_on_ambiguous_faces_widen_the_anchors(seed: int, monkeypatc
     assert np.all(noise.p_suggested[other] <= noise.p_wrong[other] + 1e-12)
 
 
+def test_the_fold_models_fit_caps_what_auto_accept_reads() -> None:
+    """A suggestion is no surer than the fold models' fit of it while they trained on the row
+    (taught the given label): the fit caps ``p_suggested`` where it was recorded, nothing else."""
+    data = annotated_dataset(0)
+    scores = score_labels(data["probs"], data["given"], method="normalized_margin", filter_by="predicted_neq_given")
+    base = estimate_noise(data["probs"], data["given"], scores)
+    rng = np.random.default_rng(3)
+    fit = temperature_scale(np.exp(rng.normal(size=data["probs"].shape)), 1.0)
+    fit[::3] = np.nan  # rows no fold model trained on
+    capped = estimate_noise(data["probs"], data["given"], scores, fit=fit)
+    rows = np.arange(len(data["given"]))
+    fit_suggested = fit[rows, scores.suggested]
+    has = ~np.isnan(fit_suggested)
+    assert np.array_equal(capped.p_suggested[~has], base.p_suggested[~has])
+    assert np.allclose(capped.p_suggested[has], np.minimum(base.p_suggested, fit_suggested)[has])
+    assert (capped.p_suggested[has] < base.p_suggested[has]).sum() > 100  # it does cap
+    assert np.array_equal(capped.p_wrong, base.p_wrong) and capped.anchor_share == base.anchor_share
+    # a fit that fully agrees with every suggestion changes nothing
+    agree = np.eye(data["probs"].shape[1])[scores.suggested]
+    assert np.array_equal(estimate_noise(data["probs"], data["given"], scores, fit=agree).p_suggested, base.p_suggested)
+
+
 def test_a_weaker_model_keeps_the_clearest_anchors() -> None:
     """The same faces, a model that has learned them less well: its joint counts its own doubt as
     noise, so however far it is from the anchors' count, the anchors do not widen."""

@@ -10,13 +10,14 @@ The standing decision per image (a replay of the decision log, see
 
 ``auto_accept=PRECISION`` also relabels, *by the model*, every flagged active row that has no
 standing decision and whose suggestion is estimated right with probability at least ``PRECISION``
-(the flag's ``p_suggested_true``: out-of-fold probabilities calibrated against the given labels, see
-:func:`fercurate.relabel.scoring.estimate_noise`), so the accepted set's expected precision is at
+(the flag's ``p_suggested_true``: out-of-fold probabilities calibrated against the given labels,
+capped by the fold models' fit of the suggestion, see :func:`fercurate.relabel.scoring.estimate_noise`),
+so the accepted set's expected precision is at
 least ``PRECISION`` too (``relabel:<old>-><new> by model``). The model's picks are recorded in the
 new version (reason, params, counts and their expected precision), not in the decision log: the log
 is what people decided, and the picks follow from the flag columns and ``PRECISION`` alone. The
-estimate comes from the models alone, and on real faces it reads surer than annotators find
-(:data:`AUTO_ACCEPT_CAVEAT`, said with every apply that takes a row).
+estimate comes from the models alone and is not a measurement (:data:`AUTO_ACCEPT_CAVEAT`, said
+with every apply that takes a row).
 
 Every change is "make it so", never "toggle": a relabel to the label a row already has, or a removal
 of a removed row, changes nothing, so applying the same log twice (or applying again to this
@@ -46,11 +47,11 @@ STAGE = "relabel-apply"
 REMOVED_REASON = "relabel_review:removed by {by}"
 
 #: Said with every auto-accept that relabels a row: the precision estimate comes from the cross-fitted
-#: models alone, and on real faces it reads surer than the annotators find (docs/relabel.md, three
-#: cross-fittings of real fer4 scored against FER+).
+#: models alone (docs/relabel.md, "Auto-accept confirmed by the fold models' fit": two cross-fittings
+#: of real fer4 scored against FER+).
 AUTO_ACCEPT_CAVEAT = (
-    "the model's precision estimate reads surer than it is on real faces: against FER+ annotators, "
-    "rows taken at 0.9 were right 71-79% of the time and at 0.95 86-100% (docs/relabel.md); "
+    "the model's precision estimate is not a measurement: against FER+ annotators on real faces, rows "
+    "taken at 0.7 were right 65-80% of the time, at 0.8 83-93% and at 0.9 90-100% (docs/relabel.md); "
     "check a sample of these relabels before training on them"
 )
 

@@ -364,7 +364,7 @@ def flag(
         filter_by=params.filter_by,
         rank_probs=blend_fit(probs, fit, params.fit_weight),
     )
-    noise = estimate_noise(probs, labels, scores)
+    noise = estimate_noise(probs, labels, scores, fit=fit)
     queue_plan = plan_queue(scores, noise, params.budget)
 
     out = _with_flag_columns(df, rows, classes, probs, scores, queue_columns(len(rows), noise, queue_plan))

@@ -543,7 +543,9 @@ def true_class_posterior(probs: np.ndarray, labels: np.ndarray, channel: np.ndar
     return np.where(norm > 1e-12, post / np.clip(norm, 1e-12, None), probs)
 
 
-def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -> NoiseEstimate:
+def estimate_noise(
+    probs: np.ndarray, labels: np.ndarray, scores: LabelScores, fit: np.ndarray | None = None
+) -> NoiseEstimate:
     """Count the wrong labels (confident joint) and give each row calibrated probabilities.
 
     The count comes from confident learning's calibrated joint (Northcutt et al. 2021, cleanlab's
@@ -562,7 +564,12 @@ def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -
     skilled (:func:`model_skill` 1: a weaker one's joint mostly counts its own doubt). ``p_suggested``,
     which ``apply --auto-accept`` acts on with nobody looking, keeps the 1% anchors (the wider
     reading takes more real rows at no better precision); for a suggestion other than the given
-    label it never exceeds ``p_wrong``.
+    label it never exceeds ``p_wrong``, and with ``fit`` (the fold models' fit of each row while
+    training on it, :func:`blend_fit`; NaN where none trained on it) never the fit's probability of
+    the suggestion either. A model taught the given label that still gives the row to another class
+    is a third view; without it ``--auto-accept`` took suggestions at an estimated 0.85-0.90 that
+    were right 0.62-0.74 of the time on the demo and on real FER2013, with it at least what was
+    asked (docs/relabel.md, "Auto-accept confirmed by the fit").
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -578,6 +585,9 @@ def estimate_noise(probs: np.ndarray, labels: np.ndarray, scores: LabelScores) -
     share, channel = ANCHOR_SHARE, anchor_channel(calibrated, labels, share=ANCHOR_SHARE)
     clearest = true_class_posterior(calibrated, labels, channel)
     p_suggested = np.minimum(clearest[rows, scores.suggested], calibrated[rows, scores.suggested])
+    if fit is not None:
+        fit_suggested = np.asarray(fit, dtype=np.float64)[rows, scores.suggested]
+        p_suggested = np.where(np.isnan(fit_suggested), p_suggested, np.fmin(p_suggested, fit_suggested))
     p_wrong = 1.0 - clearest[rows, labels]
     joint_wrong = off_diagonal(scores.joint)
     # a weaker model's joint counts its own doubt as noise (five times the truth on the demo at
