@@ -247,7 +247,7 @@ class FlagParams:
             (None: sized from the estimated number of wrong labels, see ``queue.default_budget``).
         fit_weight: weight of the fold models' fit of each row while training in the ranking
             (``scoring.blend_fit``); 0 ranks by the out-of-fold probabilities alone. The flags
-            and the estimates never use it.
+            and the estimates never use the weight (the fit itself caps ``p_suggested_true``).
     """
 
     version: str | None = None

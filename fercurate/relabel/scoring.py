@@ -316,9 +316,9 @@ def blend_fit(probs: np.ndarray, fit: np.ndarray, weight: float) -> np.ndarray:
     label is learned early and fitted well; a wrong one is fitted late and poorly, against what
     the similar faces teach (the area-under-the-margin idea: Pleiss et al., NeurIPS 2020). That
     is evidence the held-out prediction does not have: on real FER2013 the blend ranks the top
-    of the queue more precisely (docs/relabel.md). It only ranks: trained on the row, the fit
-    leans to the given label, so the flags and the estimates stay with the out-of-fold
-    probabilities.
+    of the queue more precisely (docs/relabel.md). Trained on the row, the fit leans to the given
+    label, so the flags, the suggestions and the queue's estimates stay with the out-of-fold
+    probabilities; the fit only ranks, and caps what ``--auto-accept`` reads (:func:`estimate_noise`).
     """
     probs = np.asarray(probs, dtype=np.float64)
     fit = np.asarray(fit, dtype=np.float64)
@@ -588,7 +588,7 @@ def estimate_noise(
     p_suggested = np.minimum(clearest[rows, scores.suggested], calibrated[rows, scores.suggested])
     if fit is not None:
         fit_suggested = np.asarray(fit, dtype=np.float64)[rows, scores.suggested]
-        p_suggested = np.where(np.isnan(fit_suggested), p_suggested, np.fmin(p_suggested, fit_suggested))
+        p_suggested = np.fmin(p_suggested, fit_suggested)  # fmin keeps p_suggested where the fit is NaN
     p_wrong = 1.0 - clearest[rows, labels]
     joint_wrong = off_diagonal(scores.joint)
     # a weaker model's joint counts its own doubt as noise (five times the truth on the demo at
