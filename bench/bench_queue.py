@@ -28,7 +28,8 @@ import pandas as pd
 
 from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
-from fercurate.relabel.flag import FlagParams, classes_of, prob_column
+from fercurate.relabel.apply import auto_candidates
+from fercurate.relabel.flag import SUGGESTED_LABEL, FlagParams, classes_of, prob_column
 from fercurate.relabel.queue import P_SUGGESTED, QUEUE_RANK, REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
 from fercurate.workspace import Workspace
@@ -110,16 +111,24 @@ def main() -> None:
     est = expected_precision(noise.p_wrong[order])
     real = np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)
     ranks = [k for k in (*REPORT_RANKS, len(order)) if 0 < k <= len(order)]
-    suggested = np.asarray(classes, dtype=object)[scores.suggested]
-    right = np.array([t == s for t, s in zip(true_arr, suggested, strict=True)])
-    # what apply --auto-accept acts on: the version's own estimate (flag also caps it by the fold
-    # models' fit, which the manifest does not keep); older versions: the recomputed one
-    p_suggested = noise.p_suggested
+    # what apply --auto-accept acts on: on a version with its own estimate (flag also caps it by the
+    # fold models' fit, which the manifest does not keep), apply's own choice of rows; older
+    # versions: the recomputed estimate and suggestions
     if P_SUGGESTED in rows.columns:
         p_suggested = rows[P_SUGGESTED].to_numpy(dtype=np.float64)
+        suggested = rows[SUGGESTED_LABEL].to_numpy(dtype=object)
+    else:
+        p_suggested = noise.p_suggested
+        suggested = np.asarray(classes, dtype=object)[scores.suggested]
+    right = np.array([t == s for t, s in zip(true_arr, suggested, strict=True)])
     auto = {}
     for target in (0.5, 0.7, 0.8, 0.9, 0.95):
-        take = scores.flagged & known & (suggested != given) & (p_suggested >= target)
+        if P_SUGGESTED in rows.columns:
+            chosen = np.zeros(len(rows), dtype=bool)
+            chosen[auto_candidates(rows, set(), target)] = True
+        else:
+            chosen = scores.flagged & (suggested != given) & (p_suggested >= target)
+        take = chosen & known
         auto[str(target)] = {
             "accepted": int(take.sum()),
             "expected_precision": round(float(p_suggested[take].mean()), 4) if take.any() else None,

@@ -188,7 +188,7 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
 
         accepted_p: list[float] = []
         if params.auto_accept is not None:
-            for i in _auto_candidates(out, set(decisions), params.auto_accept):
+            for i in auto_candidates(out, set(decisions), params.auto_accept):
                 accepted_p.append(float(out[P_SUGGESTED].iat[i]))
                 new = str(out[SUGGESTED_LABEL].iat[i])
                 change = f"{labels[i]}->{new}"
@@ -246,8 +246,12 @@ def apply(workspace: Workspace, params: ApplyParams) -> ApplyResult:
     )
 
 
-def _auto_candidates(df: pd.DataFrame, decided: set[str], precision: float) -> list[int]:
-    """Positions of flagged active rows without a decision whose suggestion is estimated right at ``precision``."""
+def auto_candidates(df: pd.DataFrame, decided: set[str], precision: float) -> list[int]:
+    """Positions of flagged active rows without a decision whose suggestion is estimated right at ``precision``.
+
+    What ``auto_accept`` relabels: the suggestion is another class of the dataset and its
+    ``p_suggested_true`` reaches ``precision``. ``bench/bench_queue.py`` scores the same rows.
+    """
     classes = set(classes_of(df))
     out = []
     flagged = df[FLAGGED].fillna(False).astype(bool).to_numpy()
