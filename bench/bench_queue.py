@@ -114,7 +114,8 @@ def main() -> None:
     # what apply --auto-accept acts on: on a version with its own estimate (flag also caps it by the
     # fold models' fit, which the manifest does not keep), apply's own choice of rows; older
     # versions: the recomputed estimate and suggestions
-    if P_SUGGESTED in rows.columns:
+    own = P_SUGGESTED in rows.columns
+    if own:
         p_suggested = rows[P_SUGGESTED].to_numpy(dtype=np.float64)
         suggested = rows[SUGGESTED_LABEL].to_numpy(dtype=object)
     else:
@@ -123,7 +124,7 @@ def main() -> None:
     right = np.array([t == s for t, s in zip(true_arr, suggested, strict=True)])
     auto = {}
     for target in (0.5, 0.7, 0.8, 0.9, 0.95):
-        if P_SUGGESTED in rows.columns:
+        if own:
             chosen = np.zeros(len(rows), dtype=bool)
             chosen[auto_candidates(rows, set(), target)] = True
         else:
