@@ -1,8 +1,9 @@
 """Expected vs measured precision of the review queue, and of --auto-accept, against known truth.
 
-Reads a flagged version (its ``prob_<class>`` columns), recomputes the queue's estimates from them
-(so a version flagged by an older fercurate works too), ranking and flagging with the options that
-flag recorded, and compares with the truth:
+Reads a flagged version's review queue as the version holds it (its order, estimates and
+suggestions, and the rows ``apply --auto-accept`` would take); for a version flagged by an older
+fercurate, without those columns, recomputes them from its ``prob_<class>`` columns with the options
+that flag recorded. Compares with the truth:
 
 * a demo workspace: ``--demo DEST`` (``DEST/truth.parquet``; wrong = given label != true label);
 * real FER: ``--index fer4_index.csv --votes ferplus_votes.csv`` (bench/real's files): a label is
@@ -21,7 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,9 +34,9 @@ from fercurate.errors import FercurateError
 from fercurate.manifest import ACTIVE, Col
 from fercurate.relabel.apply import auto_candidates
 from fercurate.relabel.flag import SUGGESTED_LABEL, FlagParams, classes_of, prob_column
-from fercurate.relabel.queue import P_SUGGESTED, QUEUE_RANK, REPORT_RANKS
+from fercurate.relabel.queue import P_SUGGESTED, P_WRONG, QUEUE_RANK, REPORT_RANKS
 from fercurate.relabel.scoring import estimate_noise, expected_precision, score_labels
-from fercurate.workspace import Workspace
+from fercurate.workspace import VersionInfo, Workspace
 
 #: FER+ vote columns and the fercurate class each counts for.
 FERPLUS = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
@@ -82,11 +86,7 @@ def main() -> None:
     classes = classes_of(rows)
     probs = rows[[prob_column(c) for c in classes]].to_numpy(dtype=np.float64)
     labels = np.array([classes.index(c) for c in rows[Col.LABEL]], dtype=np.int64)
-    # rank and flag as that flag did (its recorded options; the flag's defaults for older versions)
-    method = info.params.get("method") or FlagParams.method
-    filter_by = info.params.get("filter_by") or FlagParams.filter_by
-    scores = score_labels(probs, labels, method=method, filter_by=filter_by)
-    noise = estimate_noise(probs, labels, scores)
+    queue = stored_queue(rows, info) if P_SUGGESTED in rows.columns else recomputed_queue(rows, info, probs, labels)
 
     if args.demo is not None:
         truth = demo_truth(args.demo)
@@ -101,38 +101,17 @@ def main() -> None:
     # wrong: the truth names another class (FER+: at least --agree annotators agree on it)
     wrong = np.array([t is not None and not pd.isna(t) and t != g for t, g in zip(true_arr, given, strict=True)])
 
-    # the version's own queue order (queue_rank), which may rank with more than the probabilities
-    # (flag's blend of the fold models' fit); older versions without it: the probabilities' order
-    order = scores.ranked()
-    if QUEUE_RANK in rows.columns:
-        rank = rows[QUEUE_RANK].to_numpy(dtype=np.float64)
-        order = order[np.argsort(rank[order], kind="stable")]
-    order = order[known[order]]  # rows without truth leave the queue for measuring
-    est = expected_precision(noise.p_wrong[order])
+    order = queue.order[known[queue.order]]  # rows without truth leave the queue for measuring
+    est = expected_precision(queue.p_wrong[order])
     real = np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)
     ranks = [k for k in (*REPORT_RANKS, len(order)) if 0 < k <= len(order)]
-    # what apply --auto-accept acts on: on a version with its own estimate (flag also caps it by the
-    # fold models' fit, which the manifest does not keep), apply's own choice of rows; older
-    # versions: the recomputed estimate and suggestions
-    own = P_SUGGESTED in rows.columns
-    if own:
-        p_suggested = rows[P_SUGGESTED].to_numpy(dtype=np.float64)
-        suggested = rows[SUGGESTED_LABEL].to_numpy(dtype=object)
-    else:
-        p_suggested = noise.p_suggested
-        suggested = np.asarray(classes, dtype=object)[scores.suggested]
-    right = np.array([t == s for t, s in zip(true_arr, suggested, strict=True)])
+    right = np.array([t == s for t, s in zip(true_arr, queue.suggested, strict=True)])
     auto = {}
     for target in (0.5, 0.7, 0.8, 0.9, 0.95):
-        if own:
-            chosen = np.zeros(len(rows), dtype=bool)
-            chosen[auto_candidates(rows, set(), target)] = True
-        else:
-            chosen = scores.flagged & (suggested != given) & (p_suggested >= target)
-        take = chosen & known
+        take = queue.accepted(target) & known
         auto[str(target)] = {
             "accepted": int(take.sum()),
-            "expected_precision": round(float(p_suggested[take].mean()), 4) if take.any() else None,
+            "expected_precision": round(float(queue.p_suggested[take].mean()), 4) if take.any() else None,
             "measured_precision": round(float(right[take].mean()), 4) if take.any() else None,
         }
     out = {
@@ -141,19 +120,88 @@ def main() -> None:
         "rows_with_truth": int(known.sum()),
         "wrong_labels_in_truth": int(wrong[known].sum()),
         "oof_accuracy": round(float((probs.argmax(axis=1) == labels).mean()), 4),
-        "ranked_by": f"{method}, fit_weight {info.params.get('fit_weight', 0.0)}",
-        "filter": filter_by,
-        "flagged": int(scores.flagged.sum()),
-        "estimated_wrong_confident_joint": noise.wrong_total,
-        "expected_wrong": round(noise.expected_wrong, 1),
-        "temperature": round(noise.temperature, 4),
-        "anchor_share": noise.anchor_share,
+        "ranked_by": f"{queue.method}, fit_weight {info.params.get('fit_weight', 0.0)}",
+        "filter": queue.filter_by,
+        **queue.figures,
         "precision_at": {
             str(k): {"expected": round(float(est[k - 1]), 4), "measured": round(float(real[k - 1]), 4)} for k in ranks
         },
         "auto_accept": auto,
     }
     print(json.dumps(out, indent=1))
+
+
+@dataclass
+class Queue:
+    """What a flagged version's review queue says, per active row (in ``rows``' order)."""
+
+    method: str
+    filter_by: str
+    order: np.ndarray  # the queued rows, first to review first
+    p_wrong: np.ndarray
+    p_suggested: np.ndarray
+    suggested: np.ndarray  # class names
+    accepted: Callable[[float], np.ndarray]  # rows apply --auto-accept would relabel at a precision
+    figures: dict[str, Any]  # the estimates reported beside the measurements
+
+
+def stored_queue(rows: pd.DataFrame, info: VersionInfo) -> Queue:
+    """The queue as the version holds it (what serve shows and apply acts on): its queue_rank order
+    (flag ranks with the fold models' fit too, which the manifest does not keep), its estimates,
+    and apply's own choice of auto-accepted rows."""
+
+    def accepted(precision: float) -> np.ndarray:
+        chosen = np.zeros(len(rows), dtype=bool)
+        chosen[auto_candidates(rows, set(), precision)] = True
+        return chosen
+
+    rank = rows[QUEUE_RANK].to_numpy(dtype=np.float64)
+    queued = np.flatnonzero(~np.isnan(rank))
+    extra = info.extra
+    return Queue(
+        method=info.params.get("method") or FlagParams.method,
+        filter_by=info.params.get("filter_by") or FlagParams.filter_by,
+        order=queued[np.argsort(rank[queued], kind="stable")],
+        p_wrong=rows[P_WRONG].to_numpy(dtype=np.float64),
+        p_suggested=rows[P_SUGGESTED].to_numpy(dtype=np.float64),
+        suggested=rows[SUGGESTED_LABEL].to_numpy(dtype=object),
+        accepted=accepted,
+        figures={
+            "flagged": extra["flagged"],
+            "estimated_wrong_confident_joint": extra["estimated_wrong"],
+            "expected_wrong": round(extra["expected_wrong"], 1),
+            "temperature": round(extra["temperature"], 4),
+            "anchor_share": extra["anchor_share"],
+        },
+    )
+
+
+def recomputed_queue(rows: pd.DataFrame, info: VersionInfo, probs: np.ndarray, labels: np.ndarray) -> Queue:
+    """The queue of a version flagged before the queue's columns were stored, recomputed from its
+    probabilities with the options that flag recorded (the flag's defaults where it recorded none)."""
+    classes = classes_of(rows)
+    method = info.params.get("method") or FlagParams.method
+    filter_by = info.params.get("filter_by") or FlagParams.filter_by
+    scores = score_labels(probs, labels, method=method, filter_by=filter_by)
+    noise = estimate_noise(probs, labels, scores)
+    suggested = np.asarray(classes, dtype=object)[scores.suggested]
+    other = scores.flagged & (scores.suggested != labels)
+    return Queue(
+        method=method,
+        filter_by=filter_by,
+        order=scores.ranked(),
+        p_wrong=noise.p_wrong,
+        p_suggested=noise.p_suggested,
+        suggested=suggested,
+        accepted=lambda precision: other & (noise.p_suggested >= precision),
+        figures={
+            "flagged": int(scores.flagged.sum()),
+            "estimated_wrong_confident_joint": noise.wrong_total,
+            "expected_wrong": round(noise.expected_wrong, 1),
+            "temperature": round(noise.temperature, 4),
+            "anchor_share": noise.anchor_share,
+        },
+    )
 
 
 if __name__ == "__main__":
